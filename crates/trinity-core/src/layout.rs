@@ -1,0 +1,756 @@
+//! The `.trinity/` tree: every path, and the class of every path.
+//!
+//! Daemons ask a [`Tree`] for paths (`tree.handoff_file(&id)`) and never build them by hand.
+//! [`Tree::classify`] maps any path back to its [`FileKind`] and [`PathClass`]; git-sync's merge
+//! rules and `trinity validate` are driven by it. A path that fits no class is an error: the
+//! layout has no room for files nobody owns.
+//!
+//! This module reads no environment and prints nothing.
+
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::ids::{DaemonName, HandoffId, IdError, PcId, RecordId, SignalId, TaskId};
+
+/// Who may write a path, and so how git-sync merges it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathClass {
+    /// Written only by this PC: in a merge, the owner's version wins.
+    Owned(PcId),
+    /// Written only by the current coordinator leader: in a merge, the version with the higher
+    /// lease epoch wins (the leader's).
+    Leader,
+    /// Created once under a unique name, never modified; only `consumer` may archive or delete
+    /// it. In a merge both sides agree, or the consumer's archive/delete wins.
+    Immutable {
+        /// Who may archive or delete it.
+        consumer: Consumer,
+    },
+    /// Several PCs may create it at once; the version that reached the remote first wins.
+    CompareAndSwap,
+    /// Never synced (git-ignored): per-machine state and logs.
+    Local,
+}
+
+impl fmt::Display for PathClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathClass::Owned(pc) => write!(f, "owned by {pc}"),
+            PathClass::Leader => f.write_str("owned by the coordinator leader"),
+            PathClass::Immutable { consumer } => write!(f, "immutable, consumed by {consumer}"),
+            PathClass::CompareAndSwap => f.write_str("compare-and-swap"),
+            PathClass::Local => f.write_str("local, not synced"),
+        }
+    }
+}
+
+/// Who may archive or delete an immutable file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Consumer {
+    /// That PC.
+    Pc(PcId),
+    /// The coordinator leader.
+    Leader,
+    /// Nobody: kept for good.
+    Nobody,
+}
+
+impl fmt::Display for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Consumer::Pc(pc) => write!(f, "{pc}"),
+            Consumer::Leader => f.write_str("the coordinator leader"),
+            Consumer::Nobody => f.write_str("nobody"),
+        }
+    }
+}
+
+/// What a path of the tree holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// `fleet.toml`.
+    Fleet,
+    /// `.gitignore` at the root.
+    GitIgnore,
+    /// `heartbeat/{PC}.json`.
+    Heartbeat(PcId),
+    /// `credit/{PC}.json`.
+    Credit(PcId),
+    /// `instances/{PC}.json`.
+    Instance(PcId),
+    /// `handoff/{id}.json`, waiting for its receiver.
+    Handoff(HandoffId),
+    /// `handoff/processed/{id}.json`, archived by its receiver.
+    ProcessedHandoff(HandoffId),
+    /// `wake/{TO}/{id}.json`.
+    Wake(PcId, SignalId),
+    /// `spawn_queue/{id}.json`.
+    Task(TaskId),
+    /// `claims/{id}.json`.
+    Claim(TaskId),
+    /// `done/{id}.json`.
+    Done(TaskId),
+    /// `coordinator/lease.json`.
+    Lease,
+    /// `status/multi-instance-status.json`.
+    MultiStatus,
+    /// `verification/{handoff-id}.json`.
+    Verification(HandoffId),
+    /// `dashboards/credit_status.json`.
+    CreditDashboard,
+    /// `dashboards/CREDIT_DASHBOARD.html`.
+    DashboardHtml,
+    /// `escalations/{id}.json`.
+    Escalation(RecordId),
+    /// `postmortems/{id}.md`.
+    Postmortem(RecordId),
+    /// `reports/{id}.md` or `reports/{id}.json`.
+    Report(RecordId),
+    /// Anything under `local/` or `logs/`, or a temporary file of an atomic write.
+    Local,
+}
+
+impl FileKind {
+    /// The path class of this kind of file.
+    pub fn class(&self) -> PathClass {
+        match self {
+            FileKind::Fleet | FileKind::GitIgnore | FileKind::Claim(_) | FileKind::Lease => {
+                PathClass::CompareAndSwap
+            }
+            FileKind::Heartbeat(pc) | FileKind::Credit(pc) | FileKind::Instance(pc) => {
+                PathClass::Owned(pc.clone())
+            }
+            FileKind::Handoff(id) => PathClass::Immutable {
+                consumer: Consumer::Pc(id.to_pc().clone()),
+            },
+            FileKind::Wake(to, _) => PathClass::Immutable {
+                consumer: Consumer::Pc(to.clone()),
+            },
+            FileKind::ProcessedHandoff(_) | FileKind::Done(_) | FileKind::Escalation(_) => {
+                PathClass::Immutable {
+                    consumer: Consumer::Leader,
+                }
+            }
+            FileKind::Task(_) => PathClass::Immutable {
+                consumer: Consumer::Leader,
+            },
+            FileKind::Postmortem(_) => PathClass::Immutable {
+                consumer: Consumer::Nobody,
+            },
+            FileKind::MultiStatus
+            | FileKind::Verification(_)
+            | FileKind::CreditDashboard
+            | FileKind::DashboardHtml
+            | FileKind::Report(_) => PathClass::Leader,
+            FileKind::Local => PathClass::Local,
+        }
+    }
+
+    /// A short name for messages: "heartbeat", "handoff", …
+    pub fn name(&self) -> &'static str {
+        match self {
+            FileKind::Fleet => "fleet",
+            FileKind::GitIgnore => "gitignore",
+            FileKind::Heartbeat(_) => "heartbeat",
+            FileKind::Credit(_) => "credit status",
+            FileKind::Instance(_) => "instance status",
+            FileKind::Handoff(_) => "handoff",
+            FileKind::ProcessedHandoff(_) => "processed handoff",
+            FileKind::Wake(..) => "wake signal",
+            FileKind::Task(_) => "task",
+            FileKind::Claim(_) => "claim",
+            FileKind::Done(_) => "done record",
+            FileKind::Lease => "coordinator lease",
+            FileKind::MultiStatus => "multi-instance status",
+            FileKind::Verification(_) => "verification result",
+            FileKind::CreditDashboard => "credit dashboard",
+            FileKind::DashboardHtml => "dashboard page",
+            FileKind::Escalation(_) => "escalation",
+            FileKind::Postmortem(_) => "post-mortem",
+            FileKind::Report(_) => "report",
+            FileKind::Local => "local file",
+        }
+    }
+}
+
+/// A path the layout has no place for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// Outside the tree's root.
+    #[error("{path} is outside the state tree {root}")]
+    Outside {
+        /// The path.
+        path: PathBuf,
+        /// The tree's root.
+        root: PathBuf,
+    },
+    /// Inside the tree, but in no path class.
+    #[error("{path} has no place in the state tree layout: {why}")]
+    Unknown {
+        /// The path, relative to the root, with `/` separators.
+        path: String,
+        /// What was expected there.
+        why: String,
+    },
+}
+
+/// Where the temporary files of atomic writes start: `.{name}.{pid}.{n}.tmp`.
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// The directories synced to every PC, in the order `trinity status` reads them.
+pub const SYNCED_DIRS: &[&str] = &[
+    "heartbeat",
+    "credit",
+    "instances",
+    "handoff",
+    "wake",
+    "spawn_queue",
+    "claims",
+    "done",
+    "coordinator",
+    "status",
+    "verification",
+    "dashboards",
+    "escalations",
+    "postmortems",
+    "reports",
+];
+
+/// The `.gitignore` every tree carries.
+pub const GITIGNORE: &str = "# Per-machine state and logs are never synced.\n/local/\n/logs/\n# Temporary files of atomic writes.\n*.tmp\n";
+
+/// The `.trinity/` tree rooted at one directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tree {
+    root: PathBuf,
+}
+
+impl Tree {
+    /// The tree at `root` (nothing is read or created).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `fleet.toml`.
+    pub fn fleet_file(&self) -> PathBuf {
+        self.root.join("fleet.toml")
+    }
+
+    /// `.gitignore`.
+    pub fn gitignore_file(&self) -> PathBuf {
+        self.root.join(".gitignore")
+    }
+
+    /// `heartbeat/`.
+    pub fn heartbeat_dir(&self) -> PathBuf {
+        self.root.join("heartbeat")
+    }
+
+    /// `heartbeat/{PC}.json`.
+    pub fn heartbeat_file(&self, pc: &PcId) -> PathBuf {
+        self.heartbeat_dir().join(format!("{pc}.json"))
+    }
+
+    /// `credit/`.
+    pub fn credit_dir(&self) -> PathBuf {
+        self.root.join("credit")
+    }
+
+    /// `credit/{PC}.json`.
+    pub fn credit_file(&self, pc: &PcId) -> PathBuf {
+        self.credit_dir().join(format!("{pc}.json"))
+    }
+
+    /// `instances/`.
+    pub fn instance_dir(&self) -> PathBuf {
+        self.root.join("instances")
+    }
+
+    /// `instances/{PC}.json`.
+    pub fn instance_file(&self, pc: &PcId) -> PathBuf {
+        self.instance_dir().join(format!("{pc}.json"))
+    }
+
+    /// `handoff/`.
+    pub fn handoff_dir(&self) -> PathBuf {
+        self.root.join("handoff")
+    }
+
+    /// `handoff/{id}.json`.
+    pub fn handoff_file(&self, id: &HandoffId) -> PathBuf {
+        self.handoff_dir().join(format!("{id}.json"))
+    }
+
+    /// `handoff/processed/`.
+    pub fn processed_handoff_dir(&self) -> PathBuf {
+        self.handoff_dir().join("processed")
+    }
+
+    /// `handoff/processed/{id}.json`.
+    pub fn processed_handoff_file(&self, id: &HandoffId) -> PathBuf {
+        self.processed_handoff_dir().join(format!("{id}.json"))
+    }
+
+    /// `wake/`.
+    pub fn wake_root(&self) -> PathBuf {
+        self.root.join("wake")
+    }
+
+    /// `wake/{PC}/`.
+    pub fn wake_dir(&self, to: &PcId) -> PathBuf {
+        self.wake_root().join(to.as_str())
+    }
+
+    /// `wake/{PC}/{id}.json`.
+    pub fn wake_file(&self, to: &PcId, id: &SignalId) -> PathBuf {
+        self.wake_dir(to).join(format!("{id}.json"))
+    }
+
+    /// `spawn_queue/`.
+    pub fn spawn_queue_dir(&self) -> PathBuf {
+        self.root.join("spawn_queue")
+    }
+
+    /// `spawn_queue/{id}.json`.
+    pub fn task_file(&self, id: &TaskId) -> PathBuf {
+        self.spawn_queue_dir().join(format!("{id}.json"))
+    }
+
+    /// `claims/`.
+    pub fn claims_dir(&self) -> PathBuf {
+        self.root.join("claims")
+    }
+
+    /// `claims/{id}.json`.
+    pub fn claim_file(&self, id: &TaskId) -> PathBuf {
+        self.claims_dir().join(format!("{id}.json"))
+    }
+
+    /// `done/`.
+    pub fn done_dir(&self) -> PathBuf {
+        self.root.join("done")
+    }
+
+    /// `done/{id}.json`.
+    pub fn done_file(&self, id: &TaskId) -> PathBuf {
+        self.done_dir().join(format!("{id}.json"))
+    }
+
+    /// `coordinator/lease.json`.
+    pub fn lease_file(&self) -> PathBuf {
+        self.root.join("coordinator").join("lease.json")
+    }
+
+    /// `status/multi-instance-status.json`.
+    pub fn multi_status_file(&self) -> PathBuf {
+        self.root.join("status").join("multi-instance-status.json")
+    }
+
+    /// `verification/{handoff-id}.json`.
+    pub fn verification_file(&self, id: &HandoffId) -> PathBuf {
+        self.root.join("verification").join(format!("{id}.json"))
+    }
+
+    /// `dashboards/credit_status.json`.
+    pub fn credit_dashboard_file(&self) -> PathBuf {
+        self.root.join("dashboards").join("credit_status.json")
+    }
+
+    /// `dashboards/CREDIT_DASHBOARD.html`.
+    pub fn dashboard_html_file(&self) -> PathBuf {
+        self.root.join("dashboards").join("CREDIT_DASHBOARD.html")
+    }
+
+    /// `escalations/`.
+    pub fn escalation_dir(&self) -> PathBuf {
+        self.root.join("escalations")
+    }
+
+    /// `escalations/{id}.json`.
+    pub fn escalation_file(&self, id: &RecordId) -> PathBuf {
+        self.escalation_dir().join(format!("{id}.json"))
+    }
+
+    /// `postmortems/{id}.md`.
+    pub fn postmortem_file(&self, id: &RecordId) -> PathBuf {
+        self.root.join("postmortems").join(format!("{id}.md"))
+    }
+
+    /// `reports/`.
+    pub fn reports_dir(&self) -> PathBuf {
+        self.root.join("reports")
+    }
+
+    /// `local/`: per-machine state, never synced.
+    pub fn local_dir(&self) -> PathBuf {
+        self.root.join("local")
+    }
+
+    /// `local/quarantine/`: files that failed validation, moved aside.
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.local_dir().join("quarantine")
+    }
+
+    /// `local/credit/events.jsonl`: the credit monitor's event log.
+    pub fn credit_events_file(&self) -> PathBuf {
+        self.local_dir().join("credit").join("events.jsonl")
+    }
+
+    /// `local/git-sync/state.json`: what git-sync tells the other daemons.
+    pub fn sync_state_file(&self) -> PathBuf {
+        self.local_dir().join("git-sync").join("state.json")
+    }
+
+    /// `local/conflicts/`: the losing side of merges no rule could decide.
+    pub fn conflicts_dir(&self) -> PathBuf {
+        self.local_dir().join("conflicts")
+    }
+
+    /// `local/wake/`: the wake-daemon's journal.
+    pub fn wake_journal_dir(&self) -> PathBuf {
+        self.local_dir().join("wake")
+    }
+
+    /// `local/run/{daemon}.lock`: one running instance per daemon and tree.
+    pub fn lock_file(&self, daemon: &DaemonName) -> PathBuf {
+        self.local_dir().join("run").join(format!("{daemon}.lock"))
+    }
+
+    /// `logs/`: one log file per daemon, never synced.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    /// `logs/{daemon}.log`: the daemon's current log file.
+    pub fn log_file(&self, daemon: &DaemonName) -> PathBuf {
+        self.logs_dir().join(format!("{daemon}.log"))
+    }
+
+    /// The path relative to the root with `/` separators, for messages, commits and
+    /// [`Tree::classify_relative`]. Works on paths that do not exist.
+    pub fn relative(&self, path: &Path) -> Result<String, LayoutError> {
+        let outside = || LayoutError::Outside {
+            path: path.to_owned(),
+            root: self.root.clone(),
+        };
+        let rel = if path.is_absolute() || path.starts_with(&self.root) {
+            path.strip_prefix(&self.root).map_err(|_| outside())?
+        } else {
+            path
+        };
+        let mut parts = Vec::new();
+        for c in rel.components() {
+            match c {
+                Component::Normal(s) => parts.push(s.to_str().ok_or_else(outside)?.to_owned()),
+                Component::CurDir => {}
+                _ => return Err(outside()),
+            }
+        }
+        Ok(parts.join("/"))
+    }
+
+    /// The kind (and so the class) of a path inside the tree.
+    pub fn classify(&self, path: &Path) -> Result<FileKind, LayoutError> {
+        let rel = self.relative(path)?;
+        Self::classify_relative(&rel)
+    }
+
+    /// The kind of a path given relative to the root with `/` separators (as git lists paths).
+    pub fn classify_relative(rel: &str) -> Result<FileKind, LayoutError> {
+        let unknown = |why: &str| LayoutError::Unknown {
+            path: rel.to_owned(),
+            why: why.to_owned(),
+        };
+        let id_err = |e: IdError| LayoutError::Unknown {
+            path: rel.to_owned(),
+            why: e.to_string(),
+        };
+        let parts: Vec<&str> = rel.split('/').collect();
+        let file = *parts.last().unwrap_or(&"");
+        if file.starts_with('.') && file.ends_with(TEMP_SUFFIX) {
+            return Ok(FileKind::Local);
+        }
+        match parts.as_slice() {
+            ["local" | "logs", _, ..] => Ok(FileKind::Local),
+            ["fleet.toml"] => Ok(FileKind::Fleet),
+            [".gitignore"] => Ok(FileKind::GitIgnore),
+            ["heartbeat", f] | ["credit", f] | ["instances", f] => {
+                let stem = f
+                    .strip_suffix(".json")
+                    .ok_or_else(|| unknown("expected {PC}.json"))?;
+                let pc = PcId::new(stem).map_err(id_err)?;
+                Ok(match parts[0] {
+                    "heartbeat" => FileKind::Heartbeat(pc),
+                    "credit" => FileKind::Credit(pc),
+                    _ => FileKind::Instance(pc),
+                })
+            }
+            ["handoff", f] => {
+                let stem = f
+                    .strip_suffix(".json")
+                    .ok_or_else(|| unknown("expected handoff_{FROM}_to_{TO}_{TS}.json"))?;
+                Ok(FileKind::Handoff(HandoffId::new(stem).map_err(id_err)?))
+            }
+            ["handoff", "processed", f] => {
+                let stem = f
+                    .strip_suffix(".json")
+                    .ok_or_else(|| unknown("expected handoff_{FROM}_to_{TO}_{TS}.json"))?;
+                Ok(FileKind::ProcessedHandoff(
+                    HandoffId::new(stem).map_err(id_err)?,
+                ))
+            }
+            ["wake", to, f] => {
+                let to = PcId::new(to).map_err(id_err)?;
+                let stem = f
+                    .strip_suffix(".json")
+                    .ok_or_else(|| unknown("expected wake/{PC}/{signal-id}.json"))?;
+                Ok(FileKind::Wake(to, SignalId::new(stem).map_err(id_err)?))
+            }
+            ["spawn_queue" | "claims" | "done", f] => {
+                let stem = f
+                    .strip_suffix(".json")
+                    .ok_or_else(|| unknown("expected {task-id}.json"))?;
+                let id = TaskId::new(stem).map_err(id_err)?;
+                Ok(match parts[0] {
+                    "spawn_queue" => FileKind::Task(id),
+                    "claims" => FileKind::Claim(id),
+                    _ => FileKind::Done(id),
+                })
+            }
+            ["coordinator", "lease.json"] => Ok(FileKind::Lease),
+            ["status", "multi-instance-status.json"] => Ok(FileKind::MultiStatus),
+            ["verification", f] => {
+                let stem = f
+                    .strip_suffix(".json")
+                    .ok_or_else(|| unknown("expected {handoff-id}.json"))?;
+                Ok(FileKind::Verification(
+                    HandoffId::new(stem).map_err(id_err)?,
+                ))
+            }
+            ["dashboards", "credit_status.json"] => Ok(FileKind::CreditDashboard),
+            ["dashboards", "CREDIT_DASHBOARD.html"] => Ok(FileKind::DashboardHtml),
+            ["escalations", f] => {
+                let stem = f
+                    .strip_suffix(".json")
+                    .ok_or_else(|| unknown("expected {id}.json"))?;
+                Ok(FileKind::Escalation(RecordId::new(stem).map_err(id_err)?))
+            }
+            ["postmortems", f] => {
+                let stem = f
+                    .strip_suffix(".md")
+                    .ok_or_else(|| unknown("expected {id}.md"))?;
+                Ok(FileKind::Postmortem(RecordId::new(stem).map_err(id_err)?))
+            }
+            ["reports", f] => {
+                let stem = f
+                    .strip_suffix(".md")
+                    .or_else(|| f.strip_suffix(".json"))
+                    .ok_or_else(|| unknown("expected {id}.md or {id}.json"))?;
+                Ok(FileKind::Report(RecordId::new(stem).map_err(id_err)?))
+            }
+            _ => Err(unknown(
+                "no file of the layout lives here (see docs/protocol.md)",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pc(s: &str) -> PcId {
+        PcId::new(s).expect("valid")
+    }
+
+    #[test]
+    fn every_path_the_tree_hands_out_classifies_back() {
+        let tree = Tree::new("/state");
+        let hid = HandoffId::new("handoff_PC1_to_PC2_20251123T163000Z").expect("valid");
+        let task = TaskId::new("chunk2-courses").expect("valid");
+        let rec = RecordId::new("20251123T163000Z-PC1-all_exhausted").expect("valid");
+        let sig = SignalId::new("20251123T163000Z-PC1-0001").expect("valid");
+        let cases = [
+            (
+                tree.fleet_file(),
+                FileKind::Fleet,
+                PathClass::CompareAndSwap,
+            ),
+            (
+                tree.gitignore_file(),
+                FileKind::GitIgnore,
+                PathClass::CompareAndSwap,
+            ),
+            (
+                tree.heartbeat_file(&pc("PC1")),
+                FileKind::Heartbeat(pc("PC1")),
+                PathClass::Owned(pc("PC1")),
+            ),
+            (
+                tree.credit_file(&pc("PC2")),
+                FileKind::Credit(pc("PC2")),
+                PathClass::Owned(pc("PC2")),
+            ),
+            (
+                tree.instance_file(&pc("PC3")),
+                FileKind::Instance(pc("PC3")),
+                PathClass::Owned(pc("PC3")),
+            ),
+            (
+                tree.handoff_file(&hid),
+                FileKind::Handoff(hid.clone()),
+                PathClass::Immutable {
+                    consumer: Consumer::Pc(pc("PC2")),
+                },
+            ),
+            (
+                tree.processed_handoff_file(&hid),
+                FileKind::ProcessedHandoff(hid.clone()),
+                PathClass::Immutable {
+                    consumer: Consumer::Leader,
+                },
+            ),
+            (
+                tree.wake_file(&pc("PC2"), &sig),
+                FileKind::Wake(pc("PC2"), sig.clone()),
+                PathClass::Immutable {
+                    consumer: Consumer::Pc(pc("PC2")),
+                },
+            ),
+            (
+                tree.task_file(&task),
+                FileKind::Task(task.clone()),
+                PathClass::Immutable {
+                    consumer: Consumer::Leader,
+                },
+            ),
+            (
+                tree.claim_file(&task),
+                FileKind::Claim(task.clone()),
+                PathClass::CompareAndSwap,
+            ),
+            (
+                tree.done_file(&task),
+                FileKind::Done(task.clone()),
+                PathClass::Immutable {
+                    consumer: Consumer::Leader,
+                },
+            ),
+            (
+                tree.lease_file(),
+                FileKind::Lease,
+                PathClass::CompareAndSwap,
+            ),
+            (
+                tree.multi_status_file(),
+                FileKind::MultiStatus,
+                PathClass::Leader,
+            ),
+            (
+                tree.verification_file(&hid),
+                FileKind::Verification(hid.clone()),
+                PathClass::Leader,
+            ),
+            (
+                tree.credit_dashboard_file(),
+                FileKind::CreditDashboard,
+                PathClass::Leader,
+            ),
+            (
+                tree.dashboard_html_file(),
+                FileKind::DashboardHtml,
+                PathClass::Leader,
+            ),
+            (
+                tree.escalation_file(&rec),
+                FileKind::Escalation(rec.clone()),
+                PathClass::Immutable {
+                    consumer: Consumer::Leader,
+                },
+            ),
+            (
+                tree.postmortem_file(&rec),
+                FileKind::Postmortem(rec.clone()),
+                PathClass::Immutable {
+                    consumer: Consumer::Nobody,
+                },
+            ),
+            (
+                tree.reports_dir().join("weekly.md"),
+                FileKind::Report(RecordId::new("weekly").expect("valid")),
+                PathClass::Leader,
+            ),
+            (tree.credit_events_file(), FileKind::Local, PathClass::Local),
+            (tree.sync_state_file(), FileKind::Local, PathClass::Local),
+            (
+                tree.quarantine_dir().join("x.json"),
+                FileKind::Local,
+                PathClass::Local,
+            ),
+            (
+                tree.log_file(&DaemonName::new("git-sync").expect("valid")),
+                FileKind::Local,
+                PathClass::Local,
+            ),
+            (
+                tree.heartbeat_dir().join(".PC1.json.42.0.tmp"),
+                FileKind::Local,
+                PathClass::Local,
+            ),
+        ];
+        for (path, kind, class) in cases {
+            let got = tree
+                .classify(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(got, kind, "{}", path.display());
+            assert_eq!(got.class(), class, "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn unknown_paths_are_errors() {
+        let tree = Tree::new("/state");
+        for rel in [
+            "notes.txt",
+            "heartbeat/PC1.txt",
+            "heartbeat/sub/PC1.json",
+            "heartbeat/PC_1.json",
+            "handoff/handoff_PC1_to_PC1_20251123T163000Z.json",
+            "handoff/random.json",
+            "wake/PC2.json",
+            "claims/CON.json",
+            "coordinator/other.json",
+            "local",
+        ] {
+            let err = Tree::classify_relative(rel).expect_err(rel);
+            assert!(
+                err.to_string()
+                    .contains(rel.split('/').next().unwrap_or(rel)),
+                "{rel}: {err}"
+            );
+        }
+        let outside = tree
+            .classify(Path::new("/elsewhere/heartbeat/PC1.json"))
+            .expect_err("outside");
+        assert!(matches!(outside, LayoutError::Outside { .. }));
+        let escape = tree
+            .classify(Path::new("/state/../etc/passwd"))
+            .expect_err("escape");
+        assert!(matches!(escape, LayoutError::Outside { .. }));
+    }
+
+    #[test]
+    fn relative_paths_are_accepted() {
+        let tree = Tree::new("/state");
+        assert_eq!(
+            tree.classify(Path::new("heartbeat/PC1.json"))
+                .expect("valid"),
+            FileKind::Heartbeat(pc("PC1"))
+        );
+    }
+}

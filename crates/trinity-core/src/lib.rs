@@ -1,0 +1,27 @@
+//! Trinity's shared library.
+//!
+//! The only crate that knows the `.trinity/` tree: its file formats ([`schema`]), its paths and
+//! their classes ([`layout`]), the ids that appear in file names ([`ids`]), how files are written
+//! and read ([`fsio`]), and the pure decision logic the daemons share ([`state`]). It also holds
+//! configuration ([`config`]), logging ([`logging`]) and the clock ([`clock`]) so that every
+//! binary behaves alike.
+//!
+//! `schema`, `layout`, `ids` and `state` read no environment and print nothing.
+
+pub mod clock;
+pub mod config;
+pub mod fsio;
+pub mod ids;
+pub mod layout;
+pub mod logging;
+pub mod schema;
+pub mod state;
+pub mod validate;
+
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use ids::{DaemonName, HandoffId, IdError, PcId, RecordId, SignalId, TaskId};
+pub use layout::{FileKind, PathClass, Tree};
+pub use state::InstanceState;
+
+/// trinity's version, as written into heartbeats.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,141 @@
+//! Types shared by several schemas.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::TaskId;
+
+/// How urgent a task is. The seed documents use both `normal` (handoff protocol) and
+/// `medium` (coordination protocol); both are accepted and rank the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Do first.
+    Critical,
+    /// Do soon.
+    High,
+    /// Ordinary work (the seed's handoff protocol).
+    #[default]
+    Normal,
+    /// Ordinary work (the seed's coordination protocol).
+    Medium,
+    /// When nothing else is waiting.
+    Low,
+}
+
+impl Priority {
+    /// Lower ranks go first: critical 0, high 1, normal/medium 2, low 3.
+    pub fn rank(self) -> u8 {
+        match self {
+            Priority::Critical => 0,
+            Priority::High => 1,
+            Priority::Normal | Priority::Medium => 2,
+            Priority::Low => 3,
+        }
+    }
+}
+
+/// A task as listed in a handoff's `task_queue`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRef {
+    /// The task's id (its file is `spawn_queue/{id}.json` when it came from the queue).
+    pub id: TaskId,
+    /// Its priority.
+    #[serde(default)]
+    pub priority: Priority,
+    /// What it is, for the agent and for people.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// The work in progress at the moment of a handoff.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurrentWork {
+    /// The task being worked on.
+    pub task_id: TaskId,
+    /// Free text: "50%", "tests written, docs missing".
+    #[serde(default)]
+    pub progress: String,
+    /// Steps already done.
+    #[serde(default)]
+    pub completed_subtasks: Vec<String>,
+    /// The step to take next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_subtask: Option<String>,
+}
+
+/// Why work moved from one PC to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffReason {
+    /// Rate limits, slow responses or errors crossed a threshold (the seed's reason).
+    CreditExhaustion,
+    /// The provider's usage limit was reached; it resets at a known time.
+    UsageLimit,
+    /// The account's spend limit was reached; it resets next month.
+    SpendLimit,
+    /// The work is finished and waits for the coordinator's verdict.
+    WorkComplete,
+    /// The coordinator moved the work of a PC it declared dead.
+    Reassignment,
+    /// An operator forced it (`--force-handoff`).
+    Manual,
+}
+
+impl HandoffReason {
+    /// Words for commit messages and logs: "credit exhaustion".
+    pub fn describe(self) -> &'static str {
+        match self {
+            HandoffReason::CreditExhaustion => "credit exhaustion",
+            HandoffReason::UsageLimit => "usage limit",
+            HandoffReason::SpendLimit => "spend limit",
+            HandoffReason::WorkComplete => "work complete",
+            HandoffReason::Reassignment => "reassignment",
+            HandoffReason::Manual => "manual",
+        }
+    }
+}
+
+/// A PC's credit level, in the seed's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CreditLevel {
+    /// Normal operation.
+    Healthy,
+    /// 70% of a threshold: log, watch closely.
+    Warning,
+    /// 85% of a threshold: prepare the handoff.
+    Critical,
+    /// A threshold crossed: hand off now.
+    Exhausted,
+}
+
+/// The outgoing PC's credit figures, carried in a handoff for diagnosis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreditSnapshot {
+    /// Rate-limit responses in the current window.
+    #[serde(default)]
+    pub rate_limit_count: u32,
+    /// Errors over recent calls, 0..1.
+    #[serde(default)]
+    pub error_rate: f64,
+    /// Mean response time of recent calls, in seconds.
+    #[serde(default)]
+    pub avg_response_time: f64,
+    /// The level when the snapshot was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<CreditLevel>,
+    /// The rule that decided the level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+impl CreditSnapshot {
+    pub(crate) fn check(&self, at: &str, problems: &mut Vec<String>) {
+        super::check_fraction(&format!("{at}.error_rate"), self.error_rate, problems);
+        super::check_non_negative(
+            &format!("{at}.avg_response_time"),
+            self.avg_response_time,
+            problems,
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! Validation of files by their place in the tree: the path decides the schema, the contents
+//! must parse, and what the path says (PC, task, handoff) must agree with what the file says.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::fsio::{self, LoadError};
+use crate::ids::{HandoffId, PcId};
+use crate::layout::{FileKind, Tree};
+use crate::schema::{
+    Claim, CreditDashboard, CreditStatus, Done, Escalation, Fleet, Handoff, Heartbeat,
+    InstanceStatus, Lease, MultiInstanceStatus, Schema, Task, Verification, WakeSignal,
+};
+
+/// The size limit for files without a schema (markdown, HTML, `.gitignore`).
+pub const MAX_TEXT_BYTES: usize = 1024 * 1024;
+
+/// One problem with one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong, worded to follow the path.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+/// What validation found out about a valid file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// The file's kind.
+    pub kind: FileKind,
+    /// Fields the file has that this build does not know (kept on rewrite).
+    pub unknown_fields: Vec<String>,
+}
+
+/// Validates one file of `tree`. `fleet`, when known, is used to check that every PC named in
+/// the path is a member.
+pub fn validate_file(tree: &Tree, path: &Path, fleet: Option<&Fleet>) -> Result<Checked, Problem> {
+    let problem = |message: String| Problem {
+        path: path.to_owned(),
+        message,
+    };
+    let kind = tree
+        .classify(path)
+        .map_err(|e| problem(layout_message(e)))?;
+    let mut unknown_fields = Vec::new();
+    let mut mismatches = Vec::new();
+    {
+        let mut m =
+            |what: &str, in_path: &dyn std::fmt::Display, in_file: &dyn std::fmt::Display| {
+                let (a, b) = (in_path.to_string(), in_file.to_string());
+                if a != b {
+                    mismatches.push(format!("the path says {what} {a} but the file says {b}"));
+                }
+            };
+        macro_rules! load {
+            ($t:ty) => {{
+                let doc = fsio::load::<$t>(path).map_err(|e| problem(load_message(e)))?;
+                unknown_fields = doc.unknown_fields();
+                doc.value
+            }};
+        }
+        match &kind {
+            FileKind::Local => {}
+            FileKind::GitIgnore | FileKind::DashboardHtml | FileKind::Postmortem(_) => {
+                check_text(path).map_err(problem)?;
+            }
+            FileKind::Report(_) => {
+                if path.extension().is_some_and(|e| e == "json") {
+                    let bytes = fsio::read_bounded(path, MAX_TEXT_BYTES)
+                        .map_err(|e| problem(e.to_string()))?;
+                    serde_json::from_slice::<serde_json::Value>(&bytes)
+                        .map_err(|e| problem(format!("is not valid JSON: {e}")))?;
+                } else {
+                    check_text(path).map_err(problem)?;
+                }
+            }
+            FileKind::Fleet => {
+                load!(Fleet);
+            }
+            FileKind::Heartbeat(pc) => m("PC", pc, &load!(Heartbeat).pc),
+            FileKind::Credit(pc) => m("PC", pc, &load!(CreditStatus).pc),
+            FileKind::Instance(pc) => m("PC", pc, &load!(InstanceStatus).pc),
+            FileKind::Handoff(id) | FileKind::ProcessedHandoff(id) => {
+                let h = load!(Handoff);
+                m("from_pc", id.from_pc(), &h.from_pc);
+                m("to_pc", id.to_pc(), &h.to_pc);
+                let stamp = |id: &HandoffId| crate::ids::file_timestamp(id.created_at());
+                m(
+                    "timestamp",
+                    &stamp(id),
+                    &crate::ids::file_timestamp(h.timestamp),
+                );
+            }
+            FileKind::Wake(to, sig) => {
+                let w = load!(WakeSignal);
+                m("to_pc", to, &w.to_pc);
+                m("signal id", sig, &w.id);
+            }
+            FileKind::Task(id) => m("task", id, &load!(Task).id),
+            FileKind::Claim(id) => m("task", id, &load!(Claim).task_id),
+            FileKind::Done(id) => m("task", id, &load!(Done).task_id),
+            FileKind::Lease => {
+                load!(Lease);
+            }
+            FileKind::MultiStatus => {
+                load!(MultiInstanceStatus);
+            }
+            FileKind::Verification(id) => m("handoff", id, &load!(Verification).handoff_id),
+            FileKind::CreditDashboard => {
+                load!(CreditDashboard);
+            }
+            FileKind::Escalation(id) => m("id", id, &load!(Escalation).id),
+        }
+    }
+    if let Some(fleet) = fleet {
+        for pc in pcs_named_by(&kind) {
+            if !fleet.contains(pc) {
+                mismatches.push(format!(
+                    "{pc} is not a member of the fleet ({})",
+                    fleet.pcs_joined()
+                ));
+            }
+        }
+    }
+    if !mismatches.is_empty() {
+        return Err(problem(mismatches.join("; ")));
+    }
+    Ok(Checked {
+        kind,
+        unknown_fields,
+    })
+}
+
+fn pcs_named_by(kind: &FileKind) -> Vec<&PcId> {
+    match kind {
+        FileKind::Heartbeat(pc)
+        | FileKind::Credit(pc)
+        | FileKind::Instance(pc)
+        | FileKind::Wake(pc, _) => {
+            vec![pc]
+        }
+        FileKind::Handoff(id) | FileKind::ProcessedHandoff(id) | FileKind::Verification(id) => {
+            vec![id.from_pc(), id.to_pc()]
+        }
+        _ => Vec::new(),
+    }
+}
+
+impl Fleet {
+    /// "PC1, PC2, PC3", for messages.
+    pub fn pcs_joined(&self) -> String {
+        self.pcs
+            .iter()
+            .map(PcId::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn check_text(path: &Path) -> Result<(), String> {
+    let bytes = fsio::read_bounded(path, MAX_TEXT_BYTES).map_err(|e| e.to_string())?;
+    if bytes.len() > MAX_TEXT_BYTES {
+        return Err(format!(
+            "is over the {MAX_TEXT_BYTES}-byte limit for a text file"
+        ));
+    }
+    std::str::from_utf8(&bytes).map_err(|e| format!("is not UTF-8 text: {e}"))?;
+    Ok(())
+}
+
+fn layout_message(e: crate::layout::LayoutError) -> String {
+    match e {
+        crate::layout::LayoutError::Unknown { why, .. } => {
+            format!("has no place in the state tree layout: {why}")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn load_message(e: LoadError) -> String {
+    match e {
+        LoadError::Invalid { source, .. } => source.to_string(),
+        LoadError::Io(io) => io.to_string(),
+    }
+}
+
+/// Every file of the tree that is synced (not `.git/`, `local/`, `logs/`), sorted.
+pub fn synced_files(tree: &Tree) -> Result<Vec<PathBuf>, fsio::IoError> {
+    let mut out = Vec::new();
+    walk(tree.root(), tree, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+fn walk(dir: &Path, tree: &Tree, out: &mut Vec<PathBuf>) -> Result<(), fsio::IoError> {
+    let entries = fs::read_dir(dir).map_err(|source| fsio::IoError {
+        action: "list",
+        path: dir.to_owned(),
+        source,
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| fsio::IoError {
+            action: "list",
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = entry.path();
+        let rel = tree.relative(&path).unwrap_or_default();
+        if matches!(rel.as_str(), ".git" | "local" | "logs") {
+            continue;
+        }
+        let ty = entry.file_type().map_err(|source| fsio::IoError {
+            action: "inspect",
+            path: path.clone(),
+            source,
+        })?;
+        if ty.is_dir() {
+            walk(&path, tree, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Validates every synced file of the tree, reading `fleet.toml` first for membership checks.
+pub fn validate_tree(tree: &Tree) -> Vec<Problem> {
+    let fleet = fsio::load::<Fleet>(&tree.fleet_file())
+        .ok()
+        .map(|d| d.value);
+    let files = match synced_files(tree) {
+        Ok(files) => files,
+        Err(e) => {
+            return vec![Problem {
+                path: tree.root().to_owned(),
+                message: e.to_string(),
+            }];
+        }
+    };
+    files
+        .iter()
+        .filter_map(|p| validate_file(tree, p, fleet.as_ref()).err())
+        .collect()
+}
+
+/// Finds the tree a path belongs to: the nearest ancestor directory holding `fleet.toml`.
+pub fn find_tree_root(path: &Path) -> Option<PathBuf> {
+    let start = if path.is_dir() {
+        Some(path)
+    } else {
+        path.parent()
+    };
+    start?
+        .ancestors()
+        .find(|dir| dir.join("fleet.toml").is_file())
+        .map(Path::to_owned)
+}
+
+/// For a file outside any tree: the shortest trailing part of its path that the layout knows,
+/// taken as if it were in a tree (so a fixture `…/handoff/handoff_PC1_to_PC2_….json` is checked
+/// as a handoff). Returns the implied root.
+pub fn implied_root(path: &Path) -> Option<PathBuf> {
+    let comps: Vec<_> = path.components().collect();
+    for start in (0..comps.len()).rev() {
+        let rel: Vec<String> = comps[start..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        if Tree::classify_relative(&rel.join("/")).is_ok() {
+            let root: PathBuf = comps[..start].iter().collect();
+            return Some(if root.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                root
+            });
+        }
+    }
+    None
+}
+
+/// The schema names and versions, for docs and `trinity validate --schemas`.
+pub fn schema_versions() -> Vec<(&'static str, u32)> {
+    fn v<T: Schema>() -> (&'static str, u32) {
+        (T::NAME, T::FORMAT_VERSION)
+    }
+    vec![
+        v::<Fleet>(),
+        v::<Handoff>(),
+        v::<WakeSignal>(),
+        v::<Heartbeat>(),
+        v::<CreditStatus>(),
+        v::<InstanceStatus>(),
+        v::<Task>(),
+        v::<Claim>(),
+        v::<Done>(),
+        v::<Lease>(),
+        v::<Verification>(),
+        v::<MultiInstanceStatus>(),
+        v::<CreditDashboard>(),
+        v::<Escalation>(),
+    ]
+}
