@@ -487,14 +487,13 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
     warnings.sort();
     warnings.dedup();
 
-    if config.state_dir.is_relative() {
-        if let Some(dir) = file
+    if config.state_dir.is_relative()
+        && let Some(dir) = file
             .as_deref()
             .and_then(Path::parent)
             .filter(|d| !d.as_os_str().is_empty())
-        {
-            config.state_dir = dir.join(&config.state_dir);
-        }
+    {
+        config.state_dir = dir.join(&config.state_dir);
     }
     let problems = config.problems();
     if !problems.is_empty() {

@@ -142,10 +142,10 @@ impl Schema for Verification {
 
     fn check(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if let Some(finished) = self.finished_at {
-            if finished < self.started_at {
-                problems.push("finished_at is before started_at".to_owned());
-            }
+        if let Some(finished) = self.finished_at
+            && finished < self.started_at
+        {
+            problems.push("finished_at is before started_at".to_owned());
         }
         if let Some(verdict) = self.verdict {
             if self.finished_at.is_none() {

@@ -143,19 +143,19 @@ impl Schema for WakeSignal {
         {
             problems.push("message contains control characters".to_owned());
         }
-        if let Some(expires) = self.expires_at {
-            if expires <= self.timestamp {
-                problems.push("expires_at is not after timestamp".to_owned());
-            }
+        if let Some(expires) = self.expires_at
+            && expires <= self.timestamp
+        {
+            problems.push("expires_at is not after timestamp".to_owned());
         }
-        if let Some(handoff) = &self.handoff {
-            if handoff.to_pc() != &self.to_pc {
-                problems.push(format!(
-                    "handoff {handoff} is for {}, but the signal is addressed to {}",
-                    handoff.to_pc(),
-                    self.to_pc
-                ));
-            }
+        if let Some(handoff) = &self.handoff
+            && handoff.to_pc() != &self.to_pc
+        {
+            problems.push(format!(
+                "handoff {handoff} is for {}, but the signal is addressed to {}",
+                handoff.to_pc(),
+                self.to_pc
+            ));
         }
         problems
     }
