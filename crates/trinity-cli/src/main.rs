@@ -1,1 +1,64 @@
-fn main() {}
+//! `trinity`: the operator's command line for a Trinity fleet.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod init;
+mod logs;
+mod status;
+mod validate;
+
+/// Keep AI coding agents working around the clock across several PCs.
+///
+/// Each PC runs four daemons (credit-monitor, wake-daemon, git-sync, coordinator) that share
+/// a `.trinity/` state tree synced through git. This command sets a PC up and shows the fleet.
+#[derive(Debug, Parser)]
+#[command(name = "trinity", version, propagate_version = true)]
+struct Cli {
+    /// The configuration file [default: ./trinity.toml]
+    #[arg(long, global = true, env = "TRINITY_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Set this PC up: clone the state repository and write the local config file.
+    Init(init::InitArgs),
+    /// Check files of a state tree against their schemas.
+    Validate(validate::ValidateArgs),
+    /// Show the fleet at a glance, from the state tree alone.
+    Status(status::StatusArgs),
+    /// Show (and follow) a daemon's log.
+    Logs(logs::LogsArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init(args) => init::run(args, cli.config.as_deref()),
+        Command::Validate(args) => validate::run(args),
+        Command::Status(args) => status::run(args, cli.config.as_deref()),
+        Command::Logs(args) => logs::run(args, cli.config.as_deref()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads the configuration the way every Trinity program does, printing its warnings.
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<trinity_core::config::Config> {
+    let loaded = trinity_core::config::load(&trinity_core::config::Sources::from_env(path))?;
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(loaded.config)
+}

@@ -11,6 +11,7 @@
 pub mod clock;
 pub mod config;
 pub mod fsio;
+pub mod gitcmd;
 pub mod ids;
 pub mod layout;
 pub mod logging;

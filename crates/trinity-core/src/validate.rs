@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::fsio::{self, LoadError};
 use crate::ids::{HandoffId, PcId};
-use crate::layout::{FileKind, Tree};
+use crate::layout::{FileKind, SYNCED_DIRS, Tree};
 use crate::schema::{
     Claim, CreditDashboard, CreditStatus, Done, Escalation, Fleet, Handoff, Heartbeat,
     InstanceStatus, Lease, MultiInstanceStatus, Schema, Task, Verification, WakeSignal,
@@ -153,17 +153,6 @@ fn pcs_named_by(kind: &FileKind) -> Vec<&PcId> {
     }
 }
 
-impl Fleet {
-    /// "PC1, PC2, PC3", for messages.
-    pub fn pcs_joined(&self) -> String {
-        self.pcs
-            .iter()
-            .map(PcId::as_str)
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
 fn check_text(path: &Path) -> Result<(), String> {
     let bytes = fsio::read_bounded(path, MAX_TEXT_BYTES).map_err(|e| e.to_string())?;
     if bytes.len() > MAX_TEXT_BYTES {
@@ -263,26 +252,33 @@ pub fn find_tree_root(path: &Path) -> Option<PathBuf> {
         .map(Path::to_owned)
 }
 
-/// For a file outside any tree: the shortest trailing part of its path that the layout knows,
-/// taken as if it were in a tree (so a fixture `…/handoff/handoff_PC1_to_PC2_….json` is checked
-/// as a handoff). Returns the implied root.
+/// For a file outside any tree: the root it would have if it were in one. First the shortest
+/// trailing part of its path that the layout knows (so a fixture `…/handoff/handoff_PC1_to_PC2_….json`
+/// is checked as a handoff); failing that, the parent of the nearest directory named like a
+/// top-level directory of the tree, so a badly named file still gets a precise complaint.
 pub fn implied_root(path: &Path) -> Option<PathBuf> {
-    let comps: Vec<_> = path.components().collect();
+    let comps: Vec<String> = path
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let root_of = |start: usize| -> PathBuf {
+        let root: PathBuf = path.components().take(start).collect();
+        if root.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            root
+        }
+    };
     for start in (0..comps.len()).rev() {
-        let rel: Vec<String> = comps[start..]
-            .iter()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
-        if Tree::classify_relative(&rel.join("/")).is_ok() {
-            let root: PathBuf = comps[..start].iter().collect();
-            return Some(if root.as_os_str().is_empty() {
-                PathBuf::from(".")
-            } else {
-                root
-            });
+        if Tree::classify_relative(&comps[start..].join("/")).is_ok() {
+            return Some(root_of(start));
         }
     }
-    None
+    let top_level = |name: &str| SYNCED_DIRS.contains(&name) || name == "fleet.toml";
+    (0..comps.len().saturating_sub(1))
+        .rev()
+        .find(|&i| top_level(&comps[i]))
+        .map(root_of)
 }
 
 /// The schema names and versions, for docs and `trinity validate --schemas`.

@@ -35,6 +35,15 @@ impl Fleet {
         self.pcs.contains(pc)
     }
 
+    /// "PC1, PC2, PC3", for messages.
+    pub fn pcs_joined(&self) -> String {
+        self.pcs
+            .iter()
+            .map(PcId::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The PCs after `pc` in rotation order, wrapping around, `pc` itself excluded.
     pub fn successors(&self, pc: &PcId) -> impl Iterator<Item = &PcId> + '_ {
         let start = self.pcs.iter().position(|p| p == pc).map_or(0, |i| i + 1);

@@ -229,7 +229,7 @@ impl<T: Schema> Doc<T> {
         let de = serde_ignored::Deserializer::new(&tree, &mut on_unknown);
         let value: T = serde_path_to_error::deserialize(de).map_err(|e| SchemaError::Field {
             path: e.path().to_string(),
-            message: e.inner().to_string(),
+            message: explain(e.inner().to_string()),
         })?;
         let problems = value.check();
         if !problems.is_empty() {
@@ -290,6 +290,24 @@ impl<T: Schema> Doc<T> {
     pub fn to_bytes(&self) -> Result<Vec<u8>, SchemaError> {
         let value = self.to_value()?;
         encode(&value, T::ENCODING)
+    }
+}
+
+/// chrono's parse errors do not say what was expected; add it.
+fn explain(message: String) -> String {
+    const CHRONO: &[&str] = &[
+        "input contains invalid characters",
+        "premature end of input",
+        "trailing input",
+        "input is out of range",
+        "input is not enough for unique date and time",
+        "no possible date and time matching input",
+        "bad or unsupported format string",
+    ];
+    if CHRONO.iter().any(|m| message.starts_with(m)) {
+        format!("{message} (expected an RFC 3339 time such as 2025-11-23T16:30:00Z)")
+    } else {
+        message
     }
 }
 

@@ -1,0 +1,381 @@
+//! `trinity init`: join this PC to a fleet.
+//!
+//! Clones the state repository's `trinity` branch into the state directory. When the remote has
+//! no such branch yet, this PC creates it with `fleet.toml` and `.gitignore` and pushes it; if
+//! another PC won that race, the push is refused and this PC clones the winner's branch
+//! instead (fleet.toml is a compare-and-swap file). Then it writes the local config file.
+//! Running it again with the same arguments changes nothing.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use trinity_core::PcId;
+use trinity_core::config::DEFAULT_CONFIG_FILE;
+use trinity_core::fsio;
+use trinity_core::gitcmd::{Git, is_local_path};
+use trinity_core::layout::{GITIGNORE, Tree};
+use trinity_core::schema::{self, Fleet, Schema};
+
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// This PC's id in the fleet
+    #[arg(long, value_name = "PC")]
+    pc: PcId,
+    /// The state repository: a path to a bare repository, or a git URL
+    #[arg(long, value_name = "REMOTE")]
+    remote: String,
+    /// Where to put this PC's state tree (a clone of the state repository)
+    #[arg(long, value_name = "DIR", default_value = ".trinity")]
+    state_dir: PathBuf,
+    /// The fleet in rotation order, when creating it (a joining PC gets the existing fleet)
+    #[arg(long, value_name = "PC,PC,...", value_delimiter = ',')]
+    fleet: Vec<PcId>,
+    /// The preferred coordinator, when creating the fleet [default: the last PC of --fleet]
+    #[arg(long, value_name = "PC")]
+    coordinator: Option<PcId>,
+    /// The branch of the state repository
+    #[arg(long, default_value = "trinity")]
+    branch: String,
+    /// Create the remote as a bare repository if it is a local path that does not exist
+    #[arg(long)]
+    create_remote: bool,
+}
+
+pub(crate) fn run(args: InitArgs, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let remote = normalize_remote(&args.remote, args.create_remote)?;
+    let state_dir = absolute(&args.state_dir)?;
+    let config_path = config_path
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
+
+    // Check the config file first, so that a conflicting one stops us before any cloning.
+    let config_text = config_file_text(&args.pc, &state_dir, &remote, &args.branch);
+    let config_state = check_existing_config(&config_path, &args.pc, &state_dir, &remote)?;
+
+    let tree_state = ensure_clone(&args, &remote, &state_dir)?;
+    let fleet = fsio::load::<Fleet>(&Tree::new(&state_dir).fleet_file())
+        .context("the state repository's fleet.toml is not valid")?
+        .value;
+    if !fleet.contains(&args.pc) {
+        bail!(
+            "{} is not a member of this fleet ({}); add it to fleet.toml in the state repository first",
+            args.pc,
+            fleet.pcs_joined()
+        );
+    }
+    if !args.fleet.is_empty() && args.fleet != fleet.pcs {
+        eprintln!(
+            "warning: the state repository already has the fleet {}; --fleet {} is ignored",
+            fleet.pcs_joined(),
+            args.fleet
+                .iter()
+                .map(PcId::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+
+    if config_state == ConfigState::Missing {
+        if let Some(dir) = config_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir)
+                .with_context(|| format!("failed to create {}", dir.display()))?;
+        }
+        fsio::write_atomic(&config_path, config_text.as_bytes())?;
+    }
+
+    println!("state tree: {} ({tree_state})", state_dir.display());
+    println!(
+        "fleet:      {} (coordinator {})",
+        fleet.pcs_joined(),
+        fleet.coordinator
+    );
+    println!(
+        "config:     {} ({})",
+        config_path.display(),
+        if config_state == ConfigState::Missing {
+            "written"
+        } else {
+            "unchanged"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()
+            .context("failed to read the current directory")?
+            .join(path)
+    })
+}
+
+/// Local paths become absolute (the config file may be read from another directory);
+/// a missing local remote is created with `--create-remote`.
+fn normalize_remote(remote: &str, create: bool) -> anyhow::Result<String> {
+    if !is_local_path(remote) || remote.starts_with("file://") {
+        return Ok(remote.to_owned());
+    }
+    let path = absolute(Path::new(remote))?;
+    if !path.exists() {
+        if !create {
+            bail!(
+                "the remote {} does not exist; create it with `git init --bare {}` or pass --create-remote",
+                path.display(),
+                path.display()
+            );
+        }
+        Git::new()
+            .run([
+                std::ffi::OsStr::new("init"),
+                "--bare".as_ref(),
+                "-q".as_ref(),
+                path.as_os_str(),
+            ])
+            .context("failed to create the remote")?;
+    }
+    Ok(path.to_string_lossy().into_owned())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ConfigState {
+    Missing,
+    Same,
+}
+
+fn config_file_text(pc: &PcId, state_dir: &Path, remote: &str, branch: &str) -> String {
+    let q = |s: &str| toml_string(s);
+    format!(
+        "# Written by `trinity init`. Every key is documented in deploy/config/trinity.example.toml.\n\
+         pc = {}\n\
+         state_dir = {}\n\
+         \n\
+         [sync]\n\
+         remote = {}\n\
+         branch = {}\n",
+        q(pc.as_str()),
+        q(&state_dir.to_string_lossy()),
+        q(remote),
+        q(branch),
+    )
+}
+
+fn toml_string(s: &str) -> String {
+    // A JSON string is a valid TOML basic string (same escapes, `\uXXXX` included).
+    serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
+}
+
+fn check_existing_config(
+    path: &Path,
+    pc: &PcId,
+    state_dir: &Path,
+    remote: &str,
+) -> anyhow::Result<ConfigState> {
+    if !path.exists() {
+        return Ok(ConfigState::Missing);
+    }
+    let sources = trinity_core::config::Sources {
+        file: Some(path.to_owned()),
+        file_required: true,
+        env: Vec::new(),
+    };
+    let existing = trinity_core::config::load(&sources)
+        .with_context(|| format!("{} exists but cannot be read", path.display()))?
+        .config;
+    let mut differences = Vec::new();
+    if existing.pc.as_ref() != Some(pc) {
+        differences.push(format!(
+            "pc is {}",
+            existing
+                .pc
+                .as_ref()
+                .map_or("not set".to_owned(), |p| p.to_string())
+        ));
+    }
+    if existing.state_dir != state_dir {
+        differences.push(format!("state_dir is {}", existing.state_dir.display()));
+    }
+    if existing.sync.remote != remote {
+        differences.push(format!("sync.remote is {:?}", existing.sync.remote));
+    }
+    if differences.is_empty() {
+        Ok(ConfigState::Same)
+    } else {
+        bail!(
+            "{} already exists and differs ({}); edit or remove it, or pass --config to write another file",
+            path.display(),
+            differences.join(", ")
+        )
+    }
+}
+
+/// Makes sure `state_dir` is a clone of the remote's branch. Returns what was done.
+fn ensure_clone(args: &InitArgs, remote: &str, state_dir: &Path) -> anyhow::Result<&'static str> {
+    if state_dir.join(".git").exists() {
+        let git = Git::in_dir(state_dir);
+        let origin = git.run(["remote", "get-url", "origin"]).unwrap_or_default();
+        if origin.trim() != remote {
+            bail!(
+                "{} is already a clone of {:?}, not of {remote:?}",
+                state_dir.display(),
+                origin.trim()
+            );
+        }
+        let head = git
+            .run(["symbolic-ref", "--short", "HEAD"])
+            .unwrap_or_default();
+        if head.trim() != args.branch {
+            bail!(
+                "{} is on branch {:?}, expected {:?}",
+                state_dir.display(),
+                head.trim(),
+                args.branch
+            );
+        }
+        return Ok("already set up");
+    }
+    if state_dir.exists()
+        && fs::read_dir(state_dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "{} exists, is not empty and is not a state tree; choose another --state-dir",
+            state_dir.display()
+        );
+    }
+
+    let heads = Git::new()
+        .run(["ls-remote", "--heads", remote, &args.branch])
+        .with_context(|| format!("failed to reach the remote {remote}"))?;
+    if !heads.trim().is_empty() {
+        clone(remote, &args.branch, state_dir, &args.pc)?;
+        return Ok("cloned");
+    }
+
+    // An empty remote: create the branch with the fleet, and push it. If someone else pushed
+    // first, their fleet wins: clone it.
+    let fleet = new_fleet(args)?;
+    create_branch(state_dir, &args.branch, &fleet, &args.pc)?;
+    let git = Git::in_dir(state_dir);
+    git.run(["remote", "add", "origin", remote])?;
+    match git.run([
+        "push",
+        "-q",
+        "origin",
+        &format!("HEAD:refs/heads/{}", args.branch),
+    ]) {
+        Ok(_) => {
+            git.run([
+                "branch",
+                "-q",
+                "--set-upstream-to",
+                &format!("origin/{}", args.branch),
+            ])
+            .or_else(|_| {
+                git.run(["fetch", "-q", "origin"])?;
+                git.run([
+                    "branch",
+                    "-q",
+                    "--set-upstream-to",
+                    &format!("origin/{}", args.branch),
+                ])
+            })?;
+            Ok("created the fleet")
+        }
+        Err(e) if is_race(e.stderr()) => {
+            fs::remove_dir_all(state_dir)
+                .with_context(|| format!("failed to remove {}", state_dir.display()))?;
+            clone(remote, &args.branch, state_dir, &args.pc)?;
+            Ok("cloned (another PC created the fleet first)")
+        }
+        Err(e) => Err(e).context("failed to push the new fleet"),
+    }
+}
+
+fn is_race(stderr: &str) -> bool {
+    [
+        "fetch first",
+        "non-fast-forward",
+        "failed to update ref",
+        "already exists",
+    ]
+    .iter()
+    .any(|m| stderr.contains(m))
+}
+
+fn new_fleet(args: &InitArgs) -> anyhow::Result<Fleet> {
+    if args.fleet.is_empty() {
+        bail!("the remote has no fleet yet: pass --fleet PC1,PC2,PC3 to create it");
+    }
+    let coordinator = match &args.coordinator {
+        Some(c) => c.clone(),
+        None => args.fleet.last().cloned().context("--fleet is empty")?,
+    };
+    let fleet = Fleet::new(args.fleet.clone(), coordinator);
+    let problems = fleet.check();
+    if !problems.is_empty() {
+        bail!("invalid fleet: {}", problems.join("; "));
+    }
+    Ok(fleet)
+}
+
+/// Per-clone settings: an identity for git-sync's commits (so no global git config is needed),
+/// and no line-ending conversion of the tree's files.
+fn configure_clone(git: &Git, pc: &PcId) -> anyhow::Result<()> {
+    git.run(["config", "user.name", &format!("trinity {pc}")])?;
+    git.run([
+        "config",
+        "user.email",
+        &format!("{}@trinity.invalid", pc.as_str().to_ascii_lowercase()),
+    ])?;
+    git.run(["config", "core.autocrlf", "false"])?;
+    Ok(())
+}
+
+fn clone(remote: &str, branch: &str, state_dir: &Path, pc: &PcId) -> anyhow::Result<()> {
+    let dir = state_dir.as_os_str();
+    Git::new()
+        .run([
+            std::ffi::OsStr::new("clone"),
+            "-q".as_ref(),
+            "--branch".as_ref(),
+            branch.as_ref(),
+            "--single-branch".as_ref(),
+            remote.as_ref(),
+            dir,
+        ])
+        .with_context(|| format!("failed to clone {remote}"))?;
+    configure_clone(&Git::in_dir(state_dir), pc)
+}
+
+fn create_branch(state_dir: &Path, branch: &str, fleet: &Fleet, pc: &PcId) -> anyhow::Result<()> {
+    fs::create_dir_all(state_dir)
+        .with_context(|| format!("failed to create {}", state_dir.display()))?;
+    let git = Git::in_dir(state_dir);
+    git.run(["init", "-q", "-b", branch])?;
+    configure_clone(&git, pc)?;
+    let tree = Tree::new(state_dir);
+    let mut fleet_text = String::from(
+        "# The fleet, in rotation order. Compare-and-swap: edit with care, the remote's version wins a race.\n",
+    );
+    fleet_text.push_str(std::str::from_utf8(&schema::to_bytes(fleet)?)?);
+    fsio::write_new(&tree.fleet_file(), fleet_text.as_bytes())?;
+    fsio::write_new(&tree.gitignore_file(), GITIGNORE.as_bytes())?;
+    git.run(["add", "fleet.toml", ".gitignore"])?;
+    git.run([
+        "commit",
+        "-q",
+        "-m",
+        &format!(
+            "fleet: {} (coordinator {})",
+            fleet.pcs_joined(),
+            fleet.coordinator
+        ),
+    ])?;
+    Ok(())
+}

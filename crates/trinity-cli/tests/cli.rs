@@ -1,0 +1,463 @@
+//! The `trinity` binary end to end: real git against a local bare repository, hermetic git
+//! configuration, and waits that poll a condition with a deadline.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+struct TestEnv {
+    dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `trinity` with no configuration leaking in from the machine.
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trinity"));
+        cmd.current_dir(self.dir.path());
+        hermetic(&mut cmd, self.dir.path());
+        cmd
+    }
+
+    fn trinity(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run trinity")
+    }
+
+    fn git(&self, dir: &Path, args: &[&str]) -> String {
+        let mut cmd = Command::new("git");
+        hermetic(&mut cmd, self.dir.path());
+        let out = cmd.current_dir(dir).args(args).output().expect("run git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// `trinity init` for one PC, with its own state dir and config under `{pc}/`.
+    fn init(&self, pc: &str, extra: &[&str]) -> Output {
+        let state = format!("{pc}/.trinity");
+        let config = format!("{pc}/trinity.toml");
+        let mut args = vec![
+            "init",
+            "--pc",
+            pc,
+            "--remote",
+            "remote.git",
+            "--state-dir",
+            &state,
+            "--config",
+            &config,
+        ];
+        args.extend_from_slice(extra);
+        self.trinity(&args)
+    }
+}
+
+fn hermetic(cmd: &mut Command, home: &Path) {
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TRINITY_") || key.starts_with("GIT_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("HOME", home)
+        .env("GIT_CONFIG_GLOBAL", home.join("no-global-gitconfig"))
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_DATE", "2025-11-23T16:30:00Z")
+        .env("GIT_COMMITTER_DATE", "2025-11-23T16:30:00Z");
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "expected success, got {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+#[test]
+fn three_pcs_init_against_one_remote_and_share_one_branch() {
+    let env = TestEnv::new();
+    let out = ok(&env.init("PC1", &["--fleet", "PC1,PC2,PC3", "--create-remote"]));
+    assert!(out.contains("created the fleet"), "{out}");
+    // PC2 and PC3 join without naming the fleet: they get the existing one.
+    assert!(ok(&env.init("PC2", &[])).contains("cloned"));
+    assert!(ok(&env.init("PC3", &["--coordinator", "PC1"])).contains("cloned"));
+
+    let remote_head = env.git(
+        &env.path("remote.git"),
+        &["rev-parse", "refs/heads/trinity"],
+    );
+    let fleet = std::fs::read_to_string(env.path("PC1/.trinity/fleet.toml")).expect("fleet");
+    assert!(
+        fleet.contains("pcs = [\"PC1\", \"PC2\", \"PC3\"]")
+            && fleet.contains("coordinator = \"PC3\""),
+        "{fleet}"
+    );
+    for pc in ["PC1", "PC2", "PC3"] {
+        let tree = env.path(&format!("{pc}/.trinity"));
+        assert_eq!(env.git(&tree, &["rev-parse", "HEAD"]), remote_head, "{pc}");
+        assert_eq!(
+            env.git(&tree, &["symbolic-ref", "--short", "HEAD"]),
+            "trinity"
+        );
+        assert_eq!(
+            env.git(&tree, &["status", "--porcelain"]),
+            "",
+            "{pc} tree is dirty"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tree.join("fleet.toml")).expect("fleet"),
+            fleet
+        );
+        let ignore = std::fs::read_to_string(tree.join(".gitignore")).expect("gitignore");
+        assert!(ignore.contains("/local/") && ignore.contains("/logs/"));
+        let config =
+            std::fs::read_to_string(env.path(&format!("{pc}/trinity.toml"))).expect("config");
+        assert!(config.contains(&format!("pc = \"{pc}\"")), "{config}");
+        // The tree validates, and the written config loads without warnings.
+        ok(&env.trinity(&["validate", tree.to_str().expect("utf8")]));
+        let status = ok(&env.trinity(&["--config", &format!("{pc}/trinity.toml"), "status"]));
+        assert!(
+            status.contains("Fleet: PC1 -> PC2 -> PC3 -> PC1"),
+            "{status}"
+        );
+        assert!(
+            status.contains(&format!("{pc}*")),
+            "this PC is marked: {status}"
+        );
+    }
+    assert_eq!(
+        env.git(&env.path("remote.git"), &["rev-list", "--count", "trinity"]),
+        "1"
+    );
+
+    // Running it again changes nothing: no commit, no file rewritten.
+    let config_before = std::fs::read(env.path("PC1/trinity.toml")).expect("config");
+    let again = ok(&env.init("PC1", &["--fleet", "PC1,PC2,PC3"]));
+    assert!(
+        again.contains("already set up") && again.contains("unchanged"),
+        "{again}"
+    );
+    assert_eq!(
+        std::fs::read(env.path("PC1/trinity.toml")).expect("config"),
+        config_before
+    );
+    assert_eq!(
+        env.git(
+            &env.path("remote.git"),
+            &["rev-parse", "refs/heads/trinity"]
+        ),
+        remote_head
+    );
+    assert_eq!(
+        env.git(&env.path("PC1/.trinity"), &["status", "--porcelain"]),
+        ""
+    );
+}
+
+#[test]
+fn a_joining_pc_with_another_fleet_gets_the_existing_one() {
+    let env = TestEnv::new();
+    ok(&env.init("PC1", &["--fleet", "PC1,PC2,PC3", "--create-remote"]));
+    let out = env.init("PC2", &["--fleet", "PC2,PC1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(&out);
+    assert!(
+        stderr.contains("already has the fleet PC1, PC2, PC3"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn concurrent_inits_on_an_empty_remote_converge_on_one_fleet() {
+    let env = TestEnv::new();
+    ok(&env.trinity(&[
+        "init",
+        "--pc",
+        "PC1",
+        "--remote",
+        "remote.git",
+        "--state-dir",
+        "seed/.trinity",
+        "--config",
+        "seed/t.toml",
+        "--fleet",
+        "PC1,PC2",
+        "--create-remote",
+    ]));
+    // A second, empty remote for the race.
+    env.git(env.dir.path(), &["init", "--bare", "-q", "race.git"]);
+    let spawn = |pc: &str, fleet: &str, coord: &str| {
+        let state = format!("{pc}/.trinity");
+        let config = format!("{pc}/trinity.toml");
+        env.cmd()
+            .args([
+                "init",
+                "--pc",
+                pc,
+                "--remote",
+                "race.git",
+                "--state-dir",
+                &state,
+                "--config",
+                &config,
+            ])
+            .args(["--fleet", fleet, "--coordinator", coord])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let a = spawn("PC1", "PC1,PC2", "PC1");
+    let b = spawn("PC2", "PC1,PC2", "PC2");
+    let (a, b) = (
+        a.wait_with_output().expect("a"),
+        b.wait_with_output().expect("b"),
+    );
+    ok(&a);
+    ok(&b);
+    let fa = std::fs::read_to_string(env.path("PC1/.trinity/fleet.toml")).expect("fleet a");
+    let fb = std::fs::read_to_string(env.path("PC2/.trinity/fleet.toml")).expect("fleet b");
+    assert_eq!(fa, fb, "both PCs must end on the winner's fleet");
+    let head = env.git(&env.path("race.git"), &["rev-parse", "refs/heads/trinity"]);
+    assert_eq!(
+        env.git(&env.path("PC1/.trinity"), &["rev-parse", "HEAD"]),
+        head
+    );
+    assert_eq!(
+        env.git(&env.path("PC2/.trinity"), &["rev-parse", "HEAD"]),
+        head
+    );
+}
+
+#[test]
+fn init_refuses_bad_input_clearly() {
+    let env = TestEnv::new();
+    let msg = fails(&env.init("PC1", &["--fleet", "PC1,PC2"]));
+    assert!(
+        msg.contains("does not exist") && msg.contains("--create-remote"),
+        "{msg}"
+    );
+
+    let msg = fails(&env.init("PC1", &["--create-remote"]));
+    assert!(msg.contains("pass --fleet"), "{msg}");
+
+    let msg = fails(&env.init("../PC1", &["--fleet", "PC1"]));
+    assert!(msg.contains("`..`"), "{msg}");
+
+    let msg = fails(&env.init("PC1", &["--fleet", "PC1,PC2", "--coordinator", "PC7"]));
+    assert!(msg.contains("coordinator PC7 is not one of pcs"), "{msg}");
+
+    ok(&env.init("PC1", &["--fleet", "PC1,PC2"]));
+    let msg = fails(&env.init("PC4", &[]));
+    assert!(
+        msg.contains("PC4 is not a member of this fleet (PC1, PC2)"),
+        "{msg}"
+    );
+
+    // PC2's config file already says PC1: refuse rather than overwrite.
+    std::fs::create_dir_all(env.path("PC2")).expect("mkdir");
+    std::fs::copy(env.path("PC1/trinity.toml"), env.path("PC2/trinity.toml")).expect("copy");
+    let msg = fails(&env.init("PC2", &[]));
+    assert!(
+        msg.contains("already exists and differs") && msg.contains("pc is PC1"),
+        "{msg}"
+    );
+    assert!(
+        !env.path("PC2/.trinity").exists(),
+        "nothing is cloned when the config conflicts"
+    );
+
+    std::fs::create_dir_all(env.path("PC3/.trinity")).expect("mkdir");
+    std::fs::write(env.path("PC3/.trinity/notes.txt"), "mine").expect("write");
+    let msg = fails(&env.init("PC3", &[]));
+    assert!(
+        msg.contains("is not empty and is not a state tree"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn validate_accepts_the_valid_fixtures() {
+    let env = TestEnv::new();
+    let valid = fixtures().join("valid");
+    let out = ok(&env.trinity(&["validate", valid.to_str().expect("utf8")]));
+    assert!(out.contains("all valid"), "{out}");
+    assert!(
+        out.contains("fields unknown to this version, kept: ")
+            && out.contains("current_work.branch"),
+        "{out}"
+    );
+}
+
+#[derive(Deserialize)]
+struct Expectation {
+    file: String,
+    expect: String,
+}
+
+#[test]
+fn validate_rejects_every_invalid_fixture_naming_file_and_problem() {
+    let env = TestEnv::new();
+    let dir = fixtures().join("invalid");
+    let cases: BTreeMap<String, Expectation> =
+        toml::from_str(&std::fs::read_to_string(dir.join("expectations.toml")).expect("read"))
+            .expect("parse");
+    for (name, case) in cases {
+        let file = dir.join(&name).join(&case.file);
+        let out = env.trinity(&["validate", file.to_str().expect("utf8")]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().next().unwrap_or_default();
+        assert!(line.starts_with(&*file.to_string_lossy()), "{name}: {line}");
+        assert!(
+            line.contains(&case.expect),
+            "{name}: {line:?} does not say {:?}",
+            case.expect
+        );
+    }
+    let msg = fails(&env.trinity(&["validate", "no/such/file.json"]));
+    assert!(msg.contains("does not exist"), "{msg}");
+}
+
+#[test]
+fn status_json_reads_the_tree() {
+    let env = TestEnv::new();
+    let valid = fixtures().join("valid");
+    let out = ok(&env.trinity(&[
+        "status",
+        "--json",
+        "--state-dir",
+        valid.to_str().expect("utf8"),
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["rotation"], serde_json::json!(["PC1", "PC2", "PC3"]));
+    assert_eq!(v["pcs"][0]["heartbeat"], "handoff_initiated");
+    assert_eq!(v["pcs"][0]["credit"], "EXHAUSTED");
+    assert_eq!(v["pcs"][1]["state"], "ACTIVE");
+    assert_eq!(v["pending_handoffs"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v["queue"]["tasks"], 2);
+    assert_eq!(v["problems"], serde_json::json!([]));
+
+    let table = ok(&env.trinity(&["status", "--state-dir", valid.to_str().expect("utf8")]));
+    for want in [
+        "PC1 -> PC2 (credit exhaustion), 1 task(s)",
+        "PC2 <- PC1 credit_handoff",
+        "Coordinator: PC3 (lease epoch 7",
+    ] {
+        assert!(table.contains(want), "missing {want:?} in\n{table}");
+    }
+
+    let msg = fails(&env.trinity(&["status", "--state-dir", "missing"]));
+    assert!(msg.contains("run `trinity init` first"), "{msg}");
+}
+
+#[test]
+fn status_reports_invalid_files_without_failing() {
+    let env = TestEnv::new();
+    ok(&env.init("PC1", &["--fleet", "PC1,PC2", "--create-remote"]));
+    std::fs::create_dir_all(env.path("PC1/.trinity/heartbeat")).expect("mkdir");
+    std::fs::write(env.path("PC1/.trinity/heartbeat/PC2.json"), "{\"pc\":").expect("write");
+    let out = ok(&env.trinity(&["--config", "PC1/trinity.toml", "status"]));
+    assert!(
+        out.contains("Problems: 1") && out.contains("heartbeat/PC2.json: is not valid JSON"),
+        "{out}"
+    );
+}
+
+#[test]
+fn logs_prints_the_last_lines_and_follows() {
+    let env = TestEnv::new();
+    let logs = env.path("tree/logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    let log = logs.join("git-sync.log");
+    std::fs::write(&log, "one\ntwo\nthree\n").expect("write");
+    let out = ok(&env.trinity(&["logs", "git-sync", "-n", "2", "--state-dir", "tree"]));
+    assert_eq!(out, "two\nthree\n");
+
+    let msg = fails(&env.trinity(&["logs", "coordinator", "--state-dir", "tree"]));
+    assert!(msg.contains("logs present: git-sync"), "{msg}");
+
+    let mut child = env
+        .cmd()
+        .args(["logs", "sync", "-f", "-n", "1", "--state-dir", "tree"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.expect("line")).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let next = |rx: &mpsc::Receiver<String>| {
+        rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+    };
+    assert_eq!(next(&rx).expect("first line"), "three");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .expect("open")
+        .write_all(b"four\n")
+        .expect("append");
+    assert_eq!(next(&rx).expect("followed line"), "four");
+    // A roll-over: the file is replaced by a new, shorter one.
+    std::fs::rename(&log, logs.join("git-sync.1.log")).expect("roll");
+    std::fs::write(&log, "five\n").expect("new file");
+    assert_eq!(next(&rx).expect("line after roll-over"), "five");
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+}
+
+#[test]
+fn every_command_has_help() {
+    let env = TestEnv::new();
+    for cmd in ["init", "validate", "status", "logs"] {
+        let out = ok(&env.trinity(&[cmd, "--help"]));
+        assert!(out.contains("Usage: trinity"), "{cmd}: {out}");
+    }
+    let out = ok(&env.trinity(&["--help"]));
+    for cmd in ["init", "validate", "status", "logs"] {
+        assert!(out.contains(cmd), "{out}");
+    }
+}
