@@ -141,9 +141,23 @@ fn copy_from(file: &mut File, from: u64, to: u64, out: &mut impl Write) -> io::R
     Ok(to)
 }
 
+/// Opens a log for reading without stopping the daemon from rolling it over: on Windows a
+/// file held open without `FILE_SHARE_DELETE` cannot be renamed.
+fn open_shared(path: &Path) -> io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        // FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE
+        options.share_mode(0x1 | 0x2 | 0x4);
+    }
+    options.open(path)
+}
+
 /// Prints what is appended to `path` from `pos` on, reopening it when it is rolled over.
 fn follow(path: &Path, mut pos: u64, out: &mut impl Write) -> anyhow::Result<()> {
-    let mut file = File::open(path)?;
+    let mut file = open_shared(path)?;
     loop {
         std::thread::sleep(Duration::from_millis(200));
         let len = match std::fs::metadata(path) {
@@ -152,7 +166,7 @@ fn follow(path: &Path, mut pos: u64, out: &mut impl Write) -> anyhow::Result<()>
         };
         if len < pos {
             // Rolled over (or truncated): the current file is a new one.
-            file = File::open(path)?;
+            file = open_shared(path)?;
             pos = 0;
         }
         if len > pos {

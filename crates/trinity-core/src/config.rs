@@ -694,21 +694,32 @@ mod example_tests {
 
     #[test]
     fn the_example_file_holds_the_defaults_and_loads_without_warnings() {
-        let sources = Sources { file: Some(example_path()), file_required: true, env: Vec::new() };
+        let sources = Sources {
+            file: Some(example_path()),
+            file_required: true,
+            env: Vec::new(),
+        };
         let loaded = load(&sources).expect("the example config loads");
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
-        let mut expected = Config::default();
-        expected.pc = Some(PcId::new("PC1").expect("valid"));
-        expected.state_dir = example_path().parent().expect("dir").join(".trinity");
+        let mut expected = Config {
+            pc: Some(PcId::new("PC1").expect("valid")),
+            state_dir: example_path().parent().expect("dir").join(".trinity"),
+            ..Config::default()
+        };
         expected.sync.remote = "/srv/trinity/state.git".to_owned();
-        assert_eq!(loaded.config, expected, "the example must show the built-in defaults");
+        assert_eq!(
+            loaded.config, expected,
+            "the example must show the built-in defaults"
+        );
     }
 
     #[test]
     fn the_example_file_mentions_every_key() {
         let text = std::fs::read_to_string(example_path()).expect("read example");
-        let mut defaults = Config::default();
-        defaults.pc = Some(PcId::new("PC1").expect("valid"));
+        let mut defaults = Config {
+            pc: Some(PcId::new("PC1").expect("valid")),
+            ..Config::default()
+        };
         defaults.coordinator.phases.push(PhaseConfig {
             name: "x".to_owned(),
             command: vec!["x".to_owned()],
@@ -724,25 +735,25 @@ mod example_tests {
                 let l = l.trim_start_matches(['#', ' ']);
                 l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}="))
             });
-            assert!(documented, "deploy/config/trinity.example.toml does not document `{key}`");
+            assert!(
+                documented,
+                "deploy/config/trinity.example.toml does not document `{key}`"
+            );
         }
     }
 
+    /// The leaf keys of a value: tables are walked, lists of tables too.
     fn collect_keys(v: &serde_json::Value, out: &mut Vec<String>) {
-        match v {
-            serde_json::Value::Object(map) => {
-                for (k, v) in map {
-                    if v.is_object() {
-                        collect_keys(v, out);
-                    } else {
-                        out.push(k.clone());
-                        if let serde_json::Value::Array(items) = v {
-                            items.iter().for_each(|i| collect_keys(i, out));
-                        }
-                    }
+        let Some(map) = v.as_object() else { return };
+        for (k, v) in map {
+            if v.is_object() {
+                collect_keys(v, out);
+            } else {
+                out.push(k.clone());
+                if let serde_json::Value::Array(items) = v {
+                    items.iter().for_each(|i| collect_keys(i, out));
                 }
             }
-            _ => {}
         }
     }
 }

@@ -131,11 +131,6 @@ pub struct CreditSnapshot {
 
 impl CreditSnapshot {
     pub(crate) fn check(&self, at: &str, problems: &mut Vec<String>) {
-        super::check_fraction(&format!("{at}.error_rate"), self.error_rate, problems);
-        super::check_non_negative(
-            &format!("{at}.avg_response_time"),
-            self.avg_response_time,
-            problems,
-        );
+        super::check_credit_figures(at, self.error_rate, self.avg_response_time, problems);
     }
 }

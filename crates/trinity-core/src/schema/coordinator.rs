@@ -313,13 +313,9 @@ impl Schema for CreditDashboard {
     fn check(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for (pc, entry) in &self.pcs {
-            super::check_fraction(
-                &format!("pcs.{pc}.error_rate"),
+            super::check_credit_figures(
+                &format!("pcs.{pc}"),
                 entry.error_rate,
-                &mut problems,
-            );
-            super::check_non_negative(
-                &format!("pcs.{pc}.avg_response_time"),
                 entry.avg_response_time,
                 &mut problems,
             );

@@ -388,13 +388,34 @@ fn check_version<T: Schema>(object: &Map<String, Value>) -> Result<(), SchemaErr
     Ok(())
 }
 
-/// Serde helpers for `Option<f64>`-free checks shared by the schemas.
+/// Checks the seed's credit figures, which several schemas carry flat: `error_rate` is a
+/// fraction and `avg_response_time` a non-negative number of seconds. `at` prefixes the field
+/// names in messages ("credit_state", "pcs.PC1"); empty for the top level.
+pub(crate) fn check_credit_figures(
+    at: &str,
+    error_rate: f64,
+    avg_response_time: f64,
+    problems: &mut Vec<String>,
+) {
+    let name = |field: &str| {
+        if at.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{at}.{field}")
+        }
+    };
+    check_fraction(&name("error_rate"), error_rate, problems);
+    check_non_negative(&name("avg_response_time"), avg_response_time, problems);
+}
+
+/// A number that must lie in 0..=1.
 pub(crate) fn check_fraction(name: &str, value: f64, problems: &mut Vec<String>) {
     if !(0.0..=1.0).contains(&value) {
         problems.push(format!("{name} is {value}, it must be between 0 and 1"));
     }
 }
 
+/// A number that must be finite and at least 0.
 pub(crate) fn check_non_negative(name: &str, value: f64, problems: &mut Vec<String>) {
     if !value.is_finite() || value < 0.0 {
         problems.push(format!(

@@ -155,8 +155,7 @@ impl Schema for CreditStatus {
 
     fn check(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        super::check_fraction("error_rate", self.error_rate, &mut problems);
-        super::check_non_negative("avg_response_time", self.avg_response_time, &mut problems);
+        super::check_credit_figures("", self.error_rate, self.avg_response_time, &mut problems);
         super::check_non_negative("fraction", self.fraction, &mut problems);
         for (rule, fraction) in &self.rules {
             super::check_non_negative(&format!("rules.{rule}"), *fraction, &mut problems);
