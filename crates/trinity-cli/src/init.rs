@@ -55,17 +55,7 @@ pub(crate) fn run(args: InitArgs, config_path: Option<&Path>) -> anyhow::Result<
     let config_text = config_file_text(&args.pc, &state_dir, &remote, &args.branch);
     let config_state = check_existing_config(&config_path, &args.pc, &state_dir, &remote)?;
 
-    let tree_state = ensure_clone(&args, &remote, &state_dir)?;
-    let fleet = fsio::load::<Fleet>(&Tree::new(&state_dir).fleet_file())
-        .context("the state repository's fleet.toml is not valid")?
-        .value;
-    if !fleet.contains(&args.pc) {
-        bail!(
-            "{} is not a member of this fleet ({}); add it to fleet.toml in the state repository first",
-            args.pc,
-            fleet.pcs_joined()
-        );
-    }
+    let (tree_state, fleet) = ensure_clone(&args, &remote, &state_dir)?;
     if !args.fleet.is_empty() && args.fleet != fleet.pcs {
         eprintln!(
             "warning: the state repository already has the fleet {}; --fleet {} is ignored",
@@ -213,11 +203,49 @@ fn check_existing_config(
     }
 }
 
-/// Makes sure `state_dir` is a clone of the remote's branch. Returns what was done.
-fn ensure_clone(args: &InitArgs, remote: &str, state_dir: &Path) -> anyhow::Result<&'static str> {
+/// Reads the tree's fleet and checks that `pc` is a member.
+fn member_fleet(tree_dir: &Path, pc: &PcId) -> anyhow::Result<Fleet> {
+    let fleet = fsio::load::<Fleet>(&Tree::new(tree_dir).fleet_file())
+        .context("the state repository's fleet.toml is not valid")?
+        .value;
+    if !fleet.contains(pc) {
+        bail!(
+            "{pc} is not a member of this fleet ({}); add it to fleet.toml in the state repository first",
+            fleet.pcs_joined()
+        );
+    }
+    Ok(fleet)
+}
+
+/// A directory that is removed when dropped, unless it was moved into place.
+struct Staging {
+    path: PathBuf,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.path.exists() {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Makes sure `state_dir` is a clone of the remote's branch with `pc` in its fleet. A new
+/// clone is made in a staging directory beside `state_dir` and moved into place only when
+/// everything checked out, so a failed init leaves nothing behind. Returns what was done.
+fn ensure_clone(
+    args: &InitArgs,
+    remote: &str,
+    state_dir: &Path,
+) -> anyhow::Result<(&'static str, Fleet)> {
     if state_dir.join(".git").exists() {
         let git = Git::in_dir(state_dir);
-        let origin = git.run(["remote", "get-url", "origin"]).unwrap_or_default();
+        let Ok(origin) = git.run(["remote", "get-url", "origin"]) else {
+            bail!(
+                "{} is a git repository without an `origin` remote (left by an interrupted `trinity init`?); remove it and run init again",
+                state_dir.display()
+            );
+        };
         if origin.trim() != remote {
             bail!(
                 "{} is already a clone of {:?}, not of {remote:?}",
@@ -236,7 +264,7 @@ fn ensure_clone(args: &InitArgs, remote: &str, state_dir: &Path) -> anyhow::Resu
                 args.branch
             );
         }
-        return Ok("already set up");
+        return Ok(("already set up", member_fleet(state_dir, &args.pc)?));
     }
     if state_dir.exists()
         && fs::read_dir(state_dir)
@@ -249,52 +277,63 @@ fn ensure_clone(args: &InitArgs, remote: &str, state_dir: &Path) -> anyhow::Resu
         );
     }
 
+    let name = state_dir
+        .file_name()
+        .map_or("state".into(), |n| n.to_string_lossy());
+    let staging = Staging {
+        path: state_dir.with_file_name(format!(".{name}.init-{}", std::process::id())),
+    };
+    if staging.path.exists() {
+        fs::remove_dir_all(&staging.path)?;
+    }
     let heads = Git::new()
         .run(["ls-remote", "--heads", remote, &args.branch])
         .with_context(|| format!("failed to reach the remote {remote}"))?;
-    if !heads.trim().is_empty() {
-        clone(remote, &args.branch, state_dir, &args.pc)?;
-        return Ok("cloned");
-    }
-
-    // An empty remote: create the branch with the fleet, and push it. If someone else pushed
-    // first, their fleet wins: clone it.
-    let fleet = new_fleet(args)?;
-    create_branch(state_dir, &args.branch, &fleet, &args.pc)?;
-    let git = Git::in_dir(state_dir);
-    git.run(["remote", "add", "origin", remote])?;
-    match git.run([
-        "push",
-        "-q",
-        "origin",
-        &format!("HEAD:refs/heads/{}", args.branch),
-    ]) {
-        Ok(_) => {
-            git.run([
-                "branch",
-                "-q",
-                "--set-upstream-to",
-                &format!("origin/{}", args.branch),
-            ])
-            .or_else(|_| {
+    let outcome = if !heads.trim().is_empty() {
+        clone(remote, &args.branch, &staging.path, &args.pc)?;
+        "cloned"
+    } else {
+        // An empty remote: create the branch with the fleet, and push it. If someone else
+        // pushed first, their fleet wins: clone it.
+        let fleet = new_fleet(args)?;
+        create_branch(&staging.path, &args.branch, &fleet, &args.pc)?;
+        let git = Git::in_dir(&staging.path);
+        git.run(["remote", "add", "origin", remote])?;
+        match git.run([
+            "push",
+            "-q",
+            "origin",
+            &format!("HEAD:refs/heads/{}", args.branch),
+        ]) {
+            Ok(_) => {
                 git.run(["fetch", "-q", "origin"])?;
                 git.run([
                     "branch",
                     "-q",
                     "--set-upstream-to",
                     &format!("origin/{}", args.branch),
-                ])
-            })?;
-            Ok("created the fleet")
+                ])?;
+                "created the fleet"
+            }
+            Err(e) if is_race(e.stderr()) => {
+                fs::remove_dir_all(&staging.path)?;
+                clone(remote, &args.branch, &staging.path, &args.pc)?;
+                "cloned (another PC created the fleet first)"
+            }
+            Err(e) => return Err(e).context("failed to push the new fleet"),
         }
-        Err(e) if is_race(e.stderr()) => {
-            fs::remove_dir_all(state_dir)
-                .with_context(|| format!("failed to remove {}", state_dir.display()))?;
-            clone(remote, &args.branch, state_dir, &args.pc)?;
-            Ok("cloned (another PC created the fleet first)")
-        }
-        Err(e) => Err(e).context("failed to push the new fleet"),
+    };
+    let fleet = member_fleet(&staging.path, &args.pc)?;
+    if state_dir.exists() {
+        fs::remove_dir(state_dir)
+            .with_context(|| format!("failed to replace the empty {}", state_dir.display()))?;
     }
+    if let Some(parent) = state_dir.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::rename(&staging.path, state_dir)
+        .with_context(|| format!("failed to move the new clone into {}", state_dir.display()))?;
+    Ok((outcome, fleet))
 }
 
 fn is_race(stderr: &str) -> bool {

@@ -290,6 +290,19 @@ fn init_refuses_bad_input_clearly() {
         msg.contains("PC4 is not a member of this fleet (PC1, PC2)"),
         "{msg}"
     );
+    let leftovers: Vec<_> = std::fs::read_dir(env.path("PC4"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "a failed init left {leftovers:?} behind"
+    );
+
+    // A repository without `origin` (an init killed half way) is named as such.
+    std::fs::create_dir_all(env.path("PC5/.trinity")).expect("mkdir");
+    env.git(&env.path("PC5/.trinity"), &["init", "-q"]);
+    let msg = fails(&env.init("PC5", &[]));
+    assert!(msg.contains("without an `origin` remote"), "{msg}");
 
     // PC2's config file already says PC1: refuse rather than overwrite.
     std::fs::create_dir_all(env.path("PC2")).expect("mkdir");
