@@ -142,8 +142,8 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     Ok(())
 }
 
-/// Reads at most `limit` bytes of `path`. A larger file is refused with
-/// [`SchemaError::TooLarge`]-style wording through the caller; here it is an `InvalidData` error.
+/// Reads at most `limit + 1` bytes of `path`, so the caller can tell a file over the limit
+/// (the result is longer than `limit`) without reading all of it.
 pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, IoError> {
     let file = File::open(path).map_err(|e| IoError::new("read", path, e))?;
     let mut bytes = Vec::new();

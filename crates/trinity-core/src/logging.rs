@@ -148,7 +148,22 @@ pub fn init(
     cfg: &LoggingConfig,
     logs_dir: &Path,
 ) -> Result<LogGuard, LogError> {
-    let filter_text = std::env::var(LOG_ENV).unwrap_or_else(|_| cfg.level.clone());
+    init_with_filter(
+        daemon,
+        cfg,
+        logs_dir,
+        std::env::var(LOG_ENV).ok().as_deref(),
+    )
+}
+
+/// [`init`] with the filter given instead of read from `TRINITY_LOG` (`None`: `cfg.level`).
+pub fn init_with_filter(
+    daemon: &DaemonName,
+    cfg: &LoggingConfig,
+    logs_dir: &Path,
+    filter: Option<&str>,
+) -> Result<LogGuard, LogError> {
+    let filter_text = filter.map_or_else(|| cfg.level.clone(), str::to_owned);
     let filter = |text: &str| {
         EnvFilter::try_new(text).map_err(|e| LogError::Filter {
             filter: text.to_owned(),
