@@ -184,7 +184,8 @@ pub fn load_optional<T: Schema>(path: &Path) -> Result<Option<Doc<T>>, LoadError
     }
 }
 
-/// Writes a document atomically (replacing the file).
+/// Writes a document atomically (replacing the file). An invalid document is refused and
+/// nothing is written.
 pub fn save<T: Schema>(path: &Path, doc: &Doc<T>) -> Result<(), SaveError> {
     let bytes = doc.to_bytes().map_err(|source| SaveError::Encode {
         path: path.to_owned(),
@@ -196,13 +197,6 @@ pub fn save<T: Schema>(path: &Path, doc: &Doc<T>) -> Result<(), SaveError> {
 
 /// Creates an immutable file from a value; fails if the file exists.
 pub fn create<T: Schema>(path: &Path, value: &T) -> Result<(), SaveError> {
-    let problems = value.check();
-    if !problems.is_empty() {
-        return Err(SaveError::Encode {
-            path: path.to_owned(),
-            source: SchemaError::Invalid { problems },
-        });
-    }
     let bytes = schema::to_bytes(value).map_err(|source| SaveError::Encode {
         path: path.to_owned(),
         source,
@@ -336,6 +330,19 @@ mod tests {
                 .expect("ok")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn invalid_values_are_never_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("PC1.json");
+        let mut bad = heartbeat();
+        bad.status = HeartbeatStatus::HandoffInitiated; // without to_pc
+        let err = save(&path, &Doc::new(bad.clone())).expect_err("refused");
+        assert!(err.to_string().contains("needs to_pc"), "{err}");
+        let err = create(&path, &bad).expect_err("refused");
+        assert!(err.to_string().contains("refusing to write"), "{err}");
+        assert!(!path.exists());
     }
 
     #[test]

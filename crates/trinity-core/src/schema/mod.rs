@@ -269,12 +269,10 @@ impl<T: Schema> Doc<T> {
     }
 
     /// The document as a JSON value: the typed fields, then every unknown field whose parent
-    /// still exists and that the typed fields do not now set.
+    /// still exists and that the typed fields do not now set. A value that fails
+    /// [`Schema::check`] is refused: nothing writes a file its readers would reject.
     pub fn to_value(&self) -> Result<Value, SchemaError> {
-        let mut value = serde_json::to_value(&self.value).map_err(|e| SchemaError::Field {
-            path: String::new(),
-            message: e.to_string(),
-        })?;
+        let mut value = checked_value(&self.value)?;
         for (steps, extra) in &self.unknown {
             let Some((Step::Key(key), parent)) = steps.split_last() else {
                 continue;
@@ -311,13 +309,22 @@ fn explain(message: String) -> String {
     }
 }
 
-/// Serializes a value the way the tree stores it (used for files created from scratch).
+/// Serializes a value the way the tree stores it (for files created from scratch). A value
+/// that fails [`Schema::check`] is refused.
 pub fn to_bytes<T: Schema>(value: &T) -> Result<Vec<u8>, SchemaError> {
-    let value = serde_json::to_value(value).map_err(|e| SchemaError::Field {
+    encode(&checked_value(value)?, T::ENCODING)
+}
+
+/// The value as JSON, after [`Schema::check`].
+fn checked_value<T: Schema>(value: &T) -> Result<Value, SchemaError> {
+    let problems = value.check();
+    if !problems.is_empty() {
+        return Err(SchemaError::Invalid { problems });
+    }
+    serde_json::to_value(value).map_err(|e| SchemaError::Field {
         path: String::new(),
         message: e.to_string(),
-    })?;
-    encode(&value, T::ENCODING)
+    })
 }
 
 /// Parses bytes into a typed value, discarding unknown fields (for read-only use).
