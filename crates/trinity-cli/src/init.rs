@@ -45,7 +45,7 @@ pub(crate) struct InitArgs {
 }
 
 pub(crate) fn run(args: InitArgs, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let remote = normalize_remote(&args.remote, args.create_remote)?;
+    let remote = normalize_remote(&args.remote)?;
     let state_dir = absolute(&args.state_dir)?;
     let config_path = config_path
         .map(Path::to_owned)
@@ -53,7 +53,9 @@ pub(crate) fn run(args: InitArgs, config_path: Option<&Path>) -> anyhow::Result<
 
     // Check the config file first, so that a conflicting one stops us before any cloning.
     let config_text = config_file_text(&args.pc, &state_dir, &remote, &args.branch);
-    let config_state = check_existing_config(&config_path, &args.pc, &state_dir, &remote)?;
+    let config_state =
+        check_existing_config(&config_path, &args.pc, &state_dir, &remote, &args.branch)?;
+    create_local_remote(&remote, args.create_remote)?;
 
     let (tree_state, fleet) = ensure_clone(&args, &remote, &state_dir)?;
     if !args.fleet.is_empty() && args.fleet != fleet.pcs {
@@ -104,31 +106,37 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     })
 }
 
-/// Local paths become absolute (the config file may be read from another directory);
-/// a missing local remote is created with `--create-remote`.
-fn normalize_remote(remote: &str, create: bool) -> anyhow::Result<String> {
+/// Local paths become absolute: the config file may be read from another directory.
+fn normalize_remote(remote: &str) -> anyhow::Result<String> {
     if !is_local_path(remote) || remote.starts_with("file://") {
         return Ok(remote.to_owned());
     }
-    let path = absolute(Path::new(remote))?;
-    if !path.exists() {
-        if !create {
-            bail!(
-                "the remote {} does not exist; create it with `git init --bare {}` or pass --create-remote",
-                path.display(),
-                path.display()
-            );
-        }
-        Git::new()
-            .run([
-                std::ffi::OsStr::new("init"),
-                "--bare".as_ref(),
-                "-q".as_ref(),
-                path.as_os_str(),
-            ])
-            .context("failed to create the remote")?;
+    Ok(absolute(Path::new(remote))?.to_string_lossy().into_owned())
+}
+
+/// A local remote that does not exist is created with `--create-remote`, else refused.
+fn create_local_remote(remote: &str, create: bool) -> anyhow::Result<()> {
+    if !is_local_path(remote) || remote.starts_with("file://") {
+        return Ok(());
     }
-    Ok(path.to_string_lossy().into_owned())
+    let path = Path::new(remote);
+    if path.exists() {
+        return Ok(());
+    }
+    if !create {
+        bail!(
+            "the remote {remote} does not exist; create it with `git init --bare {remote}` or pass --create-remote"
+        );
+    }
+    Git::new()
+        .run([
+            std::ffi::OsStr::new("init"),
+            "--bare".as_ref(),
+            "-q".as_ref(),
+            path.as_os_str(),
+        ])
+        .context("failed to create the remote")?;
+    Ok(())
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -164,6 +172,7 @@ fn check_existing_config(
     pc: &PcId,
     state_dir: &Path,
     remote: &str,
+    branch: &str,
 ) -> anyhow::Result<ConfigState> {
     if !path.exists() {
         return Ok(ConfigState::Missing);
@@ -191,6 +200,9 @@ fn check_existing_config(
     }
     if existing.sync.remote != remote {
         differences.push(format!("sync.remote is {:?}", existing.sync.remote));
+    }
+    if existing.sync.branch != branch {
+        differences.push(format!("sync.branch is {:?}", existing.sync.branch));
     }
     if differences.is_empty() {
         Ok(ConfigState::Same)

@@ -316,6 +316,25 @@ fn init_refuses_bad_input_clearly() {
         !env.path("PC2/.trinity").exists(),
         "nothing is cloned when the config conflicts"
     );
+    let msg = fails(&env.trinity(&[
+        "init",
+        "--pc",
+        "PC2",
+        "--remote",
+        "other.git",
+        "--create-remote",
+        "--fleet",
+        "PC1,PC2",
+        "--state-dir",
+        "PC2/.trinity",
+        "--config",
+        "PC2/trinity.toml",
+    ]));
+    assert!(msg.contains("already exists and differs"), "{msg}");
+    assert!(
+        !env.path("other.git").exists(),
+        "no remote is created when the config conflicts"
+    );
 
     std::fs::create_dir_all(env.path("PC3/.trinity")).expect("mkdir");
     std::fs::write(env.path("PC3/.trinity/notes.txt"), "mine").expect("write");
