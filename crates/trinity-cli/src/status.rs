@@ -140,7 +140,8 @@ impl Reader<'_> {
         }
     }
 
-    /// The files of a directory the layout knows as `want`, sorted by name.
+    /// The tree files of a directory (local and temporary files skipped), sorted by name;
+    /// a file the layout has no place for is reported as a problem.
     fn list(&mut self, dir: &Path) -> Vec<(PathBuf, FileKind)> {
         let Ok(entries) = fs::read_dir(dir) else {
             return Vec::new();
