@@ -298,16 +298,23 @@ fn ensure_clone(
     if staging.path.exists() {
         fs::remove_dir_all(&staging.path)?;
     }
+    eprintln!("contacting {remote} ...");
     let heads = Git::new()
         .run(["ls-remote", "--heads", remote, &args.branch])
         .with_context(|| format!("failed to reach the remote {remote}"))?;
     let outcome = if !heads.trim().is_empty() {
+        eprintln!("cloning branch {} ...", args.branch);
         clone(remote, &args.branch, &staging.path, &args.pc)?;
         "cloned"
     } else {
         // An empty remote: create the branch with the fleet, and push it. If someone else
         // pushed first, their fleet wins: clone it.
         let fleet = new_fleet(args)?;
+        eprintln!(
+            "the remote has no branch {}: creating it with the fleet {}",
+            args.branch,
+            fleet.pcs_joined()
+        );
         create_branch(&staging.path, &args.branch, &fleet, &args.pc)?;
         let git = Git::in_dir(&staging.path);
         git.run(["remote", "add", "origin", remote])?;
