@@ -1,13 +1,13 @@
 //! `trinity validate`: check files against their schemas by their place in the tree.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 use trinity_core::fsio;
 use trinity_core::layout::Tree;
 use trinity_core::schema::Fleet;
-use trinity_core::validate::{find_tree_root, implied_root, validate_file};
+use trinity_core::validate::{files_under, find_tree_root, implied_root, validate_file};
 
 #[derive(Debug, Args)]
 pub(crate) struct ValidateArgs {
@@ -28,7 +28,7 @@ pub(crate) fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let mut problems = 0usize;
     for path in &args.paths {
         if path.is_dir() {
-            walk(path, &mut files)?;
+            files.extend(files_under(path)?);
         } else if path.exists() {
             files.push(path.clone());
         } else {
@@ -82,24 +82,4 @@ pub(crate) fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         println!("{checked} file(s) checked, {problems} problem(s)");
         Ok(ExitCode::FAILURE)
     }
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.filter_map(Result::ok).collect();
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let name = entry.file_name();
-        if entry.file_type()?.is_dir() {
-            // Inside a state tree, git internals and per-machine state are not tree files.
-            let in_tree_root = dir.join("fleet.toml").is_file();
-            if name == ".git" || (in_tree_root && (name == "local" || name == "logs")) {
-                continue;
-            }
-            walk(&path, out)?;
-        } else {
-            out.push(path);
-        }
-    }
-    Ok(())
 }

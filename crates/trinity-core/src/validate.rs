@@ -183,40 +183,59 @@ fn load_message(e: LoadError) -> String {
 /// Every file of the tree that is synced (not `.git/`, `local/`, `logs/`), sorted.
 pub fn synced_files(tree: &Tree) -> Result<Vec<PathBuf>, fsio::IoError> {
     let mut out = Vec::new();
-    walk(tree.root(), tree, &mut out)?;
+    walk(tree.root(), &mut out, &|path: &Path| {
+        matches!(
+            tree.relative(path).unwrap_or_default().as_str(),
+            ".git" | "local" | "logs"
+        )
+    })?;
     out.sort();
     Ok(out)
 }
 
-fn walk(dir: &Path, tree: &Tree, out: &mut Vec<PathBuf>) -> Result<(), fsio::IoError> {
-    let entries = fs::read_dir(dir).map_err(|source| fsio::IoError {
-        action: "list",
-        path: dir.to_owned(),
-        source,
+/// Every file below `dir`, sorted, skipping what is never a tree file: `.git/` anywhere, and
+/// `local/` and `logs/` beside a `fleet.toml` (at a tree's root). For directories that may hold
+/// several trees, or parts of one (`trinity validate fixtures/invalid`).
+pub fn files_under(dir: &Path) -> Result<Vec<PathBuf>, fsio::IoError> {
+    let mut out = Vec::new();
+    walk(dir, &mut out, &|path: &Path| {
+        let name = path.file_name().unwrap_or_default();
+        let at_tree_root = path
+            .parent()
+            .is_some_and(|p| p.join("fleet.toml").is_file());
+        name == ".git" || (at_tree_root && (name == "local" || name == "logs"))
     })?;
-    for entry in entries {
-        let entry = entry.map_err(|source| fsio::IoError {
-            action: "list",
-            path: dir.to_owned(),
-            source,
-        })?;
-        let path = entry.path();
-        let rel = tree.relative(&path).unwrap_or_default();
-        if matches!(rel.as_str(), ".git" | "local" | "logs") {
+    out.sort();
+    Ok(out)
+}
+
+/// Collects the files below `dir`, not descending into directories `skip` names.
+fn walk(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    skip: &dyn Fn(&Path) -> bool,
+) -> Result<(), fsio::IoError> {
+    for entry in fs::read_dir(dir).map_err(|e| io_error("list", dir, e))? {
+        let path = entry.map_err(|e| io_error("list", dir, e))?.path();
+        if skip(&path) {
             continue;
         }
-        let ty = entry.file_type().map_err(|source| fsio::IoError {
-            action: "inspect",
-            path: path.clone(),
-            source,
-        })?;
-        if ty.is_dir() {
-            walk(&path, tree, out)?;
+        let meta = fs::symlink_metadata(&path).map_err(|e| io_error("inspect", &path, e))?;
+        if meta.is_dir() {
+            walk(&path, out, skip)?;
         } else {
             out.push(path);
         }
     }
     Ok(())
+}
+
+fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> fsio::IoError {
+    fsio::IoError {
+        action,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Validates every synced file of the tree, reading `fleet.toml` first for membership checks.
@@ -302,4 +321,61 @@ pub fn schema_versions() -> Vec<(&'static str, u32)> {
         v::<CreditDashboard>(),
         v::<Escalation>(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(root: &Path, rel: &str) {
+        let path = root.join(rel);
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(path, b"{}").expect("write");
+    }
+
+    #[test]
+    fn walkers_skip_what_is_never_a_tree_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("tree");
+        for rel in [
+            "fleet.toml",
+            "heartbeat/PC1.json",
+            ".git/HEAD",
+            "local/credit/events.jsonl",
+            "logs/git-sync.log",
+            "reports/local/x.md",
+        ] {
+            touch(&root, rel);
+        }
+        // A directory above the tree, holding it and a stray `local/` that is not a tree's.
+        touch(dir.path(), "local/keep.json");
+        let rel = |files: Vec<PathBuf>| -> Vec<String> {
+            files
+                .iter()
+                .map(|p| {
+                    p.strip_prefix(dir.path())
+                        .expect("inside")
+                        .to_string_lossy()
+                        .replace('\\', "/")
+                })
+                .collect()
+        };
+        assert_eq!(
+            rel(synced_files(&Tree::new(&root)).expect("walk")),
+            [
+                "tree/fleet.toml",
+                "tree/heartbeat/PC1.json",
+                "tree/reports/local/x.md"
+            ]
+        );
+        assert_eq!(
+            rel(files_under(dir.path()).expect("walk")),
+            [
+                "local/keep.json",
+                "tree/fleet.toml",
+                "tree/heartbeat/PC1.json",
+                "tree/reports/local/x.md"
+            ]
+        );
+    }
 }
