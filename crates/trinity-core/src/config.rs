@@ -175,6 +175,9 @@ pub struct CreditConfig {
     /// Claude Code's transcripts, tailed for rate-limit and usage-limit messages; empty to
     /// disable. A leading `~` is this user's home directory.
     pub claude_projects_dir: String,
+    /// How often the transcripts are read for new lines.
+    #[serde(with = "humantime_serde")]
+    pub transcript_poll_interval: Duration,
 }
 
 impl Default for CreditConfig {
@@ -194,6 +197,7 @@ impl Default for CreditConfig {
             critical_fraction: 0.85,
             pause: Duration::from_secs(5 * 60),
             claude_projects_dir: "~/.claude/projects".to_owned(),
+            transcript_poll_interval: Duration::from_secs(5),
         }
     }
 }

@@ -199,6 +199,41 @@ string_id!(
     |s| check_component("daemon name", s, &['-', '_'])
 );
 
+impl SignalId {
+    /// A fresh id: `{YYYYMMDDTHHMMSSZ}-{from}-{what}-{nonce}`, at most [`MAX_ID_LEN`] bytes.
+    /// Ids sort by time; the nonce (process id and a counter) keeps ids made in the same second
+    /// apart. `what` is cut to fit and characters outside the alphabet become `-`.
+    pub fn generate(from: &PcId, at: DateTime<Utc>, what: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nonce = format!(
+            "{:x}{n:x}",
+            std::process::id() ^ at.timestamp_subsec_nanos()
+        );
+        let what: String = what
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let head = format!("{}-{from}", file_timestamp(at));
+        let room = MAX_ID_LEN.saturating_sub(head.len() + nonce.len() + 2);
+        let what: String = what.chars().take(room).collect();
+        let text = if what.is_empty() {
+            format!("{head}-{nonce}")
+        } else {
+            format!("{head}-{what}-{nonce}")
+        };
+        let text: String = text.chars().take(MAX_ID_LEN).collect();
+        Self::new(&text).unwrap_or_else(|_| Self(format!("{}-{nonce}", file_timestamp(at))))
+    }
+}
+
 /// A handoff: `handoff_{FROM}_to_{TO}_{YYYYMMDDTHHMMSSZ}`, the stem of its file name.
 ///
 /// The id carries its parts, so the file name and the file's contents can be checked against
@@ -313,6 +348,25 @@ pub fn file_timestamp(at: DateTime<Utc>) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn generated_signal_ids_are_valid_unique_and_bounded() {
+        let at: DateTime<Utc> = "2026-11-21T10:00:00Z".parse().expect("valid time");
+        let pc = PcId::new("PC1").expect("valid");
+        let a = SignalId::generate(&pc, at, "credit_handoff");
+        let b = SignalId::generate(&pc, at, "credit_handoff");
+        assert_ne!(a, b);
+        assert!(
+            a.as_str()
+                .starts_with("20261121T100000Z-PC1-credit_handoff-"),
+            "{a}"
+        );
+        let long = PcId::new("P".repeat(60)).expect("valid");
+        let c = SignalId::generate(&long, at, "$(rm -rf /) ../x");
+        assert!(c.as_str().len() <= MAX_ID_LEN, "{c}");
+        let d = SignalId::generate(&pc, at, "$(rm) `x` %PATH% ../y");
+        assert!(SignalId::new(d.as_str()).is_ok(), "{d}");
+    }
     use super::*;
 
     #[test]

@@ -401,6 +401,23 @@ impl Tree {
         self.local_dir().join("credit").join("events.jsonl")
     }
 
+    /// `local/credit/state.json`: the credit monitor's trigger state (armed, pause, a handoff
+    /// in progress), persisted so a restart never hands off twice.
+    pub fn credit_state_file(&self) -> PathBuf {
+        self.local_dir().join("credit").join("state.json")
+    }
+
+    /// `local/credit/credit.lock`: held while an event is appended and the rules are acted on,
+    /// so that concurrent recorders and the daemon trigger at most one handoff.
+    pub fn credit_lock_file(&self) -> PathBuf {
+        self.local_dir().join("credit").join("credit.lock")
+    }
+
+    /// `local/credit/transcripts.json`: how far the credit monitor has read each transcript.
+    pub fn transcript_state_file(&self) -> PathBuf {
+        self.local_dir().join("credit").join("transcripts.json")
+    }
+
     /// `local/git-sync/state.json`: what git-sync tells the other daemons.
     pub fn sync_state_file(&self) -> PathBuf {
         self.local_dir().join("git-sync").join("state.json")

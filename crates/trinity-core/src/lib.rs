@@ -2,7 +2,7 @@
 //!
 //! The only crate that knows the `.trinity/` tree: its file formats ([`schema`]), its paths and
 //! their classes ([`layout`]), the ids that appear in file names ([`ids`]), how files are written
-//! and read ([`fsio`]), and the pure decision logic the daemons share ([`state`]). It also holds
+//! and read ([`fsio`]), and the pure decision logic the daemons share ([`state`], [`credit`], [`rotation`]). It also holds
 //! configuration ([`config`]), logging ([`logging`]) and the clock ([`clock`]) so that every
 //! binary behaves alike.
 //!
@@ -10,11 +10,15 @@
 
 pub mod clock;
 pub mod config;
+pub mod credit;
+pub mod daemon;
 pub mod fsio;
 pub mod gitcmd;
 pub mod ids;
 pub mod layout;
 pub mod logging;
+pub mod pcfiles;
+pub mod rotation;
 pub mod schema;
 pub mod state;
 pub mod validate;

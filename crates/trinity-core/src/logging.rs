@@ -182,6 +182,7 @@ pub fn init_with_filter(
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
+                .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
                 .with_writer(io::stderr)
                 .with_filter(stderr_filter),
         )

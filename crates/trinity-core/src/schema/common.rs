@@ -109,6 +109,24 @@ pub enum CreditLevel {
     Exhausted,
 }
 
+impl CreditLevel {
+    /// The level as written in files: `HEALTHY`, `WARNING`, `CRITICAL`, `EXHAUSTED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreditLevel::Healthy => "HEALTHY",
+            CreditLevel::Warning => "WARNING",
+            CreditLevel::Critical => "CRITICAL",
+            CreditLevel::Exhausted => "EXHAUSTED",
+        }
+    }
+}
+
+impl std::fmt::Display for CreditLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The outgoing PC's credit figures, carried in a handoff for diagnosis.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreditSnapshot {

@@ -1,0 +1,271 @@
+//! The long-running credit monitor: re-evaluates on every new event and every interval, tails
+//! Claude Code's transcripts, keeps the heartbeat's daemon entry fresh and ends the pause.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use trinity_core::daemon::{InstanceError, InstanceLock};
+use trinity_core::schema::{CreditLevel, HeartbeatStatus};
+use trinity_core::{DaemonName, pcfiles};
+
+use crate::monitor::{Action, Monitor, MonitorError, Outcome};
+use crate::transcripts::{self, TailState};
+
+/// The daemon's name, for its log and lock files and the heartbeat.
+pub const NAME: &str = "credit-monitor";
+
+/// How the loop is paced.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Re-evaluate at least this often.
+    pub interval: Duration,
+    /// Look at the transcripts this often.
+    pub transcript_poll: Duration,
+    /// The transcripts directory, if tailing is on.
+    pub transcripts: Option<PathBuf>,
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another credit monitor holds the tree.
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    /// The monitor failed in a way that retrying cannot fix.
+    #[error(transparent)]
+    Monitor(#[from] MonitorError),
+}
+
+/// What woke the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The events file changed.
+    Events,
+    /// The interval passed.
+    Tick,
+    /// Time to read the transcripts.
+    Transcripts,
+}
+
+/// True when a file-system event concerns the events file (other writes in `local/credit/`,
+/// our own state and lock files among them, are not news).
+pub fn is_events_change(event: &notify::Event, events_file: &Path) -> bool {
+    use notify::EventKind as K;
+    matches!(event.kind, K::Create(_) | K::Modify(_) | K::Any)
+        && event
+            .paths
+            .iter()
+            .any(|p| p.file_name() == events_file.file_name())
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(
+    monitor: Monitor,
+    options: Options,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let name = DaemonName::new(NAME).map_err(|e| MonitorError::Handoff(e.to_string()))?;
+    let _instance = InstanceLock::acquire(monitor.tree(), &name)?;
+    let started_at = monitor.now();
+    // Fail early on a tree without a usable fleet.
+    monitor.fleet()?;
+
+    let events_file = monitor.tree().credit_events_file();
+    let events_dir = events_file
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| monitor.tree().local_dir());
+    std::fs::create_dir_all(&events_dir).map_err(|source| {
+        MonitorError::Io(trinity_core::fsio::IoError {
+            action: "create directory",
+            path: events_dir.clone(),
+            source,
+        })
+    })?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let watched = events_file.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res
+            && is_events_change(&event, &watched)
+        {
+            let _ = tx.send(());
+        }
+    })
+    .and_then(|mut w| {
+        w.watch(&events_dir, RecursiveMode::NonRecursive)
+            .map(|()| w)
+    });
+    if let Err(e) = &watcher {
+        tracing::warn!(error = %e, "cannot watch the events file; evaluating on the interval only");
+    }
+
+    let mut tick = tokio::time::interval(options.interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut transcript_tick = tokio::time::interval(options.transcript_poll);
+    transcript_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let tail_path = monitor.tree().transcript_state_file();
+    let mut tail = TailState::load(&tail_path);
+    tracing::info!(
+        pc = %monitor.pc(),
+        tree = %monitor.tree().root().display(),
+        interval = %humantime::format_duration(options.interval),
+        transcripts = ?options.transcripts,
+        "credit monitor started"
+    );
+
+    let mut last_level = None;
+    loop {
+        let wake = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => Wake::Tick,
+            Some(()) = rx.recv() => {
+                while rx.try_recv().is_ok() {}
+                Wake::Events
+            }
+            _ = transcript_tick.tick(), if options.transcripts.is_some() => Wake::Transcripts,
+        };
+        let result = match wake {
+            Wake::Events => monitor.step().map(Some),
+            Wake::Tick => {
+                let r = monitor.step();
+                if let Ok(outcome) = &r {
+                    refresh_heartbeat(&monitor, &name, started_at, outcome);
+                }
+                r.map(Some)
+            }
+            Wake::Transcripts => read_transcripts(&monitor, &options, &mut tail, &tail_path),
+        };
+        match result {
+            Ok(Some(outcome)) => report(&outcome, &mut last_level),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "credit monitor step failed; retrying on the next event or tick")
+            }
+        }
+    }
+    drop(watcher);
+    tracing::info!("credit monitor stopped");
+    Ok(())
+}
+
+fn read_transcripts(
+    monitor: &Monitor,
+    options: &Options,
+    tail: &mut TailState,
+    tail_path: &Path,
+) -> Result<Option<Outcome>, MonitorError> {
+    let Some(dir) = &options.transcripts else {
+        return Ok(None);
+    };
+    let before = tail.clone();
+    let events = transcripts::poll(dir, tail, monitor.now());
+    let outcome = if events.is_empty() {
+        None
+    } else {
+        tracing::debug!(events = events.len(), "read events from transcripts");
+        Some(monitor.record_many(&events)?)
+    };
+    if *tail != before {
+        tail.save(tail_path)?;
+    }
+    Ok(outcome)
+}
+
+fn report(outcome: &Outcome, last_level: &mut Option<CreditLevel>) {
+    let e = &outcome.evaluation;
+    if *last_level != Some(e.level) {
+        let rule = e.rule.unwrap_or("-");
+        match e.level {
+            CreditLevel::Healthy => tracing::info!(level = %e.level, "credit healthy"),
+            CreditLevel::Warning => {
+                tracing::warn!(level = %e.level, rule, fraction = e.fraction, reason = %e.reason, "credit WARNING")
+            }
+            CreditLevel::Critical => {
+                tracing::warn!(level = %e.level, rule, fraction = e.fraction, reason = %e.reason, "credit CRITICAL: a handoff is near")
+            }
+            CreditLevel::Exhausted => {
+                tracing::warn!(level = %e.level, rule, reason = %e.reason, "credit EXHAUSTED")
+            }
+        }
+        *last_level = Some(e.level);
+    }
+    if let Action::NoTarget { skipped, retry_at } = &outcome.action {
+        tracing::debug!(%skipped, retry_at = %retry_at.to_rfc3339(), "still no PC to hand off to");
+    }
+}
+
+/// Keeps this daemon's entry in the heartbeat fresh and ends the pause when it is over.
+fn refresh_heartbeat(
+    monitor: &Monitor,
+    name: &DaemonName,
+    started_at: DateTime<Utc>,
+    outcome: &Outcome,
+) {
+    let now = monitor.now();
+    let pause_over = outcome.state.paused_until.is_none_or(|u| u <= now);
+    let exhausted = outcome.evaluation.level == CreditLevel::Exhausted;
+    let result = pcfiles::update_heartbeat(monitor.tree(), monitor.pc(), now, |hb| {
+        if hb.status == HeartbeatStatus::HandoffInitiated && pause_over {
+            hb.status = HeartbeatStatus::Idle;
+            hb.paused_until = None;
+        }
+        if hb.status == HeartbeatStatus::Exhausted && !exhausted {
+            hb.status = HeartbeatStatus::Idle;
+        }
+        if hb.paused_until.is_some_and(|u| u <= now) {
+            hb.paused_until = None;
+        }
+        hb.daemons.insert(
+            name.clone(),
+            trinity_core::schema::DaemonBeat {
+                pid: std::process::id(),
+                started_at,
+                updated_at: now,
+                version: Some(trinity_core::VERSION.to_owned()),
+            },
+        );
+    });
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot update the heartbeat");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, CreateKind, DataChange, ModifyKind};
+
+    #[test]
+    fn only_changes_to_the_events_file_wake_the_loop() {
+        let file = Path::new("/t/local/credit/events.jsonl");
+        let ev = |kind, path: &str| notify::Event::new(kind).add_path(PathBuf::from(path));
+        let modify = notify::EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        assert!(is_events_change(
+            &ev(modify, "/t/local/credit/events.jsonl"),
+            file
+        ));
+        assert!(is_events_change(
+            &ev(
+                notify::EventKind::Create(CreateKind::File),
+                "/t/local/credit/events.jsonl"
+            ),
+            file
+        ));
+        assert!(!is_events_change(
+            &ev(modify, "/t/local/credit/state.json"),
+            file
+        ));
+        assert!(!is_events_change(
+            &ev(
+                notify::EventKind::Access(AccessKind::Any),
+                "/t/local/credit/events.jsonl"
+            ),
+            file
+        ));
+    }
+}

@@ -1,0 +1,336 @@
+//! Writing the outgoing handoff: the handoff file, the wake signal for the next PC, the
+//! heartbeat `handoff_initiated`, the instance state HANDOFF_READY, then the pause.
+//!
+//! The plan (the handoff and the signal, fully built) is saved in `local/credit/state.json`
+//! before the first file is written, and each step is idempotent, so a crash anywhere is
+//! finished by the next run and never produces a second handoff.
+
+use std::collections::{BTreeSet, HashSet};
+
+use chrono::{DateTime, Timelike, Utc};
+use serde::{Deserialize, Serialize};
+use trinity_core::credit::Evaluation;
+use trinity_core::fsio::{self, SaveError};
+use trinity_core::rotation::Choice;
+use trinity_core::schema::{
+    Claim, CreditSnapshot, Done, Escalation, EscalationKind, Handoff, HandoffReason,
+    HeartbeatStatus, InstanceStatus, Schema, Task, TaskRef, WakeSignal,
+};
+use trinity_core::validate::files_under;
+use trinity_core::{InstanceState, PcId, RecordId, SignalId, TaskId, Tree, pcfiles, state};
+
+use crate::monitor::{Action, Monitor, MonitorError, TriggerState};
+
+/// A handoff being written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingHandoff {
+    /// The handoff file's contents.
+    pub handoff: Handoff,
+    /// The wake signal's contents.
+    pub signal: WakeSignal,
+    /// Steps finished: 1 handoff file, 2 wake signal, 3 heartbeat, 4 instance state.
+    pub done: u8,
+}
+
+/// Decides and writes a handoff for this exhaustion (or an escalation when nobody can take
+/// over). The caller holds the credit lock and saves `state` afterwards.
+pub(crate) fn start(
+    m: &Monitor,
+    state: &mut TriggerState,
+    evaluation: &Evaluation,
+    choice: &Choice,
+    reason: HandoffReason,
+    now: DateTime<Utc>,
+) -> Result<Action, MonitorError> {
+    // Whole seconds: the handoff's file name carries its timestamp to the second.
+    let now = now.with_nanosecond(0).unwrap_or(now);
+    let Some(to) = choice.next.clone() else {
+        return no_target(m, state, evaluation, choice, now);
+    };
+    if !choice.skipped.is_empty() {
+        tracing::info!(skipped = %choice.skipped_text(), "passed over PCs that cannot take over");
+    }
+    if choice.next_unknown {
+        tracing::warn!(pc = %to, "handing off to a PC that has never sent a heartbeat");
+    }
+    let instance = fsio::load::<InstanceStatus>(&m.tree.instance_file(&m.pc))
+        .ok()
+        .map(|d| d.value);
+    let current_work = instance.as_ref().and_then(|i| i.current_work.clone());
+    let task_queue = task_queue(&m.tree, &m.pc, current_work.as_ref().map(|w| &w.task_id));
+    let handoff = Handoff {
+        format_version: Handoff::FORMAT_VERSION,
+        from_pc: m.pc.clone(),
+        to_pc: to.clone(),
+        timestamp: now,
+        reason,
+        task_queue,
+        current_work,
+        credit_state: Some(CreditSnapshot {
+            rate_limit_count: evaluation.rate_limit_count,
+            error_rate: evaluation.error_rate,
+            avg_response_time: evaluation.avg_response_time,
+            level: Some(evaluation.level),
+            rule: evaluation.rule.map(str::to_owned),
+        }),
+        epoch: None,
+        authored_by: None,
+    };
+    let id = handoff
+        .id()
+        .ok_or_else(|| MonitorError::Handoff("cannot name the handoff file".to_owned()))?;
+    let signal = WakeSignal {
+        format_version: WakeSignal::FORMAT_VERSION,
+        id: SignalId::generate(&m.pc, now, "credit_handoff"),
+        from_pc: m.pc.clone(),
+        to_pc: to.clone(),
+        timestamp: now,
+        task: "credit_handoff".to_owned(),
+        message: format!(
+            "Taking over from {} due to {}: {}",
+            m.pc,
+            reason.describe(),
+            evaluation.reason
+        )
+        .chars()
+        .take(trinity_core::schema::MAX_WAKE_MESSAGE_CHARS)
+        .collect(),
+        handoff: Some(id.clone()),
+        expires_at: None,
+        epoch: None,
+    };
+    let pause = chrono::Duration::from_std(m.config.credit.pause).unwrap_or_default();
+    state.armed = false;
+    state.escalated = false;
+    state.no_target_until = None;
+    state.last_handoff = Some(id.clone());
+    state.paused_until = Some(now + pause);
+    state.pending = Some(PendingHandoff {
+        handoff,
+        signal,
+        done: 0,
+    });
+    // The plan is on disk before the first file of the tree is written.
+    m.save_state(state)?;
+    finish(m, state, now)?;
+    Ok(Action::HandedOff { handoff: id, to })
+}
+
+fn tolerate_existing(result: Result<(), SaveError>) -> Result<(), MonitorError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(SaveError::Io(e)) if e.is_already_exists() => Ok(()),
+        Err(e) => Err(MonitorError::Handoff(e.to_string())),
+    }
+}
+
+/// Writes whatever steps of the pending handoff are not done yet.
+pub(crate) fn finish(
+    m: &Monitor,
+    state: &mut TriggerState,
+    now: DateTime<Utc>,
+) -> Result<(), MonitorError> {
+    let Some(mut pending) = state.pending.clone() else {
+        return Ok(());
+    };
+    let h = pending.handoff.clone();
+    let signal = pending.signal.clone();
+    let Some(id) = h.id() else {
+        state.pending = None;
+        return Err(MonitorError::Handoff(
+            "the pending handoff has no valid id".to_owned(),
+        ));
+    };
+    let paused_until = state.paused_until;
+    let mut step = |n: u8,
+                    state: &mut TriggerState,
+                    f: &mut dyn FnMut() -> Result<(), MonitorError>|
+     -> Result<(), MonitorError> {
+        if pending.done < n {
+            f()?;
+            pending.done = n;
+            state.pending = Some(pending.clone());
+            m.save_state(state)?;
+        }
+        Ok(())
+    };
+    step(1, state, &mut || {
+        tolerate_existing(fsio::create(&m.tree.handoff_file(&id), &h))
+    })?;
+    step(2, state, &mut || {
+        tolerate_existing(fsio::create(
+            &m.tree.wake_file(&signal.to_pc, &signal.id),
+            &signal,
+        ))
+    })?;
+    step(3, state, &mut || {
+        pcfiles::update_heartbeat(&m.tree, &m.pc, now, |hb| {
+            hb.status = HeartbeatStatus::HandoffInitiated;
+            hb.to_pc = Some(h.to_pc.clone());
+            hb.from_pc = None;
+            hb.tasks_received = None;
+            hb.reason = Some(h.reason);
+            hb.handoff = Some(id.clone());
+            hb.paused_until = paused_until;
+        })
+        .map(|_| ())
+        .map_err(|e| MonitorError::Handoff(e.to_string()))
+    })?;
+    step(4, state, &mut || {
+        pcfiles::update_instance(&m.tree, &m.pc, now, |current| {
+            let current = current?;
+            let from = current.state;
+            if state::transition(from, InstanceState::HandoffReady).is_err() {
+                tracing::info!(state = %from, "instance state left as it is (no work in progress to hand over)");
+                return None;
+            }
+            let mut next = current.clone();
+            next.state = InstanceState::HandoffReady;
+            next.since = now;
+            next.handoff = Some(id.clone());
+            Some(next)
+        })
+        .map(|_| ())
+        .map_err(|e| MonitorError::Handoff(e.to_string()))
+    })?;
+    tracing::info!(
+        handoff = %id,
+        from = %h.from_pc,
+        to = %h.to_pc,
+        reason = h.reason.describe(),
+        tasks = h.task_queue.len(),
+        "handoff: {} → {} ({})",
+        h.from_pc,
+        h.to_pc,
+        h.reason.describe()
+    );
+    state.pending = None;
+    m.save_state(state)?;
+    Ok(())
+}
+
+/// Every PC is out of credit or unavailable: write an escalation (once per exhaustion), wake
+/// nobody, and wait until the earliest moment one might take over.
+fn no_target(
+    m: &Monitor,
+    state: &mut TriggerState,
+    evaluation: &Evaluation,
+    choice: &Choice,
+    now: DateTime<Utc>,
+) -> Result<Action, MonitorError> {
+    let pause = chrono::Duration::from_std(m.config.credit.pause).unwrap_or_default();
+    let mine = evaluation.exhausted_until;
+    let retry_at = choice
+        .retry_at
+        .into_iter()
+        .chain(mine)
+        .filter(|t| *t > now)
+        .min()
+        .unwrap_or(now + pause);
+    let skipped = choice.skipped_text();
+    if !state.escalated {
+        let id = RecordId::new(format!(
+            "{}-all-exhausted-{}",
+            trinity_core::ids::file_timestamp(now),
+            m.pc
+        ))
+        .map_err(|e| MonitorError::Handoff(e.to_string()))?;
+        let escalation = Escalation {
+            format_version: Escalation::FORMAT_VERSION,
+            id: id.clone(),
+            created_at: now,
+            created_by: m.pc.clone(),
+            kind: EscalationKind::AllExhausted,
+            summary: format!(
+                "{} is out of credit ({}) and no PC can take over; nobody was woken",
+                m.pc, evaluation.reason
+            ),
+            handoff: None,
+            paths: Vec::new(),
+            details: Some(format!(
+                "{skipped}. {} tries again at {}.",
+                m.pc,
+                retry_at.to_rfc3339()
+            )),
+        };
+        tolerate_existing(fsio::create(&m.tree.escalation_file(&id), &escalation))?;
+        pcfiles::update_heartbeat(&m.tree, &m.pc, now, |hb| {
+            hb.status = HeartbeatStatus::Exhausted;
+        })
+        .map_err(|e| MonitorError::Handoff(e.to_string()))?;
+        tracing::warn!(escalation = %id, %skipped, retry_at = %retry_at.to_rfc3339(), "out of credit and no PC can take over; escalated");
+        state.escalated = true;
+    }
+    state.no_target_until = Some(retry_at);
+    Ok(Action::NoTarget { skipped, retry_at })
+}
+
+/// This PC's claimed-but-unfinished tasks (the current one first), then the unclaimed queue by
+/// priority and age.
+pub fn task_queue(tree: &Tree, pc: &PcId, current: Option<&TaskId>) -> Vec<TaskRef> {
+    let done: HashSet<TaskId> = ids_in::<Done>(tree, &tree.done_dir())
+        .into_iter()
+        .map(|d| d.task_id)
+        .collect();
+    let claims = ids_in::<Claim>(tree, &tree.claims_dir());
+    let claimed: HashSet<TaskId> = claims.iter().map(|c| c.task_id.clone()).collect();
+    let tasks = ids_in::<Task>(tree, &tree.spawn_queue_dir());
+    let describe = |id: &TaskId| -> TaskRef {
+        match tasks.iter().find(|t| &t.id == id) {
+            Some(t) => TaskRef {
+                id: t.id.clone(),
+                priority: t.priority,
+                description: t.description.clone(),
+            },
+            None => TaskRef {
+                id: id.clone(),
+                priority: Default::default(),
+                description: String::new(),
+            },
+        }
+    };
+    let mut mine: BTreeSet<TaskId> = claims
+        .iter()
+        .filter(|c| &c.pc == pc && !done.contains(&c.task_id))
+        .map(|c| c.task_id.clone())
+        .collect();
+    let mut queue = Vec::new();
+    if let Some(current) = current.filter(|t| !done.contains(*t)) {
+        mine.remove(current);
+        queue.push(describe(current));
+    }
+    queue.extend(mine.iter().map(describe));
+    let mut open: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| !claimed.contains(&t.id) && !done.contains(&t.id))
+        .filter(|t| !queue.iter().any(|q| q.id == t.id))
+        .collect();
+    open.sort_by(|a, b| {
+        (a.priority.rank(), a.created_at, &a.id).cmp(&(b.priority.rank(), b.created_at, &b.id))
+    });
+    queue.extend(open.into_iter().map(|t| TaskRef {
+        id: t.id.clone(),
+        priority: t.priority,
+        description: t.description.clone(),
+    }));
+    queue
+}
+
+/// Every valid file of a schema in a directory (invalid ones are skipped with a log line;
+/// git-sync quarantines them).
+fn ids_in<T: Schema>(_tree: &Tree, dir: &std::path::Path) -> Vec<T> {
+    let Ok(files) = files_under(dir) else {
+        return Vec::new();
+    };
+    files
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter_map(|p| match fsio::load::<T>(&p) {
+            Ok(doc) => Some(doc.value),
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping an unreadable file");
+                None
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,411 @@
+//! `credit-monitor`: records API call outcomes, detects credit exhaustion, hands off once.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, TimeZone, Utc};
+use clap::{ArgGroup, Parser, Subcommand};
+use credit_monitor::daemon::{self, Options};
+use credit_monitor::transcripts::expand_home;
+use credit_monitor::{Action, Monitor, Outcome};
+use trinity_core::config::{self, Config, Sources};
+use trinity_core::credit::{self, CreditEvent, EventKind, ReplayLine, Rules};
+use trinity_core::schema::CreditLevel;
+use trinity_core::{DaemonName, SystemClock, logging};
+
+/// Watch this PC's API credit and hand the work to the next PC before it runs out.
+///
+/// Without an action flag it runs as a daemon: it re-evaluates the rules on every new event
+/// and every --interval, reads Claude Code's transcripts, and keeps credit/{PC}.json current.
+/// With a --record-… flag it appends one event, evaluates at once (the third rate limit hands
+/// off inside that very command) and exits.
+#[derive(Debug, Parser)]
+#[command(name = "credit-monitor", version, propagate_version = true)]
+#[command(group(ArgGroup::new("action").multiple(false).args([
+    "record_success", "record_error", "record_rate_limit", "record_slow", "record_usage_limit",
+    "record_spend_limit", "record_overloaded", "record_utilization", "force_handoff", "status",
+    "reset",
+])))]
+struct Cli {
+    /// The configuration file [default: ./trinity.toml]
+    #[arg(long, global = true, env = "TRINITY_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// Daemon: re-evaluate at least this often [default: credit.interval, 1m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    interval: Option<Duration>,
+
+    /// Record a successful call
+    #[arg(long)]
+    record_success: bool,
+    /// Record a failed call (use --status-code)
+    #[arg(long)]
+    record_error: bool,
+    /// Record a rate-limit response (HTTP 429)
+    #[arg(long)]
+    record_rate_limit: bool,
+    /// Record a response that took SECS seconds
+    #[arg(long, value_name = "SECS")]
+    record_slow: Option<f64>,
+    /// Record that the plan's usage limit was reached (needs --reset-at)
+    #[arg(long, requires = "reset_at")]
+    record_usage_limit: bool,
+    /// Record that the account's spend limit was reached (resets on the 1st, UTC)
+    #[arg(long)]
+    record_spend_limit: bool,
+    /// Record an overloaded response (HTTP 529): never a reason to hand off
+    #[arg(long)]
+    record_overloaded: bool,
+    /// Record the provider's utilization, 0..1 (anthropic-ratelimit-unified-*-utilization)
+    #[arg(long, value_name = "F")]
+    record_utilization: Option<f64>,
+
+    /// With --record-success: how long the call took, in seconds
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// With --record-error: the HTTP status (429 counts as a rate limit, 529 as overloaded)
+    #[arg(long, value_name = "N")]
+    status_code: Option<u16>,
+    /// With --record-rate-limit: the retry-after header, in seconds
+    #[arg(long, value_name = "SECS")]
+    retry_after: Option<f64>,
+    /// When the limit resets: RFC 3339 with any offset (2026-11-21T18:00:00+09:00) or Unix seconds
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    reset_at: Option<DateTime<Utc>>,
+    /// Tokens the call used (with any --record-… flag)
+    #[arg(long, value_name = "N")]
+    tokens: Option<u64>,
+
+    /// Hand off now, whatever the rules say
+    #[arg(long)]
+    force_handoff: bool,
+    /// Show the level, each rule's fraction, the reason and the next PC
+    #[arg(long)]
+    status: bool,
+    /// With --status or replay: print JSON
+    #[arg(long, global = true)]
+    json: bool,
+    /// Start every window afresh and end any pause
+    #[arg(long)]
+    reset: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the rules over a recorded trace (JSON lines) with the trace's own clock.
+    ///
+    /// Prints one line per level change and one where a handoff would be triggered, so that
+    /// thresholds can be tuned against real history. Thresholds come from the config file.
+    Replay {
+        /// The trace: one event per line, as in local/credit/events.jsonl
+        trace: PathBuf,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s: {e}"))
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<i64>() {
+        return Utc
+            .timestamp_opt(secs, 0)
+            .single()
+            .ok_or_else(|| format!("{s} is not a valid Unix time"));
+    }
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            format!("{s:?} is not a time like 2026-11-21T18:00:00+09:00 or Unix seconds: {e}")
+        })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("credit-monitor: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    let loaded = config::load(&Sources::from_env(path))?;
+    for warning in &loaded.warnings {
+        eprintln!("credit-monitor: warning: {warning}");
+    }
+    Ok(loaded.config)
+}
+
+fn event_from(cli: &Cli, now: DateTime<Utc>) -> anyhow::Result<Option<CreditEvent>> {
+    let kind = if cli.record_success {
+        EventKind::Success
+    } else if cli.record_error {
+        EventKind::Error
+    } else if cli.record_rate_limit {
+        EventKind::RateLimit
+    } else if cli.record_slow.is_some() {
+        EventKind::Slow
+    } else if cli.record_usage_limit {
+        EventKind::UsageLimit
+    } else if cli.record_spend_limit {
+        EventKind::SpendLimit
+    } else if cli.record_overloaded {
+        EventKind::Overloaded
+    } else if cli.record_utilization.is_some() {
+        EventKind::Utilization
+    } else {
+        return Ok(None);
+    };
+    let mut e = CreditEvent::new(now, kind);
+    e.duration_s = cli.record_slow.or(cli.duration);
+    e.retry_after_s = cli.retry_after;
+    e.reset_at = cli.reset_at;
+    e.status_code = cli.status_code;
+    e.tokens = cli.tokens;
+    e.utilization = cli.record_utilization;
+    if kind == EventKind::Slow && e.duration_s.is_some_and(|d| d <= 0.0) {
+        bail!("--record-slow needs the response time in seconds, above 0");
+    }
+    if let Err(problem) = e.check() {
+        bail!("{problem}");
+    }
+    Ok(Some(e))
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = load_config(cli.config.as_deref())?;
+    if let Some(Command::Replay { trace }) = &cli.command {
+        return replay(&config, trace, cli.json);
+    }
+    let pc = config.require_pc()?.clone();
+    let tree = config.tree();
+    if !tree.root().is_dir() {
+        bail!(
+            "the state tree {} does not exist: run `trinity init` first",
+            tree.root().display()
+        );
+    }
+    let name = DaemonName::new(daemon::NAME)?;
+    let _log = logging::init(&name, &config.logging, &tree.logs_dir())?;
+    let monitor = Monitor::new(tree, pc, config.clone(), SystemClock::shared());
+    let now = monitor.now();
+
+    if let Some(event) = event_from(&cli, now)? {
+        let outcome = monitor.record(&event)?;
+        print_outcome(&monitor, &outcome, false);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if cli.force_handoff {
+        let outcome = monitor.force_handoff()?;
+        print_outcome(&monitor, &outcome, true);
+        return Ok(match outcome.action {
+            Action::HandedOff { .. } => ExitCode::SUCCESS,
+            _ => ExitCode::FAILURE,
+        });
+    }
+    if cli.reset {
+        let outcome = monitor.reset()?;
+        println!(
+            "{}: windows reset, level {}",
+            monitor.pc(),
+            outcome.evaluation.level
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if cli.status {
+        let outcome = monitor.peek()?;
+        print_status(&monitor, &outcome, cli.json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let options = Options {
+        interval: cli.interval.unwrap_or(config.credit.interval),
+        transcript_poll: config.credit.transcript_poll_interval,
+        transcripts: expand_home(&config.credit.claude_projects_dir),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = trinity_core::daemon::shutdown_on_signals();
+        daemon::run(monitor, options, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_outcome(monitor: &Monitor, outcome: &Outcome, forced: bool) {
+    let e = &outcome.evaluation;
+    let pc = monitor.pc();
+    match &outcome.action {
+        Action::HandedOff { handoff, to } => {
+            println!(
+                "handoff: {pc} → {to} ({}): {}",
+                if forced {
+                    "manual"
+                } else {
+                    e.handoff_reason().describe()
+                },
+                monitor.tree().handoff_file(handoff).display()
+            );
+        }
+        Action::NoTarget { skipped, retry_at } => println!(
+            "{pc} is out of credit and no PC can take over ({skipped}); escalated, retrying at {}",
+            retry_at.to_rfc3339()
+        ),
+        Action::Paused(until) => println!(
+            "{pc} {}: paused after its handoff until {}",
+            e.level,
+            until.to_rfc3339()
+        ),
+        Action::AlreadyHandedOff => {
+            println!("{pc} {}: this exhaustion was already handed off", e.level)
+        }
+        Action::Waiting(until) => println!(
+            "{pc} {}: no PC could take over; trying again at {}",
+            e.level,
+            until.to_rfc3339()
+        ),
+        Action::None if e.level > CreditLevel::Healthy => println!(
+            "{pc} {} ({} {:.0}%): {}",
+            e.level,
+            e.rule.unwrap_or("-"),
+            e.fraction * 100.0,
+            e.reason
+        ),
+        Action::None => {}
+    }
+}
+
+fn print_status(monitor: &Monitor, outcome: &Outcome, json: bool) -> anyhow::Result<()> {
+    let e = &outcome.evaluation;
+    let s = &outcome.state;
+    if json {
+        let value = serde_json::json!({
+            "pc": monitor.pc(),
+            "at": e.at,
+            "level": e.level,
+            "rule": e.rule,
+            "fraction": e.fraction,
+            "reason": e.reason,
+            "rules": e.rules,
+            "rate_limit_count": e.rate_limit_count,
+            "error_rate": e.error_rate,
+            "avg_response_time": e.avg_response_time,
+            "exhausted_until": e.exhausted_until,
+            "next_pc": outcome.next_pc,
+            "paused_until": s.paused_until,
+            "last_handoff": s.last_handoff,
+            "armed": s.armed,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}: {}", monitor.pc(), e.level)?;
+    writeln!(out, "  reason: {}", e.reason)?;
+    for r in &e.rules {
+        writeln!(
+            out,
+            "  {:<15} {:>5.0}%  {:<9} {}",
+            r.rule,
+            r.fraction * 100.0,
+            r.level.as_str(),
+            r.reason
+        )?;
+    }
+    if let Some(until) = e.exhausted_until {
+        writeln!(out, "  exhausted until {}", until.to_rfc3339())?;
+    }
+    match &outcome.next_pc {
+        Some(pc) => writeln!(out, "  next PC: {pc}")?,
+        None => writeln!(out, "  next PC: none can take over now")?,
+    }
+    if let Some(until) = s.paused_until.filter(|u| *u > e.at) {
+        writeln!(out, "  paused until {}", until.to_rfc3339())?;
+    }
+    if let Some(h) = &s.last_handoff {
+        writeln!(out, "  last handoff: {h}")?;
+    }
+    if outcome.bad_lines > 0 {
+        writeln!(
+            out,
+            "  {} unreadable event lines skipped",
+            outcome.bad_lines
+        )?;
+    }
+    Ok(())
+}
+
+fn replay(config: &Config, trace: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let file = std::fs::File::open(trace)
+        .with_context(|| format!("failed to open the trace {}", trace.display()))?;
+    let mut events = Vec::new();
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("failed to read {}", trace.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event = CreditEvent::parse_line(&line)
+            .with_context(|| format!("{}:{}", trace.display(), n + 1))?;
+        events.push(event);
+    }
+    let started = Instant::now();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut changes = 0u64;
+    let mut handoffs = 0u64;
+    let mut write_err = None;
+    let n = credit::replay(Rules::from(&config.credit), &events, |line| {
+        match &line {
+            ReplayLine::Level { .. } => changes += 1,
+            ReplayLine::Handoff { .. } => handoffs += 1,
+        }
+        let text = if json {
+            serde_json::to_string(&line).unwrap_or_default()
+        } else {
+            match &line {
+                ReplayLine::Level {
+                    ts,
+                    level,
+                    rule,
+                    fraction,
+                } => format!(
+                    "{} {:<9} {} {:.0}%",
+                    ts.to_rfc3339(),
+                    level.as_str(),
+                    rule.unwrap_or("-"),
+                    fraction * 100.0
+                ),
+                ReplayLine::Handoff { ts, reason, .. } => {
+                    format!("{} HANDOFF   {reason}", ts.to_rfc3339())
+                }
+            }
+        };
+        if write_err.is_none()
+            && let Err(e) = writeln!(out, "{text}")
+        {
+            write_err = Some(e);
+        }
+    });
+    out.flush()?;
+    if let Some(e) = write_err {
+        return Err(e.into());
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    eprintln!(
+        "credit-monitor: replayed {n} events: {changes} level changes, {handoffs} handoffs ({:.0} events/s)",
+        n as f64 / secs
+    );
+    Ok(ExitCode::SUCCESS)
+}

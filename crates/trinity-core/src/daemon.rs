@@ -1,0 +1,280 @@
+//! What every daemon needs: one instance per tree, file locks between processes, and a
+//! shutdown signal that tests can trigger without sending real signals.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::fsio::IoError;
+use crate::ids::DaemonName;
+use crate::layout::Tree;
+
+/// An exclusive lock on a file, held until dropped. The operating system releases it when the
+/// process dies, so a lock left by a crashed process is simply taken over.
+#[derive(Debug)]
+pub struct FileLock {
+    /// Held for its lock; closing it releases the lock.
+    _file: File,
+    path: PathBuf,
+}
+
+fn open_lock_file(path: &Path) -> Result<File, IoError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|source| IoError {
+            action: "create directory",
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|source| IoError {
+            action: "open lock file",
+            path: path.to_owned(),
+            source,
+        })
+}
+
+impl FileLock {
+    /// Waits for the lock.
+    pub fn acquire(path: &Path) -> Result<Self, IoError> {
+        let file = open_lock_file(path)?;
+        file.lock().map_err(|source| IoError {
+            action: "lock",
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            _file: file,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Takes the lock if nobody holds it.
+    pub fn try_acquire(path: &Path) -> Result<Option<Self>, IoError> {
+        let file = open_lock_file(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Self {
+                _file: file,
+                path: path.to_owned(),
+            })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(source)) => Err(IoError {
+                action: "lock",
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Why a daemon could not start on a tree.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    /// Another process holds the tree.
+    #[error("another {daemon} is already running on {}{}", tree.display(), pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    AlreadyRunning {
+        /// The daemon.
+        daemon: DaemonName,
+        /// The tree's root.
+        tree: PathBuf,
+        /// The other process, when its pid could be read.
+        pid: Option<u32>,
+    },
+    /// The lock file could not be used.
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+/// Proof that this process is the only `daemon` on the tree (`local/run/{daemon}.lock`, which
+/// also records the pid in `local/run/{daemon}.pid`).
+#[derive(Debug)]
+pub struct InstanceLock {
+    _lock: FileLock,
+    pid_file: PathBuf,
+}
+
+impl InstanceLock {
+    /// Takes the tree for `daemon`, or says who has it.
+    pub fn acquire(tree: &Tree, daemon: &DaemonName) -> Result<Self, InstanceError> {
+        let path = tree.lock_file(daemon);
+        let pid_file = path.with_extension("pid");
+        match FileLock::try_acquire(&path)? {
+            Some(lock) => {
+                let _ = crate::fsio::write_atomic(
+                    &pid_file,
+                    format!("{}\n", std::process::id()).as_bytes(),
+                );
+                Ok(Self {
+                    _lock: lock,
+                    pid_file,
+                })
+            }
+            None => {
+                let pid = read_pid(&pid_file);
+                Err(InstanceError::AlreadyRunning {
+                    daemon: daemon.clone(),
+                    tree: tree.root().to_owned(),
+                    pid,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.pid_file);
+    }
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    let mut s = String::new();
+    let mut f = File::open(path).ok()?;
+    f.seek(SeekFrom::Start(0)).ok()?;
+    f.take(32).read_to_string(&mut s).ok()?;
+    s.trim().parse().ok()
+}
+
+/// Appends one line to a file under `lock`, as a single write. Safe with many concurrent
+/// writers: the lock serialises them, and a reader never sees a half line unless the machine
+/// crashed mid-write (readers skip a line that does not parse).
+pub fn append_line(path: &Path, line: &str, lock: &Path) -> Result<(), IoError> {
+    let _guard = FileLock::acquire(lock)?;
+    append_line_locked(path, line)
+}
+
+/// [`append_line`] for a caller that already holds the lock.
+pub fn append_line_locked(path: &Path, line: &str) -> Result<(), IoError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|source| IoError {
+            action: "create directory",
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| IoError {
+            action: "open for appending",
+            path: path.to_owned(),
+            source,
+        })?;
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    f.write_all(&bytes).map_err(|source| IoError {
+        action: "append to",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A token cancelled on Ctrl-C, SIGTERM (Unix) or Ctrl-Break (Windows). Call inside a tokio
+/// runtime. Tests make a plain [`CancellationToken`] and cancel it themselves.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stop requested; finishing the current step");
+        t.cancel();
+    });
+    token
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(windows)]
+async fn wait_for_signal() {
+    match tokio::signal::windows::ctrl_break() {
+        Ok(mut brk) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = brk.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(any(unix, windows)))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_instance_is_refused_and_the_lock_is_released_on_drop() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tree = Tree::new(dir.path());
+        let name = DaemonName::new("git-sync").expect("valid");
+        let first = InstanceLock::acquire(&tree, &name).expect("first");
+        let err = InstanceLock::acquire(&tree, &name).expect_err("second refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("another git-sync is already running"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        drop(first);
+        InstanceLock::acquire(&tree, &name).expect("free again");
+    }
+
+    #[test]
+    fn concurrent_appends_never_interleave() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("events.jsonl");
+        let lock = dir.path().join("events.lock");
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (file, lock) = (&file, &lock);
+                s.spawn(move || {
+                    for i in 0..50 {
+                        let line = format!("{t}-{i}-{}", "x".repeat(1000));
+                        append_line(file, &line, lock).expect("append");
+                    }
+                });
+            }
+        });
+        let text = fs::read_to_string(&file).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 400);
+        assert!(lines.iter().all(|l| l.len() > 1000 && l.ends_with('x')));
+    }
+}
