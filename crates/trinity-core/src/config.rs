@@ -3,7 +3,8 @@
 //! Every daemon reads the same file (`trinity.toml` by default; `--config PATH` or
 //! `TRINITY_CONFIG` to change it). Durations are humantime strings ("150ms", "15m").
 //! Environment variables use `__` for nesting: `TRINITY_SYNC__PULL_INTERVAL=5s` sets
-//! `sync.pull_interval`. `TRINITY_CONFIG` and `TRINITY_LOG` are not settings and are skipped.
+//! `sync.pull_interval`. `TRINITY_CONFIG`, `TRINITY_LOG`, `TRINITY_FAILPOINT` and the variables the
+//! wake-daemon hands the agent are not settings and are skipped.
 //! Unknown keys are reported as warnings, never silently ignored and never fatal.
 //! `deploy/config/trinity.example.toml` documents every key.
 
@@ -22,7 +23,17 @@ pub const DEFAULT_CONFIG_FILE: &str = "trinity.toml";
 pub const ENV_PREFIX: &str = "TRINITY_";
 
 /// Environment variables with the prefix that are not settings.
-pub const ENV_NOT_SETTINGS: &[&str] = &["TRINITY_CONFIG", "TRINITY_LOG"];
+pub const ENV_NOT_SETTINGS: &[&str] = &[
+    "TRINITY_CONFIG",
+    "TRINITY_LOG",
+    "TRINITY_FAILPOINT",
+    // What the wake-daemon hands the agent (TRINITY_PC is also the `pc` setting, and agrees).
+    "TRINITY_FROM_PC",
+    "TRINITY_HANDOFF_FILE",
+    "TRINITY_TASK_ID",
+    "TRINITY_TASKS_FILE",
+    "TRINITY_LAUNCH_ID",
+];
 
 /// serde for `Duration` as a humantime string.
 pub mod humantime_serde {

@@ -433,6 +433,39 @@ impl Tree {
         self.local_dir().join("wake")
     }
 
+    /// `local/wake/signals/{id}.json`: what the wake-daemon did with a signal (idempotency by
+    /// signal id).
+    pub fn wake_signal_journal(&self, id: &SignalId) -> PathBuf {
+        self.wake_journal_dir()
+            .join("signals")
+            .join(format!("{id}.json"))
+    }
+
+    /// `local/wake/handoffs/{id}.json`: how far the acceptance of a handoff has gone.
+    pub fn wake_handoff_journal(&self, id: &HandoffId) -> PathBuf {
+        self.wake_journal_dir()
+            .join("handoffs")
+            .join(format!("{id}.json"))
+    }
+
+    /// `local/wake/tasks/{id}.json`: the tasks handed to the agent for a handoff
+    /// (`TRINITY_TASKS_FILE`).
+    pub fn wake_tasks_file(&self, id: &HandoffId) -> PathBuf {
+        self.wake_journal_dir()
+            .join("tasks")
+            .join(format!("{id}.json"))
+    }
+
+    /// `local/wake/epochs.json`: the newest work epoch seen per task.
+    pub fn wake_epochs_file(&self) -> PathBuf {
+        self.wake_journal_dir().join("epochs.json")
+    }
+
+    /// `local/wake/agent.json`: the agent this daemon launched last (pid, launch id).
+    pub fn agent_file(&self) -> PathBuf {
+        self.wake_journal_dir().join("agent.json")
+    }
+
     /// `local/run/{daemon}.lock`: one running instance per daemon and tree.
     pub fn lock_file(&self, daemon: &DaemonName) -> PathBuf {
         self.local_dir().join("run").join(format!("{daemon}.lock"))

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod credit;
 pub mod daemon;
+pub mod failpoint;
 pub mod fsio;
 pub mod gitcmd;
 pub mod ids;
@@ -21,6 +22,7 @@ pub mod pcfiles;
 pub mod rotation;
 pub mod schema;
 pub mod state;
+pub mod syncstate;
 pub mod validate;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};

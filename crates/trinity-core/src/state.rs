@@ -135,6 +135,37 @@ pub fn transition(from: InstanceState, to: InstanceState) -> Result<Edge, Illega
     Ok(edge)
 }
 
+/// The shortest chain of legal moves from `from` to `to` (the states after `from`, ending with
+/// `to`); empty when they are equal, `None` when `to` cannot be reached.
+pub fn path(from: InstanceState, to: InstanceState) -> Option<Vec<InstanceState>> {
+    use std::collections::VecDeque;
+    let mut prev: Vec<Option<InstanceState>> = vec![None; InstanceState::ALL.len()];
+    let index = |s: InstanceState| InstanceState::ALL.iter().position(|x| *x == s).unwrap_or(0);
+    let mut queue = VecDeque::from([from]);
+    let mut seen = vec![false; InstanceState::ALL.len()];
+    seen[index(from)] = true;
+    while let Some(s) = queue.pop_front() {
+        if s == to {
+            let mut out = Vec::new();
+            let mut cur = s;
+            while cur != from {
+                out.push(cur);
+                cur = prev[index(cur)]?;
+            }
+            out.reverse();
+            return Some(out);
+        }
+        for next in InstanceState::ALL {
+            if next != s && transition(s, next).is_ok() && !seen[index(next)] {
+                seen[index(next)] = true;
+                prev[index(next)] = Some(s);
+                queue.push_back(next);
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::InstanceState::*;
@@ -159,6 +190,28 @@ mod tests {
     fn every_legal_edge_is_allowed() {
         for &(from, to, edge) in LEGAL {
             assert_eq!(transition(from, to), Ok(edge), "{from} → {to}");
+        }
+    }
+
+    #[test]
+    fn paths_follow_legal_edges() {
+        assert_eq!(path(Standby, Active), Some(vec![Active]));
+        assert_eq!(path(Active, Active), Some(vec![]));
+        assert_eq!(
+            path(HandoffReady, Active),
+            Some(vec![HandoffComplete, Standby, Active])
+        );
+        assert_eq!(
+            path(Verification, Active),
+            Some(vec![Approved, HandoffComplete, Standby, Active])
+        );
+        for from in InstanceState::ALL {
+            let p = path(from, Active).expect("ACTIVE is reachable from everywhere");
+            let mut cur = from;
+            for s in p {
+                assert!(transition(cur, s).is_ok(), "{cur} → {s}");
+                cur = s;
+            }
         }
     }
 

@@ -1,0 +1,144 @@
+//! The long-running wake-daemon: watches `wake/{PC}/` (with a polling fallback) and handles
+//! every signal as it arrives.
+
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use trinity_core::daemon::{InstanceError, InstanceLock};
+use trinity_core::{DaemonName, pcfiles};
+
+use crate::receive::{Receiver, WakeError};
+
+/// The daemon's name, for its log and lock files and the heartbeat.
+pub const NAME: &str = "wake-daemon";
+
+/// How often the daemon's entry in the heartbeat is refreshed.
+pub const BEAT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another wake-daemon holds the tree.
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    /// Something retrying cannot fix (no fleet, …).
+    #[error(transparent)]
+    Wake(#[from] WakeError),
+}
+
+/// True when a file-system event may mean a new signal (anything but a temporary file of an
+/// atomic write being created).
+pub fn is_signal_change(event: &notify::Event) -> bool {
+    use notify::EventKind as K;
+    matches!(event.kind, K::Create(_) | K::Modify(_) | K::Any | K::Other)
+        && event
+            .paths
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "json"))
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(
+    receiver: Receiver,
+    poll_interval: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let name = DaemonName::new(NAME).map_err(|e| WakeError::Fleet(e.to_string()))?;
+    let _instance = InstanceLock::acquire(receiver.tree(), &name)?;
+    receiver.fleet()?;
+    let started_at = chrono::Utc::now();
+    let dir = receiver.tree().wake_dir(receiver.pc());
+    std::fs::create_dir_all(&dir).map_err(|source| {
+        WakeError::Io(trinity_core::fsio::IoError {
+            action: "create directory",
+            path: dir.clone(),
+            source,
+        })
+    })?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res
+            && is_signal_change(&event)
+        {
+            let _ = tx.send(());
+        }
+    })
+    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
+    if let Err(e) = &watcher {
+        tracing::warn!(error = %e, "cannot watch the wake directory; polling only");
+    }
+    let mut poll = tokio::time::interval(poll_interval);
+    poll.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut beat = tokio::time::interval(BEAT_INTERVAL);
+    beat.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    tracing::info!(pc = %receiver.pc(), dir = %dir.display(), "wake-daemon started");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = beat.tick() => {
+                let now = chrono::Utc::now();
+                if let Err(e) = pcfiles::beat(receiver.tree(), receiver.pc(), &name, started_at, now) {
+                    tracing::warn!(error = %e, "cannot update the heartbeat");
+                }
+                continue;
+            }
+            _ = poll.tick() => {}
+            Some(()) = rx.recv() => {
+                while rx.try_recv().is_ok() {}
+            }
+        }
+        pass(&receiver);
+    }
+    drop(watcher);
+    tracing::info!("wake-daemon stopped");
+    Ok(())
+}
+
+fn pass(receiver: &Receiver) {
+    match receiver.process() {
+        Ok(report) => {
+            for (signal, reason) in &report.refused {
+                tracing::debug!(%signal, %reason, "refused");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "wake pass failed; retrying on the next event or poll")
+        }
+    }
+}
+
+/// The directory watched, for messages.
+pub fn watched_dir(receiver: &Receiver) -> std::path::PathBuf {
+    receiver.tree().wake_dir(receiver.pc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, ModifyKind, RemoveKind};
+    use std::path::PathBuf;
+
+    #[test]
+    fn new_json_files_wake_the_loop_and_removals_do_not() {
+        let ev = |kind, path: &str| notify::Event::new(kind).add_path(PathBuf::from(path));
+        assert!(is_signal_change(&ev(
+            notify::EventKind::Create(CreateKind::File),
+            "/t/wake/PC2/a.json"
+        )));
+        assert!(is_signal_change(&ev(
+            notify::EventKind::Modify(ModifyKind::Any),
+            "/t/wake/PC2/a.json"
+        )));
+        assert!(!is_signal_change(&ev(
+            notify::EventKind::Create(CreateKind::File),
+            "/t/wake/PC2/.a.json.12.0.tmp"
+        )));
+        assert!(!is_signal_change(&ev(
+            notify::EventKind::Remove(RemoveKind::File),
+            "/t/wake/PC2/a.json"
+        )));
+    }
+}

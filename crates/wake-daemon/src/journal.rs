@@ -1,0 +1,221 @@
+//! The wake-daemon's journal in `local/wake/`: what was done with each signal and how far each
+//! handoff's acceptance has gone. Every record is written atomically before the next step.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use trinity_core::fsio::{self, IoError};
+use trinity_core::{HandoffId, SignalId, TaskId, Tree};
+
+/// What became of a signal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalOutcome {
+    /// Acted upon (its handoff accepted, or a plain wake-up noted).
+    Accepted,
+    /// Refused: invalid, expired, stale, or its handoff unusable.
+    Refused,
+    /// A second signal for work already accepted.
+    Duplicate,
+}
+
+/// `local/wake/signals/{id}.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalRecord {
+    /// The signal.
+    pub id: SignalId,
+    /// When it was handled.
+    pub at: DateTime<Utc>,
+    /// What became of it.
+    pub outcome: SignalOutcome,
+    /// Why, for people.
+    pub reason: String,
+    /// The handoff it pointed at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<HandoffId>,
+}
+
+/// The steps of accepting a handoff, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "step")]
+pub enum Step {
+    /// Nothing done yet.
+    Received,
+    /// The handoff file is in `handoff/processed/`.
+    Archived,
+    /// Claims were written at `at`; waiting for them to reach the remote.
+    ClaimsWritten {
+        /// When (this machine's clock).
+        at: DateTime<Utc>,
+    },
+    /// The claims that held after syncing are ours.
+    Claimed,
+    /// `instances/{PC}.json` says ACTIVE.
+    InstanceWritten,
+    /// The credit monitor's windows were reset.
+    CreditReset,
+    /// About to start the agent with this launch id (a crash here is resolved by looking for
+    /// a process carrying it).
+    Launching {
+        /// The `TRINITY_LAUNCH_ID` given to the agent.
+        launch_id: String,
+    },
+    /// The agent runs (or the work was queued for one already running, or there was no work).
+    Launched {
+        /// The agent's process id, when one was started or found.
+        pid: Option<u32>,
+        /// What happened, for people.
+        how: String,
+    },
+    /// The heartbeat says `handoff_accepted`. Finished.
+    Done,
+    /// The handoff was refused; nothing more will be done.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// `local/wake/handoffs/{id}.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoffRecord {
+    /// The handoff.
+    pub id: HandoffId,
+    /// The signal that brought it.
+    pub signal: SignalId,
+    /// When acceptance started.
+    pub started_at: DateTime<Utc>,
+    /// How far it has gone.
+    pub step: Step,
+    /// Tasks whose claims held.
+    #[serde(default)]
+    pub won: Vec<TaskId>,
+    /// Tasks another PC holds.
+    #[serde(default)]
+    pub lost: Vec<TaskId>,
+    /// True once the slow-sync warning was logged.
+    #[serde(default)]
+    pub warned_slow_sync: bool,
+}
+
+impl HandoffRecord {
+    /// True when nothing more will be done.
+    pub fn is_final(&self) -> bool {
+        matches!(self.step, Step::Done | Step::Refused { .. })
+    }
+}
+
+/// `local/wake/agent.json`: the agent this daemon started last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// Its process id.
+    pub pid: u32,
+    /// The `TRINITY_LAUNCH_ID` in its environment (guards against pid reuse).
+    pub launch_id: String,
+    /// When it was started.
+    pub started_at: DateTime<Utc>,
+    /// The handoff it was started for.
+    pub handoff: HandoffId,
+    /// Its tasks file (`TRINITY_TASKS_FILE`), where queued work is added.
+    pub tasks_file: std::path::PathBuf,
+}
+
+/// The newest work epoch seen per task (`local/wake/epochs.json`).
+pub type Epochs = BTreeMap<TaskId, u64>;
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, IoError> {
+    match fsio::read_bounded(path, 4 * 1024 * 1024) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), IoError> {
+    let bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
+    fsio::write_atomic(path, &bytes)
+}
+
+/// Reads and writes the journal of one tree.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    tree: Tree,
+}
+
+impl Journal {
+    /// The journal of `tree`.
+    pub fn new(tree: Tree) -> Self {
+        Self { tree }
+    }
+
+    /// What was done with a signal, if anything.
+    pub fn signal(&self, id: &SignalId) -> Result<Option<SignalRecord>, IoError> {
+        read_json(&self.tree.wake_signal_journal(id))
+    }
+
+    /// Records what was done with a signal.
+    pub fn record_signal(&self, record: &SignalRecord) -> Result<(), IoError> {
+        write_json(&self.tree.wake_signal_journal(&record.id), record)
+    }
+
+    /// A handoff's progress, if it was started.
+    pub fn handoff(&self, id: &HandoffId) -> Result<Option<HandoffRecord>, IoError> {
+        read_json(&self.tree.wake_handoff_journal(id))
+    }
+
+    /// Saves a handoff's progress.
+    pub fn save_handoff(&self, record: &HandoffRecord) -> Result<(), IoError> {
+        write_json(&self.tree.wake_handoff_journal(&record.id), record)
+    }
+
+    /// Every handoff record, oldest first.
+    pub fn handoffs(&self) -> Vec<HandoffRecord> {
+        let dir = self.tree.wake_journal_dir().join("handoffs");
+        let mut out: Vec<HandoffRecord> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| read_json(&e.path()).ok().flatten())
+            .collect();
+        out.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
+        out
+    }
+
+    /// Recent signal records, newest first.
+    pub fn signals(&self, limit: usize) -> Vec<SignalRecord> {
+        let dir = self.tree.wake_journal_dir().join("signals");
+        let mut out: Vec<SignalRecord> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| read_json(&e.path()).ok().flatten())
+            .collect();
+        out.sort_by(|a, b| (b.at, &b.id).cmp(&(a.at, &a.id)));
+        out.truncate(limit);
+        out
+    }
+
+    /// The newest epoch seen per task.
+    pub fn epochs(&self) -> Result<Epochs, IoError> {
+        Ok(read_json(&self.tree.wake_epochs_file())?.unwrap_or_default())
+    }
+
+    /// Saves the epochs.
+    pub fn save_epochs(&self, epochs: &Epochs) -> Result<(), IoError> {
+        write_json(&self.tree.wake_epochs_file(), epochs)
+    }
+
+    /// The agent started last, if any.
+    pub fn agent(&self) -> Result<Option<AgentRecord>, IoError> {
+        read_json(&self.tree.agent_file())
+    }
+
+    /// Records the agent started.
+    pub fn save_agent(&self, record: &AgentRecord) -> Result<(), IoError> {
+        write_json(&self.tree.agent_file(), record)
+    }
+}
