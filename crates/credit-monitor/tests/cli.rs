@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+#[cfg(unix)]
 use std::time::{Duration, Instant};
 
 use trinity_core::fsio;
@@ -81,6 +82,7 @@ fn text(o: &Output) -> String {
     )
 }
 
+#[cfg(unix)]
 fn wait_for(what: &str, deadline: Duration, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ok() {
