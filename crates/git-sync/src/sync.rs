@@ -67,6 +67,7 @@ pub fn classify_failure(stderr: &str) -> Failure {
     if any(&[
         "fetch first",
         "non-fast-forward",
+        "updates were rejected",
         "failed to update ref",
         "[rejected]",
         "cannot lock ref",
@@ -286,8 +287,9 @@ impl Syncer {
             self.fetch()?;
             report.fetched = true;
             failpoint::hit("sync:fetched");
-            report.merged = self.merge_remote(index_free, report)?;
         }
+        // Also after a fetch whose merge never happened (a crash in between).
+        report.merged = self.merge_remote(index_free, report)?;
         self.push(index_free, report)?;
         Ok(())
     }

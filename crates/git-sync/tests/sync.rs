@@ -1,0 +1,647 @@
+//! git-sync against a local bare repository, with hermetic git config: convergence of three
+//! clones, a remote that goes away, kills at random points and at every fail point, stale
+//! locks, invalid and unknown files, heartbeat churn.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_git-sync");
+
+struct Fleet {
+    dir: tempfile::TempDir,
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+impl Fleet {
+    /// A bare remote with the `trinity` branch (fleet.toml, .gitignore) and a clone per PC.
+    fn new(pcs: &[&str], extra_config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let f = Self { dir };
+        std::fs::create_dir_all(f.home()).expect("home");
+        f.git(
+            f.root(),
+            &["init", "-q", "--bare", "-b", "trinity", "remote.git"],
+        );
+        let seed = f.root().join("seed");
+        f.git(f.root(), &["init", "-q", "-b", "trinity", "seed"]);
+        std::fs::write(
+            seed.join("fleet.toml"),
+            "format_version = 1\npcs = [\"PC1\", \"PC2\", \"PC3\"]\ncoordinator = \"PC3\"\n",
+        )
+        .expect("fleet");
+        std::fs::write(seed.join(".gitignore"), trinity_core::layout::GITIGNORE).expect("ignore");
+        f.git(&seed, &["add", "-A"]);
+        f.git(
+            &seed,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-q",
+                "-m",
+                "fleet",
+            ],
+        );
+        f.git(&seed, &["push", "-q", "../remote.git", "trinity"]);
+        for pc in pcs {
+            let home = f.root().join(pc);
+            std::fs::create_dir_all(&home).expect("pc dir");
+            f.git(
+                &home,
+                &[
+                    "clone",
+                    "-q",
+                    "--branch",
+                    "trinity",
+                    "--single-branch",
+                    "../remote.git",
+                    ".trinity",
+                ],
+            );
+            std::fs::write(
+                home.join("trinity.toml"),
+                format!("pc = \"{pc}\"\nstate_dir = \".trinity\"\n[sync]\nremote = \"../remote.git\"\nstale_index_lock = \"2s\"\n{extra_config}"),
+            )
+            .expect("config");
+        }
+        f
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn home(&self) -> PathBuf {
+        self.root().join("home")
+    }
+
+    fn hermetic(&self, c: &mut Command) {
+        for (k, _) in std::env::vars() {
+            if k.starts_with("TRINITY_") || k.starts_with("GIT_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("HOME", self.home())
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "test")
+            .env("GIT_AUTHOR_EMAIL", "test@test")
+            .env("GIT_COMMITTER_NAME", "test")
+            .env("GIT_COMMITTER_EMAIL", "test@test")
+            .stdin(Stdio::null());
+    }
+
+    fn git(&self, dir: &Path, args: &[&str]) -> String {
+        let mut c = Command::new("git");
+        self.hermetic(&mut c);
+        let o = c.current_dir(dir).args(args).output().expect("git");
+        assert!(o.status.success(), "git {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn tree(&self, pc: &str) -> PathBuf {
+        self.root().join(pc).join(".trinity")
+    }
+
+    fn sync_cmd(&self, pc: &str) -> Command {
+        let mut c = Command::new(BIN);
+        self.hermetic(&mut c);
+        c.current_dir(self.root().join(pc))
+            .env("TRINITY_CONFIG", self.root().join(pc).join("trinity.toml"));
+        c
+    }
+
+    fn once(&self, pc: &str) -> Output {
+        self.sync_cmd(pc).arg("--once").output().expect("git-sync")
+    }
+
+    fn once_ok(&self, pc: &str) -> Output {
+        let o = self.once(pc);
+        assert!(o.status.success(), "{pc}: {}", text(&o));
+        o
+    }
+
+    fn write(&self, pc: &str, rel: &str, body: &str) {
+        let path = self.tree(pc).join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, body).expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+    }
+
+    /// Every synced file of a PC's working tree, with its contents.
+    fn files(&self, pc: &str) -> BTreeMap<String, String> {
+        let tree = trinity_core::Tree::new(self.tree(pc));
+        trinity_core::validate::synced_files(&tree)
+            .expect("list")
+            .into_iter()
+            .map(|p| {
+                (
+                    tree.relative(&p).expect("relative"),
+                    std::fs::read_to_string(&p).expect("read"),
+                )
+            })
+            .collect()
+    }
+
+    fn head(&self, pc: &str) -> String {
+        self.git(&self.tree(pc), &["rev-parse", "HEAD"])
+            .trim()
+            .to_owned()
+    }
+
+    fn assert_clean(&self, pc: &str) {
+        let status = self.git(&self.tree(pc), &["status", "--porcelain"]);
+        assert!(
+            status.trim().is_empty(),
+            "{pc}: git status not clean:\n{status}"
+        );
+    }
+
+    fn fsck(&self, dir: &Path) {
+        self.git(dir, &["fsck", "--no-progress"]);
+    }
+
+    fn log(&self, pc: &str) -> String {
+        std::fs::read_to_string(self.tree(pc).join("logs/git-sync.log")).unwrap_or_default()
+    }
+}
+
+fn heartbeat(pc: &str, status: &str, ts: &str) -> String {
+    format!(r#"{{"format_version":1,"pc":"{pc}","status":"{status}","timestamp":"{ts}"}}"#)
+}
+
+fn claim(task: &str, pc: &str) -> String {
+    format!(
+        r#"{{"format_version":1,"task_id":"{task}","pc":"{pc}","claimed_at":"2026-11-21T10:00:00Z"}}"#
+    )
+}
+
+fn signal(id: &str, from: &str, to: &str) -> String {
+    format!(
+        r#"{{"format_version":1,"id":"{id}","from_pc":"{from}","to_pc":"{to}","timestamp":"2026-11-21T10:00:00Z","task":"credit_handoff","message":"hi"}}"#
+    )
+}
+
+#[test]
+fn three_clones_writing_at_once_converge_with_one_claim_winner() {
+    let fleet = Fleet::new(&["PC1", "PC2", "PC3"], "");
+    let pcs = ["PC1", "PC2", "PC3"];
+    for round in 0..3 {
+        for pc in pcs {
+            fleet.write(
+                pc,
+                &format!("heartbeat/{pc}.json"),
+                &heartbeat(pc, "active", &format!("2026-11-21T10:0{round}:00Z")),
+            );
+            let to = if pc == "PC1" { "PC2" } else { "PC1" };
+            fleet.write(
+                pc,
+                &format!("wake/{to}/sig-{pc}-{round}.json"),
+                &signal(&format!("sig-{pc}-{round}"), pc, to),
+            );
+            fleet.write(pc, "claims/task-x.json", &claim("task-x", pc));
+        }
+        // All three at the same moment.
+        let children: Vec<_> = pcs
+            .iter()
+            .map(|pc| {
+                fleet
+                    .sync_cmd(pc)
+                    .arg("--once")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn")
+            })
+            .collect();
+        for child in children {
+            let o = child.wait_with_output().expect("wait");
+            assert!(o.status.success(), "{}", text(&o));
+        }
+    }
+    // Let every PC see everything.
+    for _ in 0..2 {
+        for pc in pcs {
+            fleet.once_ok(pc);
+        }
+    }
+    let heads: Vec<String> = pcs.iter().map(|pc| fleet.head(pc)).collect();
+    assert!(
+        heads.windows(2).all(|w| w[0] == w[1]),
+        "heads differ: {heads:?}"
+    );
+    let trees: Vec<_> = pcs.iter().map(|pc| fleet.files(pc)).collect();
+    assert_eq!(trees[0], trees[1]);
+    assert_eq!(trees[1], trees[2]);
+    let files = &trees[0];
+    for pc in pcs {
+        assert!(
+            files.contains_key(&format!("heartbeat/{pc}.json")),
+            "{pc}'s heartbeat"
+        );
+        for round in 0..3 {
+            let to = if pc == "PC1" { "PC2" } else { "PC1" };
+            assert!(
+                files.contains_key(&format!("wake/{to}/sig-{pc}-{round}.json")),
+                "{pc} round {round}"
+            );
+        }
+    }
+    // Exactly one claim winner, the same everywhere; every PC kept its own heartbeat.
+    let winner = &files["claims/task-x.json"];
+    assert!(
+        pcs.iter()
+            .filter(|pc| winner.contains(&format!("\"pc\":\"{pc}\"")))
+            .count()
+            == 1
+    );
+    for pc in pcs {
+        assert!(
+            files[&format!("heartbeat/{pc}.json")].contains("10:02:00"),
+            "{pc}'s latest heartbeat"
+        );
+        fleet.assert_clean(pc);
+        fleet.fsck(&fleet.tree(pc));
+    }
+    fleet.fsck(&fleet.root().join("remote.git"));
+    let log = fleet.git(&fleet.tree("PC1"), &["log", "--format=%s"]);
+    assert!(log.contains("claim: task-x by PC"), "{log}");
+    assert!(log.contains("wake: PC2 from PC1"), "{log}");
+}
+
+#[test]
+fn a_remote_that_goes_away_keeps_commits_queued_and_pushes_them_when_back() {
+    let fleet = Fleet::new(&["PC1", "PC2"], "");
+    let remote = fleet.root().join("remote.git");
+    let away = fleet.root().join("remote-away.git");
+    std::fs::rename(&remote, &away).expect("take the remote away");
+    fleet.write(
+        "PC1",
+        "heartbeat/PC1.json",
+        &heartbeat("PC1", "active", "2026-11-21T10:00:00Z"),
+    );
+    fleet.write("PC1", "claims/task-y.json", &claim("task-y", "PC1"));
+    let o = fleet.once("PC1");
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot reach the remote"),
+        "{}",
+        text(&o)
+    );
+    let state = fleet
+        .sync_cmd("PC1")
+        .args(["--status", "--json"])
+        .output()
+        .expect("status");
+    let v: serde_json::Value = serde_json::from_slice(&state.stdout).expect("json");
+    assert_eq!(v["commits_ahead"], 1, "{v}");
+    assert!(
+        v["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot reach")),
+        "{v}"
+    );
+    // More work while offline.
+    fleet.write("PC1", "claims/task-z.json", &claim("task-z", "PC1"));
+    assert!(!fleet.once("PC1").status.success());
+
+    std::fs::rename(&away, &remote).expect("bring it back");
+    let o = fleet.once_ok("PC1");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("pushed"),
+        "{}",
+        text(&o)
+    );
+    fleet.once_ok("PC2");
+    let files = fleet.files("PC2");
+    for f in [
+        "heartbeat/PC1.json",
+        "claims/task-y.json",
+        "claims/task-z.json",
+    ] {
+        assert!(files.contains_key(f), "{f} lost");
+    }
+    fleet.assert_clean("PC1");
+    fleet.assert_clean("PC2");
+}
+
+/// A fixed pseudo-random sequence (the test is the same on every run).
+fn lcg(seed: &mut u64) -> u64 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *seed >> 33
+}
+
+fn recover(fleet: &Fleet, pc: &str) {
+    // A lock left by the kill is stale after `stale_index_lock` (2 s here).
+    let start = Instant::now();
+    loop {
+        let o = fleet.once(pc);
+        if o.status.success() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{pc} did not recover: {}",
+            text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn killed_at_random_points_and_at_every_fail_point_nothing_is_lost() {
+    let fleet = Fleet::new(&["PC1", "PC2"], "");
+    let mut seed = 42;
+    let mut written = Vec::new();
+    // Random kills (SIGKILL) while a cycle runs, with the other PC pushing in between so that
+    // merges happen too.
+    for i in 0..16 {
+        let rel = format!("claims/task-{i}.json");
+        fleet.write("PC1", &rel, &claim(&format!("task-{i}"), "PC1"));
+        written.push(rel);
+        let other = format!("claims/other-{i}.json");
+        fleet.write("PC2", &other, &claim(&format!("other-{i}"), "PC2"));
+        written.push(other);
+        fleet.once_ok("PC2");
+        let mut child = fleet
+            .sync_cmd("PC1")
+            .arg("--once")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(lcg(&mut seed) % 60));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // Exact points: abort at each.
+    for (i, point) in [
+        "sync:committed",
+        "sync:head-moved",
+        "sync:fetched",
+        "sync:checkout-planned",
+        "sync:merged",
+        "sync:checked-out",
+        "sync:pushing",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let rel = format!("claims/fp-{i}.json");
+        fleet.write("PC1", &rel, &claim(&format!("fp-{i}"), "PC1"));
+        written.push(rel);
+        let other = format!("claims/fp-other-{i}.json");
+        fleet.write("PC2", &other, &claim(&format!("fp-other-{i}"), "PC2"));
+        written.push(other);
+        fleet.once_ok("PC2");
+        let o = fleet
+            .sync_cmd("PC1")
+            .arg("--once")
+            .env("TRINITY_FAILPOINT", point)
+            .output()
+            .expect("run");
+        assert!(!o.status.success(), "{point} did not abort: {}", text(&o));
+        recover(&fleet, "PC1");
+    }
+    recover(&fleet, "PC1");
+    fleet.once_ok("PC2");
+    fleet.once_ok("PC1");
+    for pc in ["PC1", "PC2"] {
+        fleet.fsck(&fleet.tree(pc));
+        fleet.assert_clean(pc);
+        let files = fleet.files(pc);
+        for rel in &written {
+            assert!(files.contains_key(rel), "{pc}: {rel} was lost");
+        }
+    }
+    fleet.fsck(&fleet.root().join("remote.git"));
+    assert_eq!(fleet.head("PC1"), fleet.head("PC2"));
+}
+
+#[test]
+fn stale_index_lock_is_removed_and_a_fresh_one_is_left_alone() {
+    let fleet = Fleet::new(&["PC1"], "");
+    let lock = fleet.tree("PC1").join(".git/index.lock");
+    std::fs::write(&lock, "").expect("lock");
+    let f = std::fs::File::options()
+        .write(true)
+        .open(&lock)
+        .expect("open");
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(120))
+        .expect("age it");
+    drop(f);
+    fleet.write(
+        "PC1",
+        "heartbeat/PC1.json",
+        &heartbeat("PC1", "active", "2026-11-21T10:00:00Z"),
+    );
+    fleet.once_ok("PC1");
+    assert!(!lock.exists(), "stale lock removed");
+    assert!(
+        fleet
+            .log("PC1")
+            .contains("removed a stale git lock left by a crash")
+    );
+    fleet.assert_clean("PC1");
+
+    std::fs::write(&lock, "").expect("fresh lock");
+    fleet.write(
+        "PC1",
+        "heartbeat/PC1.json",
+        &heartbeat("PC1", "idle", "2026-11-21T10:01:00Z"),
+    );
+    let o = fleet.once_ok("PC1");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("pushed"),
+        "{}",
+        text(&o)
+    );
+    assert!(lock.exists(), "a fresh lock is never removed");
+    assert!(fleet.log("PC1").contains("locked by another git process"));
+    std::fs::remove_file(&lock).expect("unlock");
+}
+
+#[test]
+fn invalid_and_unknown_files_are_quarantined_never_committed() {
+    let fleet = Fleet::new(&["PC1", "PC2"], "");
+    fleet.write(
+        "PC1",
+        "claims/broken.json",
+        "{ \"format_version\": 1, \"task_id\": ",
+    );
+    fleet.write("PC1", "notes/todo.txt", "remember the milk");
+    fleet.write("PC1", "claims/fine.json", &claim("fine", "PC1"));
+    let o = fleet.once_ok("PC1");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("quarantined claims/broken.json"), "{out}");
+    assert!(out.contains("quarantined notes/todo.txt"), "{out}");
+    let committed = fleet.git(
+        &fleet.tree("PC1"),
+        &["ls-tree", "-r", "--name-only", "HEAD"],
+    );
+    assert!(committed.contains("claims/fine.json"));
+    assert!(
+        !committed.contains("broken") && !committed.contains("todo"),
+        "{committed}"
+    );
+    let quarantine: Vec<String> = std::fs::read_dir(fleet.tree("PC1").join("local/quarantine"))
+        .expect("quarantine")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(quarantine.len(), 4, "{quarantine:?}");
+    let log = fleet.log("PC1");
+    assert!(
+        log.contains("quarantined a file instead of committing it"),
+        "{log}"
+    );
+    fleet.assert_clean("PC1");
+    fleet.once_ok("PC2");
+    assert!(!fleet.files("PC2").contains_key("claims/broken.json"));
+}
+
+#[test]
+fn deletions_travel_and_a_consumed_signal_stays_consumed() {
+    let fleet = Fleet::new(&["PC1", "PC2"], "");
+    fleet.write("PC1", "wake/PC2/sig-1.json", &signal("sig-1", "PC1", "PC2"));
+    fleet.once_ok("PC1");
+    fleet.once_ok("PC2");
+    assert!(fleet.tree("PC2").join("wake/PC2/sig-1.json").exists());
+    std::fs::remove_file(fleet.tree("PC2").join("wake/PC2/sig-1.json")).expect("consume");
+    fleet.once_ok("PC2");
+    fleet.once_ok("PC1");
+    assert!(!fleet.tree("PC1").join("wake/PC2/sig-1.json").exists());
+    let log = fleet.git(
+        &fleet.tree("PC1"),
+        &["log", "-1", "--format=%s", "--", "wake"],
+    );
+    assert!(log.contains("wake consumed: PC2"), "{log}");
+}
+
+#[cfg(unix)]
+#[test]
+fn the_daemon_holds_back_heartbeat_refreshes_but_commits_a_status_change_at_once() {
+    let fleet = Fleet::new(
+        &["PC1"],
+        "heartbeat_commit_interval = \"1h\"\npull_interval = \"100ms\"\ndebounce = \"50ms\"\n",
+    );
+    let mut child = fleet
+        .sync_cmd("PC1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("daemon");
+    let commits = || {
+        fleet
+            .git(&fleet.tree("PC1"), &["rev-list", "--count", "HEAD"])
+            .trim()
+            .parse::<u32>()
+            .unwrap_or(0)
+    };
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !ok() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "timed out: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let base = commits();
+    fleet.write(
+        "PC1",
+        "heartbeat/PC1.json",
+        &heartbeat("PC1", "active", "2026-11-21T10:00:00Z"),
+    );
+    wait("the first heartbeat", &|| commits() == base + 1);
+    // Only the time stamp changes: held back. A claim written afterwards is committed, which
+    // proves the daemon has looked at the tree since.
+    fleet.write(
+        "PC1",
+        "heartbeat/PC1.json",
+        &heartbeat("PC1", "active", "2026-11-21T10:00:30Z"),
+    );
+    fleet.write("PC1", "claims/task-q.json", &claim("task-q", "PC1"));
+    wait("the claim", &|| commits() == base + 2);
+    let last = fleet.git(
+        &fleet.tree("PC1"),
+        &["show", "--name-only", "--format=", "HEAD"],
+    );
+    assert_eq!(
+        last.trim(),
+        "claims/task-q.json",
+        "the heartbeat refresh was held back"
+    );
+    // A status change goes at once.
+    fleet.write(
+        "PC1",
+        "heartbeat/PC1.json",
+        &heartbeat(
+            "PC1",
+            "handoff_accepted\",\"from_pc\":\"PC2",
+            "2026-11-21T10:01:00Z",
+        ),
+    );
+    wait("the status change", &|| commits() == base + 3);
+    let subject = fleet.git(&fleet.tree("PC1"), &["log", "-1", "--format=%s"]);
+    assert!(
+        subject.contains("heartbeat: PC1 (handoff_accepted)"),
+        "{subject}"
+    );
+    // The sync state says everything is on the remote.
+    let state = fleet
+        .sync_cmd("PC1")
+        .args(["--status", "--json"])
+        .output()
+        .expect("status");
+    let v: serde_json::Value = serde_json::from_slice(&state.stdout).expect("json");
+    assert_eq!(v["commits_ahead"], 0);
+    assert!(v["in_sync_at"].is_string());
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    assert!(fleet.log("PC1").contains("git-sync stopped"));
+}
+
+#[test]
+fn status_and_help() {
+    let fleet = Fleet::new(&["PC1"], "");
+    let o = fleet
+        .sync_cmd("PC1")
+        .arg("--status")
+        .output()
+        .expect("status");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("commits waiting to be pushed"),
+        "{}",
+        text(&o)
+    );
+    let o = fleet.sync_cmd("PC1").arg("--help").output().expect("help");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Usage"));
+}
