@@ -1,6 +1,8 @@
 //! git-sync against a local bare repository, with hermetic git config: convergence of three
 //! clones, a remote that goes away, kills at random points and at every fail point, stale
-//! locks, invalid and unknown files, heartbeat churn.
+//! locks, invalid and unknown files, heartbeat churn. (Unix: the hermetic setup and the kills
+//! use Unix paths and signals.)
+#![cfg(unix)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -363,7 +365,6 @@ fn recover(fleet: &Fleet, pc: &str) {
     }
 }
 
-#[cfg(unix)]
 #[test]
 fn killed_at_random_points_and_at_every_fail_point_nothing_is_lost() {
     let fleet = Fleet::new(&["PC1", "PC2"], "");
@@ -533,7 +534,6 @@ fn deletions_travel_and_a_consumed_signal_stays_consumed() {
     assert!(log.contains("wake consumed: PC2"), "{log}");
 }
 
-#[cfg(unix)]
 #[test]
 fn the_daemon_holds_back_heartbeat_refreshes_but_commits_a_status_change_at_once() {
     let fleet = Fleet::new(
