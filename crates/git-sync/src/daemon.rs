@@ -106,6 +106,23 @@ pub async fn run(
         }
     })
     .and_then(|mut w| w.watch(&root, RecursiveMode::Recursive).map(|()| w));
+    // A remote on this machine: watch its branches too, so a push by another PC is seen at
+    // once instead of at the next pull tick (the tick stays as the fallback).
+    let (remote_tx, mut remote_rx) = mpsc::unbounded_channel();
+    let remote_watcher = syncer.local_remote().map(|remote| {
+        let refs = remote.join("refs").join("heads");
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res
+                && !matches!(event.kind, notify::EventKind::Access(_))
+            {
+                let _ = remote_tx.send(());
+            }
+        })
+        .and_then(|mut w| w.watch(&refs, RecursiveMode::Recursive).map(|()| w))
+    });
+    if let Some(Err(e)) = &remote_watcher {
+        tracing::info!(error = %e, "cannot watch the remote's branches; checking every pull_interval");
+    }
     let watching = match &watcher {
         Ok(_) => true,
         Err(e) => {
@@ -135,6 +152,10 @@ pub async fn run(
             Some(()) = rx.recv() => {
                 quiet_until = Some(Instant::now() + config.debounce);
                 continue;
+            }
+            Some(()) = remote_rx.recv() => {
+                while remote_rx.try_recv().is_ok() {}
+                false
             }
             _ = debounce => {
                 quiet_until = None;
@@ -179,6 +200,7 @@ pub async fn run(
         }
     }
     drop(watcher);
+    drop(remote_watcher);
     tracing::info!("git-sync stopped");
     Ok(())
 }

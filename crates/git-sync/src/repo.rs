@@ -56,7 +56,7 @@ impl Store {
     /// Opens the repository whose working tree is `workdir`, syncing `branch` with `origin`.
     pub fn open(workdir: &Path, branch: &str) -> Result<Self, RepoError> {
         let mut repo = gix::open(workdir).map_err(err_any("open the state repository"))?;
-        repo.object_cache_size_if_unset(4 * 1024 * 1024);
+        repo.object_cache_size_if_unset(512 * 1024);
         let branch_name: FullName = format!("refs/heads/{branch}")
             .try_into()
             .map_err(err_any("name the branch"))?;

@@ -147,6 +147,7 @@ pub struct Syncer {
     stats: HashMap<String, (SystemTime, u64, ObjectId)>,
     last_heartbeat_commit: Option<Instant>,
     remote_repo: Option<gix::Repository>,
+    remote_url: String,
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> IoError + 'a {
@@ -169,6 +170,10 @@ impl Syncer {
         let git = Git::in_dir(tree.root());
         let mut state = SyncState::load(&tree).unwrap_or_default();
         state.pid = std::process::id();
+        let remote_url = git
+            .run(["config", "--get", "remote.origin.url"])
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| config.sync.remote.clone());
         Ok(Self {
             tree,
             pc,
@@ -180,6 +185,24 @@ impl Syncer {
             stats: HashMap::new(),
             last_heartbeat_commit: None,
             remote_repo: None,
+            remote_url,
+        })
+    }
+
+    /// The remote's path when it is a repository on this machine (a bare repository on disk
+    /// or a share): its refs can be watched, and read without a network round trip.
+    pub fn local_remote(&self) -> Option<PathBuf> {
+        let url = self
+            .remote_url
+            .strip_prefix("file://")
+            .unwrap_or(&self.remote_url);
+        if !gitcmd::is_local_path(url) {
+            return None;
+        }
+        Some(if Path::new(url).is_absolute() {
+            PathBuf::from(url)
+        } else {
+            self.tree.root().join(url)
         })
     }
 
@@ -496,18 +519,8 @@ impl Syncer {
     /// The remote branch's commit: read straight from a bare repository on this machine, or
     /// with `git ls-remote` for a URL.
     fn remote_head(&mut self) -> Result<Option<ObjectId>, SyncError> {
-        let url = self
-            .git
-            .run(["config", "--get", "remote.origin.url"])
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| self.config.sync.remote.clone());
         let branch = &self.config.sync.branch;
-        if gitcmd::is_local_path(&url) {
-            let path = if Path::new(&url).is_absolute() {
-                PathBuf::from(&url)
-            } else {
-                self.tree.root().join(&url)
-            };
+        if let Some(path) = self.local_remote() {
             if self.remote_repo.is_none() {
                 match gix::open(&path) {
                     Ok(r) => self.remote_repo = Some(r),
@@ -550,10 +563,7 @@ impl Syncer {
     }
 
     fn fetch(&mut self) -> Result<(), SyncError> {
-        let url = self
-            .git
-            .run(["config", "--get", "remote.origin.url"])
-            .unwrap_or_default();
+        let url = &self.remote_url;
         let http = url.starts_with("http://") || url.starts_with("https://");
         if http {
             // gix is built without an HTTP transport here; the git program fetches over HTTP.
