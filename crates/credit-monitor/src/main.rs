@@ -11,8 +11,9 @@ use clap::{ArgGroup, Parser, Subcommand};
 use credit_monitor::daemon::{self, Options};
 use credit_monitor::transcripts::expand_home;
 use credit_monitor::{Action, Monitor, Outcome};
-use trinity_core::config::{self, Config, Sources};
+use trinity_core::config::Config;
 use trinity_core::credit::{self, CreditEvent, EventKind, ReplayLine, Rules};
+use trinity_core::daemon::Start;
 use trinity_core::schema::CreditLevel;
 use trinity_core::{DaemonName, SystemClock, logging};
 
@@ -138,14 +139,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    let loaded = config::load(&Sources::from_env(path))?;
-    for warning in &loaded.warnings {
-        eprintln!("credit-monitor: warning: {warning}");
-    }
-    Ok(loaded.config)
-}
-
 fn event_from(cli: &Cli, now: DateTime<Utc>) -> anyhow::Result<Option<CreditEvent>> {
     let kind = if cli.record_success {
         EventKind::Success
@@ -183,18 +176,13 @@ fn event_from(cli: &Cli, now: DateTime<Utc>) -> anyhow::Result<Option<CreditEven
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = load_config(cli.config.as_deref())?;
     if let Some(Command::Replay { trace }) = &cli.command {
-        return replay(&config, trace, cli.json);
+        let config = trinity_core::daemon::load_config(daemon::NAME, cli.config.as_deref())?;
+        return replay(&config.config, trace, cli.json);
     }
-    let pc = config.require_pc()?.clone();
-    let tree = config.tree();
-    if !tree.root().is_dir() {
-        bail!(
-            "the state tree {} does not exist: run `trinity init` first",
-            tree.root().display()
-        );
-    }
+    let Start {
+        config, pc, tree, ..
+    } = trinity_core::daemon::start(daemon::NAME, cli.config.as_deref())?;
     let name = DaemonName::new(daemon::NAME)?;
     let _log = logging::init(&name, &config.logging, &tree.logs_dir())?;
     let monitor = Monitor::new(tree, pc, config.clone(), SystemClock::shared());
@@ -233,15 +221,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         transcript_poll: config.credit.transcript_poll_interval,
         transcripts: expand_home(&config.credit.claude_projects_dir),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("failed to start the async runtime")?;
-    runtime.block_on(async {
-        let shutdown = trinity_core::daemon::shutdown_on_signals();
-        daemon::run(monitor, options, shutdown).await
-    })?;
+    trinity_core::daemon::run_until_signal(|shutdown| daemon::run(monitor, options, shutdown))
+        .context("failed to start the async runtime")??;
     Ok(ExitCode::SUCCESS)
 }
 

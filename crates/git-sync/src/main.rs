@@ -1,13 +1,14 @@
 //! `git-sync`: keeps this PC's `.trinity/` tree in step with the fleet through git.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use git_sync::daemon;
 use git_sync::sync::Syncer;
-use trinity_core::config::{self, Config, Sources, SyncMode};
+use trinity_core::config::SyncMode;
+use trinity_core::daemon::Start;
 use trinity_core::syncstate::SyncState;
 use trinity_core::{DaemonName, SystemClock, logging};
 
@@ -50,18 +51,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    let loaded = config::load(&Sources::from_env(path))?;
-    for warning in &loaded.warnings {
-        eprintln!("git-sync: warning: {warning}");
-    }
-    Ok(loaded.config)
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = load_config(cli.config.as_deref())?;
-    let pc = config.require_pc()?.clone();
-    let tree = config.tree();
+    let Start {
+        config, pc, tree, ..
+    } = trinity_core::daemon::start(daemon::NAME, cli.config.as_deref())?;
     if !tree.root().join(".git").exists() {
         bail!(
             "{} is not a git clone of the state repository: run `trinity init` first",
@@ -111,15 +104,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("failed to start the async runtime")?;
-    runtime.block_on(async {
-        let shutdown = trinity_core::daemon::shutdown_on_signals();
-        daemon::run(syncer, root, config.sync.clone(), shutdown).await
-    })?;
+    let sync_config = config.sync.clone();
+    trinity_core::daemon::run_until_signal(|shutdown| {
+        daemon::run(syncer, root, sync_config, shutdown)
+    })
+    .context("failed to start the async runtime")??;
     Ok(ExitCode::SUCCESS)
 }
 

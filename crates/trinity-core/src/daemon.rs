@@ -232,6 +232,78 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Why a daemon's program could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is missing, invalid, or lacks `pc`.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The state tree is not there.
+    #[error("the state tree {} does not exist: run `trinity init` first", .0.display())]
+    NoTree(std::path::PathBuf),
+}
+
+/// What every daemon program starts from: the configuration (warnings printed as
+/// `{program}: warning: …`), the directory of the file it came from, this PC and its tree
+/// (which must exist).
+#[derive(Debug)]
+pub struct Start {
+    /// The configuration.
+    pub config: crate::config::Config,
+    /// The directory of the config file, if one was read.
+    pub config_dir: Option<std::path::PathBuf>,
+    /// This PC.
+    pub pc: crate::ids::PcId,
+    /// The state tree.
+    pub tree: Tree,
+}
+
+/// Loads the configuration the way every daemon does.
+pub fn load_config(
+    program: &str,
+    path: Option<&Path>,
+) -> Result<crate::config::Loaded, crate::config::ConfigError> {
+    let loaded = crate::config::load(&crate::config::Sources::from_env(path))?;
+    for warning in &loaded.warnings {
+        eprintln!("{program}: warning: {warning}");
+    }
+    Ok(loaded)
+}
+
+/// [`load_config`], then `pc` and an existing state tree.
+pub fn start(program: &str, path: Option<&Path>) -> Result<Start, StartError> {
+    let loaded = load_config(program, path)?;
+    let pc = loaded.config.require_pc()?.clone();
+    let tree = loaded.config.tree();
+    if !tree.root().is_dir() {
+        return Err(StartError::NoTree(tree.root().to_owned()));
+    }
+    let config_dir = loaded
+        .file
+        .as_deref()
+        .and_then(Path::parent)
+        .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.to_owned()));
+    Ok(Start {
+        config: loaded.config,
+        config_dir,
+        pc,
+        tree,
+    })
+}
+
+/// Runs a daemon's async loop on a small runtime until Ctrl-C, Ctrl-Break or SIGTERM.
+pub fn run_until_signal<F, Fut, T>(run: F) -> std::io::Result<T>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(async { run(shutdown_on_signals()).await }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,14 @@
 //! `wake-daemon`: accepts the handoffs addressed to this PC and starts the agent.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
-use trinity_core::config::{self, Config, Sources};
+use trinity_core::config::Config;
+use trinity_core::daemon::Start;
 use trinity_core::schema::WakeSignal;
 use trinity_core::{DaemonName, HandoffId, PcId, SystemClock, fsio, logging};
 use wake_daemon::journal::Step;
@@ -79,29 +80,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Option<PathBuf>)> {
-    let loaded = config::load(&Sources::from_env(path))?;
-    for warning in &loaded.warnings {
-        eprintln!("wake-daemon: warning: {warning}");
-    }
-    let dir = loaded
-        .file
-        .as_deref()
-        .and_then(Path::parent)
-        .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.to_owned()));
-    Ok((loaded.config, dir))
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let (config, config_dir) = load_config(cli.config.as_deref())?;
-    let pc = config.require_pc()?.clone();
-    let tree = config.tree();
-    if !tree.root().is_dir() {
-        bail!(
-            "the state tree {} does not exist: run `trinity init` first",
-            tree.root().display()
-        );
-    }
+    let Start {
+        config,
+        config_dir,
+        pc,
+        tree,
+    } = trinity_core::daemon::start(daemon::NAME, cli.config.as_deref())?;
     let name = DaemonName::new(daemon::NAME)?;
     let _log = logging::init(&name, &config.logging, &tree.logs_dir())?;
 
@@ -127,15 +112,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if cli.once {
         return once(&receiver, &config);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("failed to start the async runtime")?;
-    runtime.block_on(async {
-        let shutdown = trinity_core::daemon::shutdown_on_signals();
-        daemon::run(receiver, config.wake.poll_interval, shutdown).await
-    })?;
+    let poll = config.wake.poll_interval;
+    trinity_core::daemon::run_until_signal(|shutdown| daemon::run(receiver, poll, shutdown))
+        .context("failed to start the async runtime")??;
     Ok(ExitCode::SUCCESS)
 }
 
