@@ -160,20 +160,66 @@ impl Journal {
         write_json(&self.tree.wake_signal_journal(&record.id), record)
     }
 
+    /// Where a finished handoff's record is kept (out of the way of every pass).
+    fn finished_path(&self, id: &HandoffId) -> std::path::PathBuf {
+        let active = self.tree.wake_handoff_journal(id);
+        let name = active
+            .file_name()
+            .map(ToOwned::to_owned)
+            .unwrap_or_default();
+        active.with_file_name("finished").join(name)
+    }
+
     /// A handoff's progress, if it was started.
     pub fn handoff(&self, id: &HandoffId) -> Result<Option<HandoffRecord>, IoError> {
-        read_json(&self.tree.wake_handoff_journal(id))
+        match read_json(&self.tree.wake_handoff_journal(id))? {
+            Some(r) => Ok(Some(r)),
+            None => read_json(&self.finished_path(id)),
+        }
     }
 
-    /// Saves a handoff's progress.
+    /// Saves a handoff's progress. A finished record moves to `handoffs/finished/`, so each pass
+    /// reads only the unfinished ones.
     pub fn save_handoff(&self, record: &HandoffRecord) -> Result<(), IoError> {
-        write_json(&self.tree.wake_handoff_journal(&record.id), record)
+        let active = self.tree.wake_handoff_journal(&record.id);
+        if record.is_final() {
+            write_json(&self.finished_path(&record.id), record)?;
+            match std::fs::remove_file(&active) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(IoError {
+                    action: "remove",
+                    path: active,
+                    source,
+                }),
+            }
+        } else {
+            write_json(&active, record)
+        }
     }
 
-    /// Every handoff record, oldest first.
+    /// The unfinished handoff records, oldest first.
+    pub fn unfinished(&self) -> Vec<HandoffRecord> {
+        let mut out = self.records_in(&self.tree.wake_journal_dir().join("handoffs"));
+        // A finished record left behind by a crash while it was being moved.
+        for done in out.iter().filter(|r| r.is_final()) {
+            let _ = self.save_handoff(done);
+        }
+        out.retain(|r| !r.is_final());
+        out
+    }
+
+    /// Every handoff record, finished or not, oldest first.
     pub fn handoffs(&self) -> Vec<HandoffRecord> {
         let dir = self.tree.wake_journal_dir().join("handoffs");
-        let mut out: Vec<HandoffRecord> = std::fs::read_dir(&dir)
+        let mut all = self.records_in(&dir);
+        all.extend(self.records_in(&dir.join("finished")));
+        all.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
+        all
+    }
+
+    fn records_in(&self, dir: &Path) -> Vec<HandoffRecord> {
+        let mut out: Vec<HandoffRecord> = std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()

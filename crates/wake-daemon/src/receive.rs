@@ -154,10 +154,8 @@ impl Receiver {
         let mut report = Report::default();
 
         // Handoffs started earlier (a crash, or claims waiting for the remote).
-        for record in self.journal.handoffs() {
-            if !record.is_final() {
-                self.advance(record, &mut report)?;
-            }
+        for record in self.journal.unfinished() {
+            self.advance(record, &mut report)?;
         }
 
         let mut signals: Vec<(Option<DateTime<Utc>>, PathBuf)> = self
