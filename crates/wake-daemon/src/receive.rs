@@ -629,13 +629,9 @@ impl Receiver {
                 reason: "the handoff has no valid id".to_owned(),
             });
         };
+        // The agent starts even when the handoff lists no task: the handoff file itself says
+        // what the other PC was doing.
         let current = h.current_work.as_ref().filter(|w| won.contains(&w.task_id));
-        if won.is_empty() && current.is_none() {
-            return Ok(Step::Launched {
-                pid: None,
-                how: "no work to start the agent for".to_owned(),
-            });
-        }
         let tasks: Vec<TaskRef> = h
             .task_queue
             .iter()

@@ -332,6 +332,19 @@ fn killed_at_every_journaled_step_the_agent_still_starts_exactly_once() {
 }
 
 #[test]
+fn a_handoff_without_tasks_still_starts_the_agent() {
+    let env = Env::new("");
+    let at = now();
+    let id = env.write_handoff("PC1", at, &[], None);
+    env.write_signal("sig-empty", "PC1", at, Some(&id));
+    let o = env.run(&["--once"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let launches = env.wait_launches(1);
+    assert!(!launches[0].contains_key("TRINITY_TASK_ID"));
+    assert_eq!(env.heartbeat().tasks_received, Some(0));
+}
+
+#[test]
 fn two_signals_for_one_handoff_start_one_agent() {
     let env = Env::new("");
     let at = now();
