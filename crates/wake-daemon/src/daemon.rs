@@ -58,6 +58,14 @@ pub async fn run(
             source,
         })
     })?;
+    let sync_dir = receiver
+        .tree()
+        .sync_state_file()
+        .parent()
+        .map(|d| d.to_owned());
+    if let Some(d) = &sync_dir {
+        let _ = std::fs::create_dir_all(d);
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(event) = res
@@ -66,7 +74,15 @@ pub async fn run(
             let _ = tx.send(());
         }
     })
-    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
+    .and_then(|mut w| {
+        w.watch(&dir, RecursiveMode::NonRecursive)?;
+        // git-sync's state: a handoff waiting for its claims to reach the remote goes on as
+        // soon as git-sync reports them pushed.
+        if let Some(sync_dir) = sync_dir.as_deref() {
+            w.watch(sync_dir, RecursiveMode::NonRecursive)?;
+        }
+        Ok(w)
+    });
     if let Err(e) = &watcher {
         tracing::warn!(error = %e, "cannot watch the wake directory; polling only");
     }

@@ -357,7 +357,8 @@ impl Receiver {
                 }
                 Step::ClaimsWritten { at } => {
                     let at = *at;
-                    if !self.claims_synced(at) {
+                    let nothing_claimed = task_ids(&self.handoff(&id)?).is_empty();
+                    if !nothing_claimed && !self.claims_synced(at) {
                         let waited = (self.now() - at).to_std().unwrap_or_default();
                         if waited > self.config.wake.claim_timeout && !record.warned_slow_sync {
                             tracing::warn!(handoff = %id, waited = %humantime::format_duration(std::time::Duration::from_secs(waited.as_secs())), "claims have not reached the remote yet; is git-sync running?");
