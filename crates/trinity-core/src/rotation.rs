@@ -95,14 +95,13 @@ pub fn skip_reason(view: &PeerView, now: DateTime<Utc>, stale_after: Duration) -
     if let Some(until) = view.paused_until.filter(|u| *u > now) {
         return Some(Skip::Paused(until));
     }
-    let until = view.exhausted_until.filter(|u| *u > now);
-    if until.is_some()
-        || view.status == Some(HeartbeatStatus::Exhausted)
-        || view.credit_level == Some(CreditLevel::Exhausted)
-    {
-        return Some(Skip::Exhausted(until));
-    }
-    None
+    // A known end of the exhaustion decides; without one, the level (or an `exhausted`
+    // heartbeat) does. A credit file that says EXHAUSTED until a moment now past is stale.
+    let exhausted = match view.exhausted_until {
+        Some(until) => until > now,
+        None => view.credit_level == Some(CreditLevel::Exhausted),
+    } || view.status == Some(HeartbeatStatus::Exhausted);
+    exhausted.then(|| Skip::Exhausted(view.exhausted_until.filter(|u| *u > now)))
 }
 
 /// The next PC after `me` in rotation order that can take over.
@@ -219,6 +218,18 @@ mod tests {
             ..alive()
         };
         let views = BTreeMap::from([(pc("PC2"), over)]);
+        let c = choose_next(&fleet(), &pc("PC1"), &views, now(), STALE);
+        assert_eq!(c.next, Some(pc("PC2")));
+    }
+
+    #[test]
+    fn an_exhaustion_whose_end_has_passed_is_over_even_if_the_file_still_says_exhausted() {
+        let stale = PeerView {
+            credit_level: Some(CreditLevel::Exhausted),
+            exhausted_until: Some(now() - chrono::Duration::seconds(5)),
+            ..alive()
+        };
+        let views = BTreeMap::from([(pc("PC2"), stale)]);
         let c = choose_next(&fleet(), &pc("PC1"), &views, now(), STALE);
         assert_eq!(c.next, Some(pc("PC2")));
     }
