@@ -40,6 +40,9 @@ pub enum MonitorError {
     /// A file the handoff needs could not be written.
     #[error("failed to write the handoff: {0}")]
     Handoff(String),
+    /// `credit/{PC}.json` could not be written.
+    #[error(transparent)]
+    Save(#[from] trinity_core::fsio::SaveError),
     /// The trigger state is unreadable.
     #[error("failed to read {}: {message}", path.display())]
     State {
@@ -451,7 +454,7 @@ impl Monitor {
             }
             None => Doc::new(status),
         };
-        fsio::save(&path, &doc).map_err(|e| MonitorError::Handoff(e.to_string()))?;
+        fsio::save(&path, &doc)?;
         Ok(())
     }
 }
