@@ -3,8 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-#[cfg(unix)]
-use std::time::{Duration, Instant};
 
 use trinity_core::fsio;
 use trinity_core::schema::{CreditLevel, CreditStatus, Handoff, Heartbeat, HeartbeatStatus};
@@ -42,15 +40,9 @@ impl Env {
 
     fn cmd(&self) -> Command {
         let mut c = Command::new(BIN);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("TRINITY_") {
-                c.env_remove(k);
-            }
-        }
-        c.current_dir(self.dir.path())
-            .env("TRINITY_CONFIG", self.dir.path().join("trinity.toml"))
-            .env("HOME", self.dir.path())
-            .stdin(Stdio::null());
+        trinity_testkit::hermetic(&mut c, self.dir.path())
+            .current_dir(self.dir.path())
+            .env("TRINITY_CONFIG", self.dir.path().join("trinity.toml"));
         c
     }
 
@@ -73,23 +65,10 @@ impl Env {
     }
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use trinity_testkit::describe as text;
 
 #[cfg(unix)]
-fn wait_for(what: &str, deadline: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use trinity_testkit::wait_for;
 
 #[test]
 fn seed_test_2_three_recorded_rate_limits_produce_handoff_signal_and_heartbeat() {
@@ -359,7 +338,7 @@ fn the_daemon_reads_transcripts_hands_off_and_stops_cleanly() {
     let pc1 = PcId::new("PC1").expect("valid");
     let tree = env.tree();
     // The daemon announces itself in the heartbeat.
-    wait_for("the daemon's heartbeat", Duration::from_secs(20), || {
+    wait_for("the daemon's heartbeat", || {
         fsio::load::<Heartbeat>(&tree.heartbeat_file(&pc1)).is_ok_and(|h| {
             h.value
                 .daemons
@@ -390,7 +369,7 @@ fn the_daemon_reads_transcripts_hands_off_and_stops_cleanly() {
             .unwrap_or(0)
     };
     // The handoff's files are written one after the other: wait for the last.
-    wait_for("the handoff", Duration::from_secs(20), || {
+    wait_for("the handoff", || {
         env.handoffs().len() == 1 && env.signals("PC2").len() == 1 && status() == 3
     });
 
@@ -405,31 +384,11 @@ fn the_daemon_reads_transcripts_hands_off_and_stops_cleanly() {
         .expect("open events");
     std::io::Write::write_all(&mut f, more.as_bytes()).expect("append");
     drop(f);
-    wait_for(
-        "the new event to be evaluated",
-        Duration::from_secs(20),
-        || status() == 4,
-    );
+    wait_for("the new event to be evaluated", || status() == 4);
     assert_eq!(env.handoffs().len(), 1, "still one handoff");
 
     // SIGTERM stops it cleanly.
-    let pid = child.id().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "daemon did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = trinity_testkit::stop(&mut child);
     assert!(status.success(), "exit status {status:?}");
     let log = std::fs::read_to_string(tree.logs_dir().join("credit-monitor.log")).expect("log");
     assert!(log.contains("credit monitor stopped"), "{log}");

@@ -15,14 +15,7 @@ struct Fleet {
     dir: tempfile::TempDir,
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use trinity_testkit::describe as text;
 
 impl Fleet {
     /// A bare remote with the `trinity` branch (fleet.toml, .gitignore) and a clone per PC.
@@ -90,19 +83,7 @@ impl Fleet {
     }
 
     fn hermetic(&self, c: &mut Command) {
-        for (k, _) in std::env::vars() {
-            if k.starts_with("TRINITY_") || k.starts_with("GIT_") {
-                c.env_remove(k);
-            }
-        }
-        c.env("HOME", self.home())
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_AUTHOR_NAME", "test")
-            .env("GIT_AUTHOR_EMAIL", "test@test")
-            .env("GIT_COMMITTER_NAME", "test")
-            .env("GIT_COMMITTER_EMAIL", "test@test")
-            .stdin(Stdio::null());
+        trinity_testkit::hermetic(c, &self.home());
     }
 
     fn git(&self, dir: &Path, args: &[&str]) -> String {
@@ -613,18 +594,7 @@ fn the_daemon_holds_back_heartbeat_refreshes_but_commits_a_status_change_at_once
     let v: serde_json::Value = serde_json::from_slice(&state.stdout).expect("json");
     assert_eq!(v["commits_ahead"], 0);
     assert!(v["in_sync_at"].is_string());
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = trinity_testkit::stop(&mut child);
     assert!(status.success());
     assert!(fleet.log("PC1").contains("git-sync stopped"));
 }

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use trinity_core::fsio;
 use trinity_core::schema::{Claim, CreditStatus, Heartbeat, HeartbeatStatus};
@@ -51,18 +50,10 @@ impl World {
 
     fn cmd(&self, program: &str, pc: &str) -> Command {
         let mut c = Command::new(bin(program));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("TRINITY_") || k.starts_with("GIT_") {
-                c.env_remove(k);
-            }
-        }
-        c.current_dir(self.root().join(pc))
-            .env("HOME", self.root().join("home"))
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
+        trinity_testkit::hermetic(&mut c, &self.root().join("home"))
+            .current_dir(self.root().join(pc))
             .env("TRINITY_CONFIG", self.root().join(pc).join("trinity.toml"))
             .env("AGENT_OUT", self.root().join("agents"))
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         c
@@ -87,14 +78,7 @@ impl World {
     }
 
     fn wait(&self, what: &str, ok: impl Fn() -> bool) {
-        let start = Instant::now();
-        while !ok() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "timed out waiting for {what}"
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        trinity_testkit::wait_for(what, ok);
     }
 
     fn record_rate_limits(&self, pc: &str) {

@@ -73,14 +73,9 @@ impl Env {
 
     fn cmd(&self) -> Command {
         let mut c = Command::new(BIN);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("TRINITY_") {
-                c.env_remove(k);
-            }
-        }
-        c.current_dir(self.root())
+        trinity_testkit::hermetic(&mut c, self.root())
+            .current_dir(self.root())
             .env("TRINITY_CONFIG", self.root().join("trinity.toml"))
-            .env("HOME", self.root())
             .env("AGENT_OUT", self.root().join("agent-out"))
             .stdin(Stdio::null());
         c
@@ -195,14 +190,7 @@ impl Env {
     }
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use trinity_testkit::describe as text;
 
 fn now() -> DateTime<Utc> {
     use chrono::Timelike;
@@ -666,17 +654,6 @@ fn the_daemon_picks_up_a_signal_within_moments_and_stops_cleanly() {
     env.write_signal("sig-live", "PC1", at, Some(&id));
     // The poll interval is an hour: only the file watcher can have seen it.
     env.wait_launches(1);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = trinity_testkit::stop(&mut child);
     assert!(status.success());
 }
