@@ -39,6 +39,8 @@ struct Report {
     wake_signals: Vec<WakeLine>,
     queue: Queue,
     escalations: usize,
+    /// This machine's git-sync, from `local/git-sync/state.json`.
+    sync: Option<trinity_core::syncstate::SyncState>,
     problems: Vec<String>,
 }
 
@@ -285,6 +287,7 @@ fn build(tree: &Tree, this_pc: Option<PcId>, now: DateTime<Utc>) -> Report {
         wake_signals,
         queue,
         escalations,
+        sync: trinity_core::syncstate::SyncState::load(tree),
         problems: r.problems,
     }
 }
@@ -413,6 +416,26 @@ fn print_table(r: &Report) {
     if r.escalations > 0 {
         println!("Escalations: {} (see escalations/)", r.escalations);
     }
+    match &r.sync {
+        Some(s) => {
+            let when = |t: Option<DateTime<Utc>>| {
+                t.map_or("never".to_owned(), |t| {
+                    ago((r.generated_at - t).num_seconds())
+                })
+            };
+            println!(
+                "Sync (this PC): in sync {}, last push {}, {} commit(s) waiting{}",
+                when(s.in_sync_at),
+                when(s.last_push),
+                s.commits_ahead,
+                s.last_error
+                    .as_deref()
+                    .map(|e| format!(", last error: {}", e.lines().next().unwrap_or_default()))
+                    .unwrap_or_default()
+            );
+        }
+        None => println!("Sync (this PC): git-sync has not run here"),
+    }
     if !r.problems.is_empty() {
         println!();
         println!(
@@ -480,5 +503,28 @@ mod tests {
             (lease.holder.as_str(), lease.epoch, lease.expired),
             ("PC3", 7, false)
         );
+        // The fixture tree has no local/git-sync/state.json.
+        assert!(r.sync.is_none());
+    }
+
+    #[test]
+    fn shows_this_pcs_sync_state() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tree = Tree::new(dir.path());
+        std::fs::write(
+            tree.fleet_file(),
+            "format_version = 1\npcs = [\"PC1\", \"PC2\"]\ncoordinator = \"PC2\"\n",
+        )
+        .expect("fleet");
+        let state = trinity_core::syncstate::SyncState {
+            commits_ahead: 2,
+            last_error: Some("cannot reach the remote".to_owned()),
+            ..Default::default()
+        };
+        state.save(&tree).expect("state");
+        let r = build(&tree, None, Utc::now());
+        let sync = r.sync.expect("sync state");
+        assert_eq!(sync.commits_ahead, 2);
+        assert_eq!(sync.last_error.as_deref(), Some("cannot reach the remote"));
     }
 }
