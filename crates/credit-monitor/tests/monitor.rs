@@ -72,17 +72,8 @@ impl Env {
     fn alive(&self, who: &str, status: HeartbeatStatus, paused_until: Option<DateTime<Utc>>) {
         let path = self.tree.heartbeat_file(&pc(who));
         let hb = Heartbeat {
-            format_version: 1,
-            pc: pc(who),
-            status,
-            timestamp: self.now(),
-            to_pc: None,
-            from_pc: None,
-            reason: None,
-            tasks_received: None,
-            handoff: None,
             paused_until,
-            daemons: Default::default(),
+            ..Heartbeat::new(pc(who), status, self.now())
         };
         fsio::save(&path, &Doc::new(hb)).expect("heartbeat");
         touch(&path, self.now());

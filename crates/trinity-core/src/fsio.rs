@@ -263,21 +263,13 @@ mod tests {
     use crate::schema::{Heartbeat, HeartbeatStatus};
 
     fn heartbeat() -> Heartbeat {
-        Heartbeat {
-            format_version: 1,
-            pc: PcId::new("PC1").expect("valid"),
-            status: HeartbeatStatus::Active,
-            timestamp: DateTime::parse_from_rfc3339("2025-11-23T16:30:00Z")
+        Heartbeat::new(
+            PcId::new("PC1").expect("valid"),
+            HeartbeatStatus::Active,
+            DateTime::parse_from_rfc3339("2025-11-23T16:30:00Z")
                 .expect("valid")
                 .to_utc(),
-            to_pc: None,
-            from_pc: None,
-            reason: None,
-            tasks_received: None,
-            handoff: None,
-            paused_until: None,
-            daemons: Default::default(),
-        }
+        )
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! wake-daemon (handoff_accepted) and every daemon's liveness entry. Each update holds
 //! `local/run/heartbeat.lock`, so no daemon overwrites another's change.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -58,21 +57,8 @@ pub fn update_heartbeat(
 ) -> Result<Heartbeat, UpdateError> {
     let _lock = FileLock::acquire(&local_lock(tree, "heartbeat"))?;
     let path = tree.heartbeat_file(pc);
-    let mut doc = load_owned::<Heartbeat>(tree, &path, now).unwrap_or_else(|| {
-        Doc::new(Heartbeat {
-            format_version: 1,
-            pc: pc.clone(),
-            status: HeartbeatStatus::Idle,
-            timestamp: now,
-            to_pc: None,
-            from_pc: None,
-            reason: None,
-            tasks_received: None,
-            handoff: None,
-            paused_until: None,
-            daemons: BTreeMap::new(),
-        })
-    });
+    let mut doc = load_owned::<Heartbeat>(tree, &path, now)
+        .unwrap_or_else(|| Doc::new(Heartbeat::new(pc.clone(), HeartbeatStatus::Idle, now)));
     change(&mut doc.value);
     doc.value.timestamp = now;
     fsio::save(&path, &doc)?;

@@ -133,6 +133,17 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, I
     }
 }
 
+/// Every readable JSON record in `dir` (unreadable ones are skipped).
+fn read_all<T: serde::de::DeserializeOwned>(dir: &Path) -> Vec<T> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| read_json(&e.path()).ok().flatten())
+        .collect()
+}
+
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), IoError> {
     let bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
     fsio::write_atomic(path, &bytes)
@@ -219,27 +230,14 @@ impl Journal {
     }
 
     fn records_in(&self, dir: &Path) -> Vec<HandoffRecord> {
-        let mut out: Vec<HandoffRecord> = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-            .filter_map(|e| read_json(&e.path()).ok().flatten())
-            .collect();
+        let mut out: Vec<HandoffRecord> = read_all(dir);
         out.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
         out
     }
 
     /// Recent signal records, newest first.
     pub fn signals(&self, limit: usize) -> Vec<SignalRecord> {
-        let dir = self.tree.wake_journal_dir().join("signals");
-        let mut out: Vec<SignalRecord> = std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-            .filter_map(|e| read_json(&e.path()).ok().flatten())
-            .collect();
+        let mut out: Vec<SignalRecord> = read_all(&self.tree.wake_journal_dir().join("signals"));
         out.sort_by(|a, b| (b.at, &b.id).cmp(&(a.at, &a.id)));
         out.truncate(limit);
         out

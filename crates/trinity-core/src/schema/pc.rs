@@ -78,6 +78,25 @@ pub struct Heartbeat {
     pub daemons: BTreeMap<DaemonName, DaemonBeat>,
 }
 
+impl Heartbeat {
+    /// A heartbeat with only its required fields.
+    pub fn new(pc: PcId, status: HeartbeatStatus, timestamp: DateTime<Utc>) -> Self {
+        Self {
+            format_version: 1,
+            pc,
+            status,
+            timestamp,
+            to_pc: None,
+            from_pc: None,
+            reason: None,
+            tasks_received: None,
+            handoff: None,
+            paused_until: None,
+            daemons: BTreeMap::new(),
+        }
+    }
+}
+
 impl Schema for Heartbeat {
     const NAME: &'static str = "heartbeat";
     const FORMAT_VERSION: u32 = 1;
