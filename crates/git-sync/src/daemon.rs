@@ -186,6 +186,13 @@ pub async fn run(
                     }
                     backoff.succeed();
                 }
+                // Between two cycles: every fetch adds a pack file, every commit loose objects.
+                if report.touched_objects() {
+                    let maintained = tokio::task::block_in_place(|| syncer.maintain_if_due());
+                    if let Err(e) = maintained {
+                        tracing::warn!(error = %e, "repository maintenance failed; trying again after the next change");
+                    }
+                }
             }
             Err(e) => {
                 let wait = backoff.fail(&e);

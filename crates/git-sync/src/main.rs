@@ -96,6 +96,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for c in &report.conflicts {
                     println!("conflict kept aside: {c}");
                 }
+                match syncer.maintain_if_due() {
+                    Ok(Some(m)) => println!(
+                        "consolidated {} pack files and {} loose objects into {} packs",
+                        m.before.packs, m.before.loose, m.after.packs
+                    ),
+                    Ok(None) => {}
+                    Err(e) => eprintln!("git-sync: {e}"),
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -124,6 +132,12 @@ fn print_status(s: &SyncState) {
     println!(
         "push races: {}, merge conflicts: {}, files quarantined: {}",
         s.push_races, s.conflicts, s.quarantined
+    );
+    println!(
+        "pack consolidations: {} (last: {}), repository reopened after a failure: {}",
+        s.maintenance_runs,
+        t(s.last_maintenance),
+        s.reopens
     );
     if let Some(e) = &s.last_error {
         println!("last error:   {e}");

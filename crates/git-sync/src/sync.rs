@@ -18,14 +18,18 @@ use trinity_core::{PcId, RecordId, SharedClock, Tree, failpoint, validate};
 
 use crate::merge::{self, Flat};
 use crate::message::{self, Change, ChangeKind};
-use crate::repo::{RepoError, Store};
+use crate::repo::{FetchError, ObjectCounts, RepoError, Store};
 
 /// Why a cycle failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    /// A local git operation failed.
-    #[error(transparent)]
+    /// The local state repository failed (its object database, its references, its index):
+    /// nothing to do with the remote.
+    #[error("local state repository: {0}")]
     Repo(#[from] RepoError),
+    /// Consolidating the repository's pack files failed (the repository is unchanged).
+    #[error("repository maintenance failed: {0}")]
+    Maintenance(String),
     /// A file could not be read or written.
     #[error(transparent)]
     Io(#[from] IoError),
@@ -124,6 +128,24 @@ pub struct Report {
     pub races: u32,
     /// A heartbeat refresh was held back by `heartbeat_commit_interval`.
     pub heartbeat_deferred: bool,
+}
+
+/// What one maintenance run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Maintenance {
+    /// The object database before.
+    pub before: ObjectCounts,
+    /// The object database after.
+    pub after: ObjectCounts,
+    /// How long it took.
+    pub took: Duration,
+}
+
+impl Report {
+    /// Whether the cycle added objects to the repository (a commit, a fetch, a merge).
+    pub fn touched_objects(&self) -> bool {
+        self.committed.is_some() || self.fetched || self.merged || self.races > 0
+    }
 }
 
 /// `local/git-sync/checkout.json`: a working-tree update in progress (the branch has moved
@@ -257,13 +279,23 @@ impl Syncer {
     }
 
     /// Runs one full cycle. `scan` looks at the working tree for local changes (the watcher
-    /// fired, or the polling fallback is due).
+    /// fired, or the polling fallback is due). A failure of the local repository makes it open
+    /// the repository afresh and try the cycle once more before the failure counts.
     pub fn cycle(&mut self, scan: bool) -> Result<Report, SyncError> {
         let start = self.now();
         let mut report = Report::default();
-        let index_free = self.clear_stale_locks();
-        self.finish_checkout(index_free)?;
-        let result = self.cycle_inner(scan, index_free, &mut report);
+        let mut result = self.attempt(scan, &mut report);
+        if let Err(SyncError::Repo(e)) = &result {
+            tracing::warn!(error = %e, "the local repository failed; opening it afresh and trying again");
+            report = Report::default();
+            result = match self.store.reopen() {
+                Ok(()) => {
+                    self.state.reopens += 1;
+                    self.attempt(scan, &mut report)
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
         self.state.cycles += 1;
         self.state.local_head = self.store.head()?.map(|h| h.to_string());
         self.state.remote_head = self.store.tracking()?.map(|h| h.to_string());
@@ -279,6 +311,78 @@ impl Syncer {
         }
         self.save_state()?;
         result.map(|()| report)
+    }
+
+    fn attempt(&mut self, scan: bool, report: &mut Report) -> Result<(), SyncError> {
+        let index_free = self.clear_stale_locks();
+        self.finish_checkout(index_free)?;
+        self.cycle_inner(scan, index_free, report)
+    }
+
+    /// The object database's files on disk now.
+    pub fn objects_on_disk(&self) -> ObjectCounts {
+        self.store.objects_on_disk()
+    }
+
+    /// Whether the repository has gathered enough pack files or loose objects for
+    /// [`Syncer::maintain`] to be due.
+    pub fn needs_maintenance(&self) -> bool {
+        self.objects_on_disk().needs_maintenance()
+    }
+
+    /// Runs [`Syncer::maintain`] when it is due, logging what it did.
+    pub fn maintain_if_due(&mut self) -> Result<Option<Maintenance>, SyncError> {
+        if !self.needs_maintenance() {
+            return Ok(None);
+        }
+        let m = self.maintain()?;
+        tracing::info!(
+            packs_before = m.before.packs,
+            packs_after = m.after.packs,
+            loose_before = m.before.loose,
+            loose_after = m.after.loose,
+            bytes_after = m.after.bytes,
+            took_ms = m.took.as_millis() as u64,
+            "consolidated the repository's pack files"
+        );
+        Ok(Some(m))
+    }
+
+    /// Consolidates pack files and loose objects (`git repack`, geometric, so its cost follows
+    /// what is new rather than the whole history), with the gix handle closed meanwhile so no
+    /// pack stays mapped, then opens the repository afresh. Call it between cycles. git writes
+    /// the new pack before it deletes the old ones, so a kill at any moment loses nothing.
+    pub fn maintain(&mut self) -> Result<Maintenance, SyncError> {
+        let before = self.store.objects_on_disk();
+        let started = Instant::now();
+        self.store.close();
+        let repacked = self.repack();
+        let reopened = self.store.reopen();
+        repacked?;
+        reopened?;
+        let after = self.store.objects_on_disk();
+        self.state.maintenance_runs += 1;
+        self.state.last_maintenance = Some(self.now());
+        self.save_state()?;
+        Ok(Maintenance {
+            before,
+            after,
+            took: started.elapsed(),
+        })
+    }
+
+    fn repack(&self) -> Result<(), SyncError> {
+        let geometric = self.git.run(["repack", "-d", "-l", "-q", "--geometric=2"]);
+        match geometric {
+            Ok(_) => Ok(()),
+            // git older than 2.33 has no geometric repacking: consolidate everything instead.
+            Err(e) if e.stderr().contains("geometric") => self
+                .git
+                .run(["repack", "-a", "-d", "-l", "-q"])
+                .map(drop)
+                .map_err(|e| SyncError::Maintenance(format!("{} {e}", e.stderr()))),
+            Err(e) => Err(SyncError::Maintenance(format!("{} {e}", e.stderr()))),
+        }
     }
 
     /// Commits local changes without touching the remote (while backing off after a network
@@ -577,11 +681,14 @@ impl Syncer {
                 ])
                 .map_err(|e| remote_error(&e))?;
         } else {
-            self.store.fetch().map_err(|e| {
-                let text = e.to_string();
-                match classify_failure(&text) {
-                    Failure::Auth => SyncError::Auth(text),
-                    _ => SyncError::Network(text),
+            self.store.fetch().map_err(|e| match e {
+                FetchError::Local(e) => SyncError::Repo(e),
+                remote @ FetchError::Remote { .. } => {
+                    let text = remote.to_string();
+                    match classify_failure(&text) {
+                        Failure::Auth => SyncError::Auth(text),
+                        _ => SyncError::Network(text),
+                    }
                 }
             })?;
         }

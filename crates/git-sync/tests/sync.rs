@@ -615,3 +615,115 @@ fn status_and_help() {
     let o = fleet.sync_cmd("PC1").arg("--help").output().expect("help");
     assert!(String::from_utf8_lossy(&o.stdout).contains("Usage"));
 }
+
+fn task(id: &str) -> String {
+    format!(
+        r#"{{"format_version":1,"id":"{id}","priority":"normal","description":"task {id}","created_at":"2026-11-21T10:00:00Z","created_by":"PC1"}}"#
+    )
+}
+
+fn pack_count(tree: &Path) -> usize {
+    git_sync::repo::ObjectCounts::read(&tree.join(".git/objects")).packs
+}
+
+/// The bug that stopped a fleet within its first hour: every fetch adds a pack file, and the
+/// long-lived repository handle's table of pack indices was sized when it was opened, so
+/// from about the 33rd fetch on every cycle failed. One daemon here takes 320 fetches of new
+/// commits (and commits and pushes of its own every 20 rounds), while another process
+/// repacks its repository twice under it; every change must arrive, no cycle may fail, and
+/// the pack files stay bounded.
+#[test]
+fn one_daemon_takes_hundreds_of_fetches_without_a_failed_cycle_and_packs_stay_bounded() {
+    const ROUNDS: usize = 320;
+    let fleet = Fleet::new(
+        &["PC2"],
+        "pull_interval = \"5s\"\ndebounce = \"20ms\"\nheartbeat_commit_interval = \"1h\"\n",
+    );
+    // PC1's side: a plain clone committing and pushing one task file a round.
+    let writer = fleet.root().join("writer");
+    fleet.git(
+        fleet.root(),
+        &["clone", "-q", "--branch", "trinity", "remote.git", "writer"],
+    );
+    let mut daemon = fleet
+        .sync_cmd("PC2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("daemon");
+    let pc2 = fleet.tree("PC2");
+    let mut max_packs = 0;
+    let started = Instant::now();
+    for round in 0..ROUNDS {
+        let id = format!("task-{round:04}");
+        let rel = format!("spawn_queue/{id}.json");
+        if round % 20 == 10 {
+            // PC2 changes something of its own: committed and pushed by the same daemon.
+            let claim_rel = format!("claims/{id}.json");
+            fleet.write("PC2", &claim_rel, &claim(&id, "PC2"));
+            fleet.git(&writer, &["pull", "-q", "--rebase"]);
+            let start = Instant::now();
+            while !writer.join(&claim_rel).exists() {
+                assert!(
+                    start.elapsed() < trinity_testkit::DEADLINE,
+                    "round {round}: PC2's claim never reached the remote\n{}",
+                    fleet.log("PC2")
+                );
+                std::thread::sleep(Duration::from_millis(10));
+                fleet.git(&writer, &["pull", "-q", "--rebase"]);
+            }
+        }
+        if round % 150 == 75 {
+            // Another process consolidates the packs the daemon's handle knows.
+            fleet.git(&pc2, &["repack", "-a", "-d", "-q"]);
+        }
+        let path = writer.join(&rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, task(&id)).expect("task");
+        fleet.git(&writer, &["add", "-A"]);
+        fleet.git(&writer, &["commit", "-q", "-m", &format!("task {id}")]);
+        fleet.git(&writer, &["push", "-q", "origin", "trinity"]);
+        let start = Instant::now();
+        while !pc2.join(&rel).exists() {
+            assert!(
+                start.elapsed() < trinity_testkit::DEADLINE,
+                "round {round}: {rel} never arrived on PC2 ({} packs)\n{}",
+                pack_count(&pc2),
+                fleet.log("PC2")
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        max_packs = max_packs.max(pack_count(&pc2));
+    }
+    let took = started.elapsed();
+    let status = trinity_testkit::stop(&mut daemon);
+    assert!(status.success(), "daemon exit: {status:?}");
+    let log = fleet.log("PC2");
+    assert!(!log.contains("sync cycle failed"), "a cycle failed:\n{log}");
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(pc2.join("local/git-sync/state.json")).expect("state"),
+    )
+    .expect("state json");
+    assert!(state["last_error"].is_null(), "{state}");
+    assert_eq!(state["reopens"], 0, "no cycle needed a second try: {state}");
+    assert!(
+        state["maintenance_runs"].as_u64().unwrap_or(0) >= 5,
+        "the daemon consolidated its packs: {state}"
+    );
+    // Sampled after each arrival; maintenance runs right after the cycle that crossed the bound.
+    assert!(
+        max_packs <= git_sync::repo::MAX_PACKS + 2,
+        "packs reached {max_packs}"
+    );
+    for round in 0..ROUNDS {
+        let rel = format!("spawn_queue/task-{round:04}.json");
+        assert_eq!(
+            std::fs::read_to_string(pc2.join(&rel)).expect("arrived"),
+            task(&format!("task-{round:04}"))
+        );
+    }
+    fleet.assert_clean("PC2");
+    fleet.fsck(&pc2);
+    fleet.fsck(&fleet.root().join("remote.git"));
+    eprintln!("{ROUNDS} rounds in {took:?}, at most {max_packs} packs");
+}

@@ -12,7 +12,7 @@ use crate::fsio;
 use crate::layout::Tree;
 
 /// The state file's contents.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncState {
     /// Format version of this local file.
     #[serde(default = "one")]
@@ -56,10 +56,43 @@ pub struct SyncState {
     /// Cycles run since the daemon started.
     #[serde(default)]
     pub cycles: u64,
+    /// Times the local repository was opened afresh after it failed, in total.
+    #[serde(default)]
+    pub reopens: u64,
+    /// Pack consolidations run (bounding the pack files each fetch adds), in total.
+    #[serde(default)]
+    pub maintenance_runs: u64,
+    /// The last pack consolidation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_maintenance: Option<DateTime<Utc>>,
 }
 
 fn one() -> u32 {
     1
+}
+
+impl Default for SyncState {
+    fn default() -> Self {
+        Self {
+            format_version: one(),
+            pid: 0,
+            updated_at: None,
+            in_sync_at: None,
+            last_fetch: None,
+            last_push: None,
+            remote_head: None,
+            local_head: None,
+            commits_ahead: 0,
+            last_error: None,
+            push_races: 0,
+            conflicts: 0,
+            quarantined: 0,
+            cycles: 0,
+            reopens: 0,
+            maintenance_runs: 0,
+            last_maintenance: None,
+        }
+    }
 }
 
 impl SyncState {
