@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""Soak: a whole fleet of three PCs, every daemon running, for a given wall time, with churn.
+
+Usage: scripts/bench/soak.py [--minutes M] [--churn-per-second R] [--handoff-every S] [--keep]
+       (builds nothing: run `cargo build --release --workspace` first)
+
+Three PCs share one local bare repository, each set up by `trinity init` and running
+`git-sync`, `credit-monitor` and `wake-daemon` at their default settings. Two settings differ,
+and only so that the forced handoffs can go round the ring for an hour: `credit.pause` (1m)
+and `credit.rate_limit_window` (2m); the agent is a shell script that records its start.
+
+Churn on top of what the daemons write themselves (heartbeats, credit files, handoffs):
+task files written on a random PC, `--churn-per-second` of them (1.5 by default; each is a
+commit, so an hour carries more commits than a real fleet's day: 3 PCs x 1 heartbeat commit a
+minute = 4320 a day), the oldest deleted again so the tree stays the size of a real one; and a
+forced handoff (three recorded rate limits) every `--handoff-every` seconds, round the ring.
+
+Every minute it samples, for each PC: every daemon's RSS and CPU time, the pack count, loose
+objects and size of `.git`, the commits on the remote, the latency of a probe file written on
+PC1 until it is in PC2's tree, and ERROR lines in the logs. At the end it prints the table (as
+Markdown) and a verdict: zero sync errors, packs bounded, idle RSS within 20 % of the start.
+"""
+import argparse, json, os, random, signal, statistics, subprocess, sys, tempfile, time
+from datetime import datetime, timezone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REL = os.path.join(ROOT, "target", "release")
+PCS = ["PC1", "PC2", "PC3"]
+DAEMONS = ["git-sync", "credit-monitor", "wake-daemon"]
+MAX_PACKS = 16  # git-sync's bound (crates/git-sync/src/repo.rs)
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("--minutes", type=float, default=60)
+ap.add_argument("--churn-per-second", type=float, default=1.5)
+ap.add_argument("--handoff-every", type=float, default=180)
+ap.add_argument("--sample-every", type=float, default=60)
+ap.add_argument("--keep", action="store_true")
+ap.add_argument("--seed", type=int, default=1)
+args = ap.parse_args()
+rng = random.Random(args.seed)
+
+for b in ["trinity"] + DAEMONS:
+    if not os.path.isfile(os.path.join(REL, b)):
+        sys.exit(f"{REL}/{b} is missing: run `cargo build --release --workspace` first")
+
+d = tempfile.mkdtemp(prefix="trinity-soak-")
+home = os.path.join(d, "home")
+agents = os.path.join(d, "agents")
+os.makedirs(home)
+os.makedirs(agents)
+env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "TRINITY_"))}
+env.update(HOME=home, GIT_CONFIG_GLOBAL="/dev/null", GIT_CONFIG_NOSYSTEM="1",
+           GIT_AUTHOR_NAME="soak", GIT_AUTHOR_EMAIL="soak@soak",
+           GIT_COMMITTER_NAME="soak", GIT_COMMITTER_EMAIL="soak@soak", AGENT_OUT=agents)
+remote = os.path.join(d, "remote.git")
+agent = os.path.join(d, "agent.sh")
+with open(agent, "w") as f:
+    f.write('#!/bin/sh\necho "$TRINITY_HANDOFF_ID" > "$AGENT_OUT/$TRINITY_PC-$$.txt"\n')
+
+
+def pc_env(pc):
+    return dict(env, TRINITY_CONFIG=os.path.join(d, pc, "trinity.toml"))
+
+
+def run(cmd, pc, check=True):
+    p = subprocess.run(cmd, cwd=os.path.join(d, pc), env=pc_env(pc), capture_output=True, text=True)
+    if check and p.returncode != 0:
+        sys.exit(f"{cmd} on {pc} failed: {p.stdout}{p.stderr}")
+    return p
+
+
+def git(*a, cwd=None):
+    return subprocess.run(["git", *a], cwd=cwd, env=env, capture_output=True, text=True).stdout.strip()
+
+
+for pc in PCS:
+    os.makedirs(os.path.join(d, pc))
+    cmd = [os.path.join(REL, "trinity"), "init", "--pc", pc, "--remote", remote]
+    if pc == "PC1":
+        cmd += ["--create-remote", "--fleet", ",".join(PCS), "--coordinator", "PC3"]
+    run(cmd, pc)
+    with open(os.path.join(d, pc, "trinity.toml"), "a") as f:
+        f.write(f'[agent]\ncommand = ["/bin/sh", "{agent}"]\nnew_console = false\n'
+                f'[credit]\nclaude_projects_dir = ""\npause = "1m"\nrate_limit_window = "2m"\n')
+
+procs = {}
+
+
+def start(pc, name):
+    log = open(os.path.join(d, pc, f"{name}.stderr"), "ab")
+    procs[(pc, name)] = subprocess.Popen([os.path.join(REL, name)], cwd=os.path.join(d, pc),
+                                         env=pc_env(pc), stdout=subprocess.DEVNULL, stderr=log)
+
+
+for pc in PCS:
+    for name in DAEMONS:
+        start(pc, name)
+
+
+def tree(pc):
+    return os.path.join(d, pc, ".trinity")
+
+
+def proc_stats(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+        cpu = (int(parts[11]) + int(parts[12])) / TICK
+        with open(f"/proc/{pid}/statm") as f:
+            rss = int(f.read().split()[1]) * PAGE
+        return rss, cpu
+    except (OSError, IndexError, ValueError):
+        return 0, 0.0
+
+
+def objects(path):
+    packs = loose = size = 0
+    for root, _, files in os.walk(path):
+        for n in files:
+            try:
+                size += os.path.getsize(os.path.join(root, n))
+            except OSError:
+                continue
+            if root.endswith(os.sep + "pack"):
+                packs += n.endswith(".idx")
+            elif len(os.path.basename(root)) == 2 and "objects" in root:
+                loose += 1
+    return packs, loose, size
+
+
+def errors(pc):
+    n = 0
+    logs = os.path.join(tree(pc), "logs")
+    for name in os.listdir(logs) if os.path.isdir(logs) else []:
+        with open(os.path.join(logs, name), errors="replace") as f:
+            n += sum(1 for line in f if " ERROR " in line)
+    return n
+
+
+def write_atomic(path, body):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".soak.tmp"
+    with open(tmp, "w") as f:
+        f.write(body)
+    os.rename(tmp, path)
+
+
+def task_body(tid, pc):
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return json.dumps({"format_version": 1, "id": tid, "priority": "low", "description": "soak churn",
+                       "created_at": now, "created_by": pc})
+
+
+probe_n = 0
+
+
+def probe():
+    """Seconds from a file written on PC1 until it is in PC2's tree."""
+    global probe_n
+    probe_n += 1
+    tid = f"probe-{probe_n}"
+    write_atomic(os.path.join(tree("PC1"), "spawn_queue", tid + ".json"), task_body(tid, "PC1"))
+    t0 = time.time()
+    target = os.path.join(tree("PC2"), "spawn_queue", tid + ".json")
+    while not os.path.exists(target):
+        time.sleep(0.005)
+        if time.time() - t0 > 120:
+            return None
+    return time.time() - t0
+
+
+samples = []
+latencies = []
+churn = []  # (pc, path) oldest first
+handoffs = 0
+start_time = time.time()
+end_time = start_time + args.minutes * 60
+next_sample = start_time + 20  # let the fleet settle first
+next_handoff = start_time + 30
+last_cpu = {}
+turn = 0
+interval = 1.0 / args.churn_per_second if args.churn_per_second > 0 else None
+next_churn = time.time()
+print(f"soak: {args.minutes} min in {d}", flush=True)
+
+
+def sample():
+    row = {"t": round((time.time() - start_time) / 60, 1)}
+    lat = probe()
+    latencies.append(lat)
+    row["latency_ms"] = None if lat is None else round(lat * 1000)
+    row["commits"] = int(git("rev-list", "--count", "trinity", cwd=remote) or 0)
+    packs = []
+    for pc in PCS:
+        p, l, s = objects(os.path.join(tree(pc), ".git", "objects"))
+        packs.append(p)
+        row[f"{pc}_git_mb"] = round(sum(
+            os.path.getsize(os.path.join(r, n)) for r, _, fs in os.walk(os.path.join(tree(pc), ".git"))
+            for n in fs if os.path.exists(os.path.join(r, n))) / 1e6, 2)
+        row[f"{pc}_loose"] = l
+        row[f"{pc}_errors"] = errors(pc)
+    row["packs_max"] = max(packs)
+    row["remote_mb"] = round(objects(os.path.join(remote, "objects"))[2] / 1e6, 2)
+    for (pc, name), p in procs.items():
+        rss, cpu = proc_stats(p.pid)
+        prev = last_cpu.get((pc, name))
+        row[f"{pc}_{name}_rss_mb"] = round(rss / 1e6, 1)
+        row[f"{pc}_{name}_cpu_s"] = round(cpu - prev, 2) if prev is not None else 0.0
+        last_cpu[(pc, name)] = cpu
+        if p.poll() is not None:
+            row[f"{pc}_{name}_exited"] = p.returncode
+    samples.append(row)
+    print(json.dumps(row), flush=True)
+
+
+try:
+    while time.time() < end_time:
+        now = time.time()
+        if now >= next_sample:
+            sample()
+            next_sample += args.sample_every
+            continue
+        if now >= next_handoff:
+            pc = PCS[turn % 3]
+            turn += 1
+            for _ in range(3):
+                run([os.path.join(REL, "credit-monitor"), "--record-rate-limit"], pc, check=False)
+            handoffs += 1
+            next_handoff += args.handoff_every
+            continue
+        if interval and now >= next_churn:
+            pc = rng.choice(PCS)
+            tid = f"churn-{pc.lower()}-{int(now * 1000)}"
+            path = os.path.join(tree(pc), "spawn_queue", tid + ".json")
+            write_atomic(path, task_body(tid, pc))
+            churn.append((pc, path))
+            if len(churn) > 60:
+                old_pc, old = churn.pop(0)
+                try:
+                    os.remove(old)
+                except FileNotFoundError:
+                    pass
+            next_churn += interval
+            continue
+        time.sleep(0.01)
+    sample()
+finally:
+    for p in procs.values():
+        p.send_signal(signal.SIGTERM)
+    for p in procs.values():
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+# ---- the report ----------------------------------------------------------------------------
+launches = len(os.listdir(agents))
+first, last = samples[0], samples[-1]
+hours = (time.time() - start_time) / 3600
+commits = last["commits"] - first["commits"]
+lats = sorted(x for x in latencies if x is not None)
+lost_probes = sum(1 for x in latencies if x is None)
+fsck = subprocess.run(["git", "fsck", "--no-progress"], cwd=remote, env=env, capture_output=True, text=True)
+total_errors = sum(last[f"{pc}_errors"] for pc in PCS)
+max_packs = max(s["packs_max"] for s in samples)
+max_git = max(s[f"{pc}_git_mb"] for s in samples for pc in PCS)
+exits = [k for s in samples for k in s if k.endswith("_exited")]
+
+cols = ["t", "commits", "latency_ms", "packs_max"] + [f"{pc}_git_mb" for pc in PCS] + \
+       ["remote_mb"] + [f"{pc}_loose" for pc in PCS] + [f"{pc}_errors" for pc in PCS]
+print("\n| " + " | ".join(cols) + " |")
+print("|" + "---|" * len(cols))
+for s in samples:
+    print("| " + " | ".join(str(s.get(c, "")) for c in cols) + " |")
+
+print("\n| daemon | RSS start MB | RSS end MB | RSS max MB | CPU s/min (median) |")
+print("|---|---|---|---|---|")
+rss_ok = True
+for pc in PCS:
+    for name in DAEMONS:
+        k = f"{pc}_{name}_rss_mb"
+        rss = [s[k] for s in samples if s.get(k)]
+        cpu = [s[f"{pc}_{name}_cpu_s"] for s in samples[1:]]
+        per_min = [c * 60 / args.sample_every for c in cpu] or [0]
+        grow = rss[-1] / rss[1] if len(rss) > 1 and rss[1] else 1
+        if grow > 1.2:
+            rss_ok = False
+        print(f"| {pc} {name} | {rss[1] if len(rss) > 1 else rss[0]} | {rss[-1]} | {max(rss)} | "
+              f"{statistics.median(per_min):.2f} |")
+
+growth_per_commit = (last["remote_mb"] - first["remote_mb"]) * 1e6 / commits if commits else 0
+print(f"\n{hours * 60:.0f} min; {commits} commits on the remote ({commits / hours:.0f}/h; a real "
+      f"3-PC fleet makes about 4320 heartbeat commits a day); {handoffs} forced handoffs, "
+      f"{launches} agents started")
+if lats:
+    print(f"sync latency PC1 -> PC2: median {statistics.median(lats) * 1000:.0f} ms, "
+          f"max {lats[-1] * 1000:.0f} ms, first hour-quarter median "
+          f"{statistics.median(lats[:max(1, len(lats) // 4)]) * 1000:.0f} ms, last quarter median "
+          f"{statistics.median(lats[-max(1, len(lats) // 4):]) * 1000:.0f} ms; {lost_probes} probes lost")
+print(f"packs at most {max_packs}; a PC's .git at most {max_git} MB; remote objects "
+      f"{first['remote_mb']} -> {last['remote_mb']} MB ({growth_per_commit:.0f} bytes a commit)")
+print(f"ERROR lines in the logs: {total_errors}; daemons that exited: {exits or 'none'}; "
+      f"remote fsck: {'clean' if fsck.returncode == 0 else fsck.stderr.strip()}")
+ok = (total_errors == 0 and lost_probes == 0 and max_packs <= MAX_PACKS + 2 and rss_ok
+      and not exits and fsck.returncode == 0)
+print("verdict:", "PASS" if ok else "FAIL")
+if args.keep:
+    print(f"kept {d}")
+else:
+    subprocess.run(["rm", "-rf", d])
+sys.exit(0 if ok else 1)
