@@ -1,3 +1,298 @@
 //! Cross-daemon tests live in `tests/`: they run the workspace's real programs (`trinity`,
 //! `git-sync`, `credit-monitor`, `wake-daemon`) for several simulated PCs that share one local
 //! bare repository, as the fleet would. Build the workspace first (`scripts/test.sh` does).
+//!
+//! This library is their harness: a [`World`] of PCs set up by `trinity init`, whose daemons
+//! can be started, killed and restarted one by one, and a test agent that records every start.
+#![cfg(unix)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use trinity_core::fsio;
+use trinity_core::schema::{Claim, Heartbeat};
+use trinity_core::{PcId, TaskId, Tree};
+
+/// The daemons every PC runs.
+pub const DAEMONS: [&str; 3] = ["git-sync", "credit-monitor", "wake-daemon"];
+
+/// The workspace's programs, next to the test's executable (`target/<profile>/`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace first (cargo build --workspace, or scripts/test.sh)",
+        path.display()
+    );
+    path
+}
+
+/// One agent start, as the test agent recorded it.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The PC it ran on.
+    pub pc: String,
+    /// Its `TRINITY_*` environment, one `NAME=value` a line.
+    pub env: String,
+}
+
+impl Launch {
+    /// A `TRINITY_*` variable's value.
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.env
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+    }
+
+    /// The handoff id (the handoff file's name without `.json`).
+    pub fn handoff(&self) -> Option<String> {
+        let file = self.var("TRINITY_HANDOFF_FILE")?;
+        Path::new(file)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+    }
+}
+
+/// Several simulated PCs in one temporary directory: `remote.git`, one directory per PC (its
+/// `trinity.toml` and `.trinity/`), a home for hermetic git, and `agents/` where the test agent
+/// writes a file per start. Daemons still running are stopped when it is dropped.
+#[derive(Debug)]
+pub struct World {
+    dir: tempfile::TempDir,
+    pcs: Vec<String>,
+    daemons: BTreeMap<(String, String), Child>,
+    env: Vec<(String, String)>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for c in self.daemons.values() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        for c in self.daemons.values_mut() {
+            let _ = c.wait();
+        }
+    }
+}
+
+impl World {
+    /// Sets up `pcs` with `trinity init` (the first creates the remote and the fleet, with the
+    /// last as coordinator), the test agent, and `extra_config` appended to every
+    /// `trinity.toml` (after an `[agent]` table).
+    pub fn new(pcs: &[&str], extra_config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("home")).expect("home");
+        std::fs::create_dir_all(dir.path().join("agents")).expect("agents");
+        let agent = dir.path().join("agent.sh");
+        // Written under a temporary name and renamed, so a reader never sees half a record.
+        std::fs::write(
+            &agent,
+            "#!/bin/sh\nenv | grep '^TRINITY_' | sort > \"$AGENT_OUT/.$TRINITY_PC-$$.tmp\"\n\
+             mv \"$AGENT_OUT/.$TRINITY_PC-$$.tmp\" \"$AGENT_OUT/$TRINITY_PC-$$.env\"\n",
+        )
+        .expect("agent");
+        let world = Self {
+            dir,
+            pcs: pcs.iter().map(|p| (*p).to_owned()).collect(),
+            daemons: BTreeMap::new(),
+            env: Vec::new(),
+        };
+        let remote = world.root().join("remote.git");
+        for (i, pc) in pcs.iter().enumerate() {
+            std::fs::create_dir_all(world.root().join(pc)).expect("pc dir");
+            let mut init = world.cmd("trinity", pc);
+            init.args([
+                "init",
+                "--pc",
+                pc,
+                "--remote",
+                remote.to_str().expect("utf-8"),
+            ]);
+            if i == 0 {
+                init.args([
+                    "--create-remote",
+                    "--fleet",
+                    &pcs.join(","),
+                    "--coordinator",
+                    pcs[pcs.len() - 1],
+                ]);
+            }
+            assert!(init.status().expect("trinity init").success(), "init {pc}");
+            let config = world.root().join(pc).join("trinity.toml");
+            let mut text = std::fs::read_to_string(&config).expect("config");
+            text.push_str(&format!(
+                "[agent]\ncommand = [\"/bin/sh\", {:?}]\nnew_console = false\n{extra_config}",
+                agent.display().to_string()
+            ));
+            std::fs::write(&config, text).expect("config");
+        }
+        world
+    }
+
+    /// Sets a variable for every program started from now on (a `TRINITY_*` setting, say).
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.push((name.to_owned(), value.to_owned()));
+    }
+
+    /// The temporary directory.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The shared bare repository.
+    pub fn remote(&self) -> PathBuf {
+        self.root().join("remote.git")
+    }
+
+    /// The PCs, in rotation order.
+    pub fn pcs(&self) -> Vec<String> {
+        self.pcs.clone()
+    }
+
+    /// A workspace program run as `pc` (hermetic, in the PC's directory, output discarded).
+    pub fn cmd(&self, program: &str, pc: &str) -> Command {
+        let mut c = Command::new(bin(program));
+        trinity_testkit::hermetic(&mut c, &self.root().join("home"))
+            .current_dir(self.root().join(pc))
+            .env("TRINITY_CONFIG", self.root().join(pc).join("trinity.toml"))
+            .env("AGENT_OUT", self.root().join("agents"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
+    /// git, hermetic, in `dir`; panics on failure.
+    pub fn git(&self, dir: &Path, args: &[&str]) -> String {
+        let mut c = Command::new("git");
+        trinity_testkit::hermetic(&mut c, &self.root().join("home"));
+        let o = c.current_dir(dir).args(args).output().expect("git");
+        assert!(
+            o.status.success(),
+            "git {args:?}: {}",
+            trinity_testkit::describe(&o)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Starts a daemon of `pc` (replacing the record of an earlier, dead one).
+    pub fn start(&mut self, program: &str, pc: &str) {
+        let child = self.cmd(program, pc).spawn().expect("daemon");
+        self.daemons
+            .insert((pc.to_owned(), program.to_owned()), child);
+    }
+
+    /// Starts every daemon of every PC.
+    pub fn start_all(&mut self) {
+        for pc in self.pcs() {
+            for d in DAEMONS {
+                self.start(d, &pc);
+            }
+        }
+    }
+
+    /// Kills a daemon with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill(&mut self, program: &str, pc: &str) {
+        if let Some(mut c) = self.daemons.remove(&(pc.to_owned(), program.to_owned())) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Asks every daemon to stop (SIGTERM) and waits for each.
+    pub fn stop_all(&mut self) {
+        for (_, mut c) in std::mem::take(&mut self.daemons) {
+            trinity_testkit::stop(&mut c);
+        }
+    }
+
+    /// A PC's state tree.
+    pub fn tree(&self, pc: &str) -> Tree {
+        Tree::new(self.root().join(pc).join(".trinity"))
+    }
+
+    /// Every agent start so far.
+    pub fn launches(&self) -> Vec<Launch> {
+        let Ok(dir) = std::fs::read_dir(self.root().join("agents")) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let stem = name.strip_suffix(".env")?;
+                let pc = stem.rsplit_once('-')?.0.to_owned();
+                let env = std::fs::read_to_string(e.path()).ok()?;
+                Some(Launch { pc, env })
+            })
+            .collect()
+    }
+
+    /// Agent starts on `pc`.
+    pub fn launches_on(&self, pc: &str) -> usize {
+        self.launches().iter().filter(|l| l.pc == pc).count()
+    }
+
+    /// Polls `ok` until it holds; panics naming `what` after the testkit's deadline.
+    pub fn wait(&self, what: &str, ok: impl FnMut() -> bool) {
+        trinity_testkit::wait_for(what, ok);
+    }
+
+    /// `credit-monitor --record-rate-limit`, three times: the default rule hands off.
+    pub fn record_rate_limits(&self, pc: &str) {
+        for _ in 0..3 {
+            let s = self
+                .cmd("credit-monitor", pc)
+                .arg("--record-rate-limit")
+                .status()
+                .expect("credit-monitor");
+            assert!(s.success());
+        }
+    }
+
+    /// Who holds a task's claim, as `pc` sees it.
+    pub fn claim_holder(&self, pc: &str, task: &str) -> Option<String> {
+        fsio::load::<Claim>(&self.tree(pc).claim_file(&TaskId::new(task).expect("valid")))
+            .ok()
+            .map(|c| c.value.pc.to_string())
+    }
+
+    /// `of`'s heartbeat, as `seen_by` sees it.
+    pub fn heartbeat(&self, seen_by: &str, of: &str) -> Option<Heartbeat> {
+        fsio::load::<Heartbeat>(
+            &self
+                .tree(seen_by)
+                .heartbeat_file(&PcId::new(of).expect("valid")),
+        )
+        .ok()
+        .map(|d| d.value)
+    }
+
+    /// Every synced file of a PC's tree, with its contents.
+    pub fn files(&self, pc: &str) -> BTreeMap<String, Vec<u8>> {
+        let tree = self.tree(pc);
+        trinity_core::validate::synced_files(&tree)
+            .expect("list")
+            .into_iter()
+            .map(|p| {
+                (
+                    tree.relative(&p).expect("relative"),
+                    std::fs::read(&p).unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// A daemon's log file of a PC.
+    pub fn log(&self, pc: &str, daemon: &str) -> String {
+        std::fs::read_to_string(self.tree(pc).logs_dir().join(format!("{daemon}.log")))
+            .unwrap_or_default()
+    }
+}
