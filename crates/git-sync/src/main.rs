@@ -97,10 +97,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("conflict kept aside: {c}");
                 }
                 match syncer.maintain_if_due() {
-                    Ok(Some(m)) => println!(
-                        "consolidated {} pack files and {} loose objects into {} packs",
-                        m.before.packs, m.before.loose, m.after.packs
-                    ),
+                    Ok(Some(m)) => {
+                        if m.pruned {
+                            println!("dropped the history a compaction replaced");
+                        }
+                        println!(
+                            "consolidated {} pack files and {} loose objects into {} packs",
+                            m.before.packs, m.before.loose, m.after.packs
+                        )
+                    }
                     Ok(None) => {}
                     Err(e) => eprintln!("git-sync: {e}"),
                 }
@@ -134,9 +139,11 @@ fn print_status(s: &SyncState) {
         s.push_races, s.conflicts, s.quarantined
     );
     println!(
-        "pack consolidations: {} (last: {}), repository reopened after a failure: {}",
+        "pack consolidations: {} (last: {}), history compactions: {} (last: {}), repository reopened after a failure: {}",
         s.maintenance_runs,
         t(s.last_maintenance),
+        s.compactions,
+        t(s.last_compaction),
         s.reopens
     );
     if let Some(e) = &s.last_error {

@@ -372,6 +372,18 @@ impl Store {
         self.set_ref(&self.branch, new, expected, why)
     }
 
+    /// A reference of git-sync's own (`refs/trinity/…`), if set.
+    pub fn named_ref(&self, name: &str) -> Result<Option<ObjectId>, RepoError> {
+        let name: FullName = name.try_into().map_err(err_any("name a reference"))?;
+        self.ref_id(&name)
+    }
+
+    /// Sets a reference of git-sync's own to `id`.
+    pub fn set_named_ref(&self, name: &str, id: ObjectId, why: &str) -> Result<(), RepoError> {
+        let name: FullName = name.try_into().map_err(err_any("name a reference"))?;
+        self.set_ref(&name, id, None, why)
+    }
+
     /// Moves the remote-tracking branch (after a push).
     pub fn set_tracking(&self, new: ObjectId) -> Result<(), RepoError> {
         self.set_ref(&self.tracking, new, None, "git-sync: pushed")

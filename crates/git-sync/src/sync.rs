@@ -139,6 +139,8 @@ pub struct Maintenance {
     pub after: ObjectCounts,
     /// How long it took.
     pub took: Duration,
+    /// Whether an old history was dropped (after a compaction).
+    pub pruned: bool,
 }
 
 impl Report {
@@ -170,7 +172,61 @@ pub struct Syncer {
     last_heartbeat_commit: Option<Instant>,
     remote_repo: Option<gix::Repository>,
     remote_url: String,
+    /// The branch left an old history behind (a compaction was followed): prune it.
+    prune_pending: bool,
+    /// Calls of [`Syncer::maintain_if_due`] since the history's length was last checked.
+    since_compaction_check: u32,
+    /// No cycle has run yet in this process.
+    fresh_start: bool,
 }
+
+/// An atomic write's temporary file lives milliseconds; one older than this was left by a
+/// process killed mid-write, and git-sync removes it (it is never synced).
+pub const STALE_TEMP_FILE: Duration = Duration::from_secs(600);
+
+fn remove_if_stale_temp(path: &Path) {
+    let age = std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| m.elapsed().ok());
+    if age.is_some_and(|a| a > STALE_TEMP_FILE) {
+        match std::fs::remove_file(path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed a temporary file left by a write that was killed")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a stale temporary file")
+            }
+        }
+    }
+}
+
+/// Every `*.lock` file under `dir` (the repository's `refs/`), recursively.
+fn collect_locks(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => collect_locks(&path, out),
+            Ok(_) if path.extension().is_some_and(|x| x == "lock") => out.push(path),
+            _ => {}
+        }
+    }
+}
+
+/// The remote-tracking branch as it was before the latest fetch: the newest remote state the
+/// local branch holds, and so the merge base when the remote's history was compacted.
+pub const LAST_TRACKING: &str = "refs/trinity/last-tracking";
+
+/// The history's length is checked (against `sync.compact_after_commits`) on the first and
+/// then every this many calls of [`Syncer::maintain_if_due`].
+pub const COMPACTION_CHECK_EVERY: u32 = 100;
+
+/// A PC that is not the fleet's coordinator compacts only once the history has grown this much
+/// past `compact_after_commits` (so one PC does it, and any PC if the coordinator is gone).
+const NON_COORDINATOR_SLACK: f64 = 1.5;
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> IoError + 'a {
     move |source| IoError {
@@ -208,6 +264,9 @@ impl Syncer {
             last_heartbeat_commit: None,
             remote_repo: None,
             remote_url,
+            prune_pending: false,
+            since_compaction_check: 0,
+            fresh_start: true,
         })
     }
 
@@ -237,21 +296,22 @@ impl Syncer {
         self.clock.now()
     }
 
-    /// Removes git lock files left by a crash (older than `sync.stale_index_lock`). Returns
-    /// false when a fresh `index.lock` is held by another git process.
-    fn clear_stale_locks(&self) -> bool {
-        let git_dir = self.store.git_dir();
-        let branch = &self.config.sync.branch;
+    /// Removes git lock files left by a crash. Reference locks are only ever taken by git-sync
+    /// (the only program that writes this repository, one instance at a time): at start-up
+    /// every one found was left by a crashed predecessor and is removed at once, later only
+    /// when older than `sync.stale_index_lock`. `index.lock` may also be held by a person's
+    /// `git status`, so it is removed only when that old. Returns false when a fresh
+    /// `index.lock` is held by another git process.
+    fn clear_stale_locks(&mut self) -> bool {
+        let git_dir = self.store.git_dir().to_owned();
+        let fresh_start = std::mem::take(&mut self.fresh_start);
         let mut index_free = true;
-        let locks = [
+        let mut locks = vec![
             git_dir.join("index.lock"),
             git_dir.join("HEAD.lock"),
             git_dir.join("packed-refs.lock"),
-            git_dir.join("refs/heads").join(format!("{branch}.lock")),
-            git_dir
-                .join("refs/remotes/origin")
-                .join(format!("{branch}.lock")),
         ];
+        collect_locks(&git_dir.join("refs"), &mut locks);
         for lock in locks {
             let Ok(meta) = std::fs::metadata(&lock) else {
                 continue;
@@ -261,7 +321,8 @@ impl Syncer {
                 .ok()
                 .and_then(|m| m.elapsed().ok())
                 .unwrap_or_default();
-            if age > self.config.sync.stale_index_lock {
+            let is_index = lock.ends_with("index.lock");
+            if age > self.config.sync.stale_index_lock || (fresh_start && !is_index) {
                 match std::fs::remove_file(&lock) {
                     Ok(()) => {
                         tracing::warn!(lock = %lock.display(), age = %humantime::format_duration(Duration::from_secs(age.as_secs())), "removed a stale git lock left by a crash")
@@ -270,7 +331,7 @@ impl Syncer {
                         tracing::warn!(lock = %lock.display(), error = %e, "cannot remove a stale git lock")
                     }
                 }
-            } else if lock.ends_with("index.lock") {
+            } else if is_index {
                 tracing::info!(lock = %lock.display(), "the git index is locked by another git process; leaving it alone");
                 index_free = false;
             }
@@ -330,9 +391,16 @@ impl Syncer {
         self.objects_on_disk().needs_maintenance()
     }
 
-    /// Runs [`Syncer::maintain`] when it is due, logging what it did.
+    /// Between two cycles: compacts the history when it is due (checked on the first call and
+    /// every [`COMPACTION_CHECK_EVERY`] calls), then runs [`Syncer::maintain`] when pack files
+    /// or loose objects have piled up or an old history is left to prune; logs what it did.
     pub fn maintain_if_due(&mut self) -> Result<Option<Maintenance>, SyncError> {
-        if !self.needs_maintenance() {
+        let check = self.since_compaction_check == 0;
+        self.since_compaction_check = (self.since_compaction_check + 1) % COMPACTION_CHECK_EVERY;
+        if check {
+            self.compact_if_due()?;
+        }
+        if !self.prune_pending && !self.needs_maintenance() {
             return Ok(None);
         }
         let m = self.maintain()?;
@@ -341,7 +409,9 @@ impl Syncer {
             packs_after = m.after.packs,
             loose_before = m.before.loose,
             loose_after = m.after.loose,
+            bytes_before = m.before.bytes,
             bytes_after = m.after.bytes,
+            pruned = m.pruned,
             took_ms = m.took.as_millis() as u64,
             "consolidated the repository's pack files"
         );
@@ -350,16 +420,24 @@ impl Syncer {
 
     /// Consolidates pack files and loose objects (`git repack`, geometric, so its cost follows
     /// what is new rather than the whole history), with the gix handle closed meanwhile so no
-    /// pack stays mapped, then opens the repository afresh. Call it between cycles. git writes
-    /// the new pack before it deletes the old ones, so a kill at any moment loses nothing.
+    /// pack stays mapped, then opens the repository afresh. After a compaction it also drops
+    /// the old history (reflogs expired, everything repacked, unreachable objects pruned).
+    /// Call it between cycles: git writes the new pack before it deletes the old ones, so a
+    /// kill at any moment loses nothing.
     pub fn maintain(&mut self) -> Result<Maintenance, SyncError> {
         let before = self.store.objects_on_disk();
         let started = Instant::now();
+        let prune = self.prune_pending;
         self.store.close();
-        let repacked = self.repack();
+        let repacked = if prune {
+            self.prune_history()
+        } else {
+            self.repack()
+        };
         let reopened = self.store.reopen();
         repacked?;
         reopened?;
+        self.prune_pending = false;
         let after = self.store.objects_on_disk();
         self.state.maintenance_runs += 1;
         self.state.last_maintenance = Some(self.now());
@@ -368,7 +446,98 @@ impl Syncer {
             before,
             after,
             took: started.elapsed(),
+            pruned: prune,
         })
+    }
+
+    /// Drops everything the branches no longer reach: the history a compaction replaced.
+    fn prune_history(&self) -> Result<(), SyncError> {
+        let run = |args: &[&str]| {
+            self.git
+                .run(args)
+                .map(drop)
+                .map_err(|e| SyncError::Maintenance(format!("{} {e}", e.stderr())))
+        };
+        run(&["reflog", "expire", "--expire=now", "--all"])?;
+        run(&["repack", "-a", "-d", "-l", "-q"])?;
+        run(&["prune", "--expire=now"])
+    }
+
+    /// Replaces the branch's history by one root commit of the same tree when the history has
+    /// passed `sync.compact_after_commits` (half as much again on a PC that is not the fleet's
+    /// coordinator), so the repository a PC holds and a joining PC clones stays small. Only
+    /// when this PC is in step with the remote; the push is a compare-and-swap
+    /// (`--force-with-lease` on the commit it replaces), so a change pushed meanwhile by another
+    /// PC is never lost: the compaction just waits for a later check. Every other PC follows
+    /// it on its next fetch ([`Syncer::follow_compaction`]). Returns the commits folded.
+    pub fn compact_if_due(&mut self) -> Result<Option<u64>, SyncError> {
+        let limit = self.config.sync.compact_after_commits;
+        if limit == 0 {
+            return Ok(None);
+        }
+        let (Some(head), Some(tracking)) = (self.store.head()?, self.store.tracking()?) else {
+            return Ok(None);
+        };
+        if head != tracking {
+            return Ok(None);
+        }
+        let count: u64 = self
+            .git
+            .run(["rev-list", "--count", &head.to_string()])
+            .map_err(|e| SyncError::Maintenance(format!("{} {e}", e.stderr())))?
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let coordinator = self.fleet().is_some_and(|f| f.coordinator == self.pc);
+        let threshold = if coordinator {
+            limit
+        } else {
+            (limit as f64 * NON_COORDINATOR_SLACK) as u64
+        };
+        if count <= threshold || self.remote_head()? != Some(head) {
+            return Ok(None);
+        }
+        let branch = self.config.sync.branch.clone();
+        let tree = self.store.tree_of(head)?;
+        let msg = format!(
+            "compact: {count} commits of history folded into one\n\nTrinity-Compacts: {head}\n"
+        );
+        let root = self
+            .store
+            .commit(&format!("trinity {}", self.pc), &msg, tree, &[])?;
+        failpoint::hit("compact:committed");
+        let lease = format!("--force-with-lease=refs/heads/{branch}:{head}");
+        let spec = format!("{root}:refs/heads/{branch}");
+        if let Err(e) = self
+            .git
+            .run(["push", "--porcelain", "--quiet", &lease, "origin", &spec])
+        {
+            return match classify_failure(&format!("{} {e}", e.stderr())) {
+                Failure::Race => {
+                    tracing::info!(
+                        "the remote moved while compacting; the compaction waits for a later check"
+                    );
+                    Ok(None)
+                }
+                Failure::Auth => Err(SyncError::Auth(e.stderr().to_owned())),
+                Failure::Network => Err(SyncError::Network(e.stderr().to_owned())),
+                Failure::Other => Err(SyncError::Push(e.stderr().to_owned())),
+            };
+        }
+        failpoint::hit("compact:pushed");
+        self.store.set_tracking(root)?;
+        self.store.set_head(root, Some(head), "git-sync: compact")?;
+        self.store
+            .set_named_ref(LAST_TRACKING, root, "git-sync: compacted")?;
+        failpoint::hit("compact:refs-moved");
+        self.prune_pending = true;
+        self.state.compactions += 1;
+        self.state.last_compaction = Some(self.now());
+        self.state.local_head = Some(root.to_string());
+        self.state.remote_head = Some(root.to_string());
+        self.save_state()?;
+        tracing::info!(commits = count, root = %short(root), "compacted the fleet's history into one commit");
+        Ok(Some(count))
     }
 
     fn repack(&self) -> Result<(), SyncError> {
@@ -467,7 +636,11 @@ impl Syncer {
             let Ok(rel) = self.tree.relative(&path) else {
                 continue;
             };
-            if rel.ends_with(TEMP_SUFFIX) || rel == ".git" || rel.starts_with(".git/") {
+            if rel.ends_with(TEMP_SUFFIX) {
+                remove_if_stale_temp(&path);
+                continue;
+            }
+            if rel == ".git" || rel.starts_with(".git/") {
                 continue;
             }
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
@@ -667,6 +840,10 @@ impl Syncer {
     }
 
     fn fetch(&mut self) -> Result<(), SyncError> {
+        if let Some(t) = self.store.tracking()? {
+            self.store
+                .set_named_ref(LAST_TRACKING, t, "git-sync: before a fetch")?;
+        }
         let url = &self.remote_url;
         let http = url.starts_with("http://") || url.starts_with("https://");
         if http {
@@ -703,47 +880,26 @@ impl Syncer {
             return Ok(false);
         };
         let ours = self.store.head()?;
+        let mut followed_compaction = false;
         let (new_head, message) = match ours {
             None => (theirs, None),
             Some(o) if o == theirs => return Ok(false),
             Some(o) if self.store.is_ancestor(theirs, o)? => return Ok(false),
             Some(o) if self.store.is_ancestor(o, theirs)? => (theirs, None),
-            Some(o) => {
-                let base = self.store.merge_base(o, theirs)?;
-                let base_flat = self.store.flatten_commit(base)?;
-                let ours_tree = self.store.tree_of(o)?;
-                let ours_flat = self.store.flatten(ours_tree)?;
-                let theirs_flat = self.store.flatten_commit(Some(theirs))?;
-                let leader = self.holds_lease(&theirs_flat);
-                let merged = merge::merge(&base_flat, &ours_flat, &theirs_flat, &self.pc, leader);
-                for (path, side) in &merged.decided {
-                    tracing::info!(%path, ?side, "both sides changed a file; decided by its path class");
+            Some(o) => match self.store.merge_base(o, theirs)? {
+                Some(base) => {
+                    let base_flat = self.store.flatten_commit(Some(base))?;
+                    let (commit, msg) =
+                        self.three_way(&base_flat, o, theirs, &[o, theirs], report)?;
+                    (commit, Some(msg))
                 }
-                for conflict in &merged.conflicts {
-                    self.keep_conflict(conflict)?;
-                    report.conflicts.push(conflict.path.clone());
+                // No common history: the fleet compacted its history while our branch was
+                // still on the old one. Our own changes are carried onto the new history.
+                None => {
+                    followed_compaction = true;
+                    self.follow_compaction(o, theirs, report)?
                 }
-                let tree = self
-                    .store
-                    .write_tree(Some(ours_tree), &ours_flat, &merged.tree)?;
-                let msg = format!(
-                    "merge: {} from the fleet{}\n",
-                    if merged.decided.is_empty() {
-                        "changes".to_owned()
-                    } else {
-                        format!("{} decided by path class", merged.decided.len())
-                    },
-                    if merged.conflicts.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {} kept aside", merged.conflicts.len())
-                    }
-                );
-                let commit =
-                    self.store
-                        .commit(&format!("trinity {}", self.pc), &msg, tree, &[o, theirs])?;
-                (commit, Some(msg))
-            }
+            },
         };
         // The working tree follows the branch; the intent is on disk first, so a crash between
         // moving the branch and updating the files is finished on the next run.
@@ -759,6 +915,12 @@ impl Syncer {
         failpoint::hit("sync:checkout-planned");
         self.store.set_head(new_head, ours, "git-sync: merge")?;
         failpoint::hit("sync:merged");
+        if followed_compaction {
+            // The old history is no longer needed as a merge base: let it go.
+            self.store
+                .set_named_ref(LAST_TRACKING, theirs, "git-sync: followed a compaction")?;
+            self.prune_pending = true;
+        }
         self.finish_checkout(index_free)?;
         tracing::info!(
             head = %short(new_head),
@@ -766,6 +928,96 @@ impl Syncer {
             "brought in the fleet's changes"
         );
         Ok(true)
+    }
+
+    /// Merges `o` and `theirs` against `base_flat` by the path-class rules and writes the
+    /// merge commit with `parents`.
+    fn three_way(
+        &mut self,
+        base_flat: &Flat<ObjectId>,
+        o: ObjectId,
+        theirs: ObjectId,
+        parents: &[ObjectId],
+        report: &mut Report,
+    ) -> Result<(ObjectId, String), SyncError> {
+        let ours_tree = self.store.tree_of(o)?;
+        let ours_flat = self.store.flatten(ours_tree)?;
+        let theirs_flat = self.store.flatten_commit(Some(theirs))?;
+        let leader = self.holds_lease(&theirs_flat);
+        let merged = merge::merge(base_flat, &ours_flat, &theirs_flat, &self.pc, leader);
+        for (path, side) in &merged.decided {
+            tracing::info!(%path, ?side, "both sides changed a file; decided by its path class");
+        }
+        for conflict in &merged.conflicts {
+            self.keep_conflict(conflict)?;
+            report.conflicts.push(conflict.path.clone());
+        }
+        let tree = self
+            .store
+            .write_tree(Some(ours_tree), &ours_flat, &merged.tree)?;
+        let msg = format!(
+            "merge: {} from the fleet{}\n",
+            if merged.decided.is_empty() {
+                "changes".to_owned()
+            } else {
+                format!("{} decided by path class", merged.decided.len())
+            },
+            if merged.conflicts.is_empty() {
+                String::new()
+            } else {
+                format!(", {} kept aside", merged.conflicts.len())
+            }
+        );
+        let commit = self
+            .store
+            .commit(&format!("trinity {}", self.pc), &msg, tree, parents)?;
+        Ok((commit, msg))
+    }
+
+    /// Our branch `o` and the remote's `theirs` share no history: the remote's was compacted.
+    /// The base of the merge is the newest remote state our branch holds (what the
+    /// remote-tracking branch was before the fetch that brought the new history, as recorded
+    /// in [`LAST_TRACKING`]); with nothing of ours on top of it, we simply take the new history.
+    /// The result's only parent is `theirs`, so the old history is left behind.
+    fn follow_compaction(
+        &mut self,
+        o: ObjectId,
+        theirs: ObjectId,
+        report: &mut Report,
+    ) -> Result<(ObjectId, Option<String>), SyncError> {
+        let last = self.store.named_ref(LAST_TRACKING)?;
+        let base = match last {
+            Some(l) => self.store.merge_base(o, l)?,
+            None => None,
+        };
+        let ours_flat = self.store.flatten_commit(Some(o))?;
+        let base_flat = match base {
+            Some(b) => {
+                let base_flat = self.store.flatten_commit(Some(b))?;
+                if base_flat == ours_flat {
+                    tracing::info!(theirs = %short(theirs), "the fleet compacted its history; following it");
+                    return Ok((theirs, None));
+                }
+                base_flat
+            }
+            None => {
+                // No record of what we had of the remote: let the path-class rules decide every
+                // path on which the two sides differ (our own files stay ours, the rest theirs).
+                tracing::warn!(
+                    "the fleet compacted its history and the last remote state this PC merged is unknown; every differing file is decided by its path class"
+                );
+                let theirs_flat = self.store.flatten_commit(Some(theirs))?;
+                let unknown = ObjectId::null(theirs.kind());
+                ours_flat
+                    .keys()
+                    .chain(theirs_flat.keys())
+                    .map(|p| (p.clone(), unknown))
+                    .collect()
+            }
+        };
+        let (commit, msg) = self.three_way(&base_flat, o, theirs, &[theirs], report)?;
+        tracing::info!(theirs = %short(theirs), "the fleet compacted its history; carried this PC's unpushed changes onto it");
+        Ok((commit, Some(msg)))
     }
 
     fn checkout_file(&self) -> PathBuf {

@@ -457,6 +457,26 @@ fn stale_index_lock_is_removed_and_a_fresh_one_is_left_alone() {
     assert!(lock.exists(), "a fresh lock is never removed");
     assert!(fleet.log("PC1").contains("locked by another git process"));
     std::fs::remove_file(&lock).expect("unlock");
+
+    // A branch lock only git-sync takes, left by a git-sync killed while moving the branch:
+    // the next git-sync removes it at once, however young it is.
+    let branch_lock = fleet.tree("PC1").join(".git/refs/heads/trinity.lock");
+    std::fs::write(&branch_lock, "").expect("branch lock");
+    fleet.write(
+        "PC1",
+        "heartbeat/PC1.json",
+        &heartbeat("PC1", "active", "2026-11-21T10:02:00Z"),
+    );
+    let o = fleet.once_ok("PC1");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("pushed"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !branch_lock.exists(),
+        "a crashed git-sync's branch lock is removed"
+    );
 }
 
 #[test]
@@ -726,4 +746,178 @@ fn one_daemon_takes_hundreds_of_fetches_without_a_failed_cycle_and_packs_stay_bo
     fleet.fsck(&pc2);
     fleet.fsck(&fleet.root().join("remote.git"));
     eprintln!("{ROUNDS} rounds in {took:?}, at most {max_packs} packs");
+}
+
+fn commit_count(fleet: &Fleet, dir: &Path, rev: &str) -> u64 {
+    fleet
+        .git(dir, &["rev-list", "--count", rev])
+        .trim()
+        .parse()
+        .expect("count")
+}
+
+/// The history is compacted when it passes `compact_after_commits`; a PC that was offline
+/// meanwhile, with commits it could not push, carries them onto the new history, and a file
+/// consumed by another PC meanwhile stays consumed.
+#[test]
+fn history_is_compacted_and_a_pc_offline_meanwhile_keeps_its_unpushed_changes() {
+    let fleet = Fleet::new(&["PC1", "PC2", "PC3"], "compact_after_commits = 20\n");
+    let remote = fleet.root().join("remote.git");
+    fleet.write("PC3", "wake/PC2/sig-a.json", &signal("sig-a", "PC3", "PC2"));
+    fleet.once_ok("PC3");
+    fleet.once_ok("PC2");
+    fleet.once_ok("PC1");
+    // PC3 goes offline and goes on working.
+    let pc3 = fleet.tree("PC3");
+    fleet.git(
+        &pc3,
+        &["config", "remote.origin.url", "/nonexistent/remote.git"],
+    );
+    fleet.write(
+        "PC3",
+        "heartbeat/PC3.json",
+        &heartbeat("PC3", "active", "2026-11-21T11:00:00Z"),
+    );
+    fleet.write("PC3", "claims/offline.json", &claim("offline", "PC3"));
+    fleet.write("PC3", "spawn_queue/offline.json", &task("offline"));
+    assert!(!fleet.once("PC3").status.success(), "PC3 is offline");
+    // Meanwhile PC2 consumes the signal, and PC1 makes history until it is compacted
+    // (PC1 is not the coordinator: it compacts past 1.5 x 20 commits).
+    std::fs::remove_file(fleet.tree("PC2").join("wake/PC2/sig-a.json")).expect("consume");
+    fleet.once_ok("PC2");
+    let mut written = vec![
+        "claims/offline.json".to_owned(),
+        "spawn_queue/offline.json".to_owned(),
+    ];
+    let mut compacted = false;
+    for i in 0..40 {
+        let rel = format!("claims/pc1-{i}.json");
+        fleet.write("PC1", &rel, &claim(&format!("pc1-{i}"), "PC1"));
+        written.push(rel);
+        let o = fleet.once_ok("PC1");
+        if String::from_utf8_lossy(&o.stdout).contains("dropped the history") {
+            compacted = true;
+            break;
+        }
+    }
+    assert!(
+        compacted,
+        "PC1 compacted the history:\n{}",
+        fleet.log("PC1")
+    );
+    assert_eq!(commit_count(&fleet, &remote, "trinity"), 1);
+    let pc1 = fleet.tree("PC1");
+    assert_eq!(commit_count(&fleet, &pc1, "HEAD"), 1);
+    // PC1 keeps nothing of the old history: every reference reaches the one commit, and no
+    // object is left outside it.
+    assert_eq!(
+        fleet.git(&pc1, &["rev-list", "--all", "--count"]).trim(),
+        "1"
+    );
+    let unreachable = fleet.git(
+        &pc1,
+        &["fsck", "--unreachable", "--no-reflogs", "--no-progress"],
+    );
+    assert!(unreachable.trim().is_empty(), "{unreachable}");
+    // PC2 follows: same files, the short history.
+    fleet.once_ok("PC2");
+    assert_eq!(fleet.files("PC2"), fleet.files("PC1"));
+    assert_eq!(commit_count(&fleet, &fleet.tree("PC2"), "HEAD"), 1);
+    // PC3 comes back: its unpushed work is carried over, the consumed signal stays consumed.
+    fleet.git(
+        &pc3,
+        &[
+            "config",
+            "remote.origin.url",
+            remote.to_str().expect("utf-8"),
+        ],
+    );
+    fleet.once_ok("PC3");
+    fleet.once_ok("PC1");
+    fleet.once_ok("PC2");
+    let files = fleet.files("PC1");
+    for pc in ["PC2", "PC3"] {
+        assert_eq!(fleet.files(pc), files, "{pc} differs from PC1");
+    }
+    for rel in &written {
+        assert!(files.contains_key(rel), "{rel} was lost");
+    }
+    assert!(
+        files["heartbeat/PC3.json"].contains("2026-11-21T11:00:00Z"),
+        "PC3's own heartbeat is PC3's latest"
+    );
+    assert!(
+        !files.contains_key("wake/PC2/sig-a.json"),
+        "a consumed signal came back"
+    );
+    assert!(commit_count(&fleet, &remote, "trinity") <= 3);
+    assert!(
+        commit_count(&fleet, &pc3, "HEAD") <= 3,
+        "PC3 left the old history"
+    );
+    for pc in ["PC1", "PC2", "PC3"] {
+        fleet.fsck(&fleet.tree(pc));
+        fleet.assert_clean(pc);
+    }
+    fleet.fsck(&remote);
+    // A PC joining now clones the short history only.
+    fleet.git(
+        fleet.root(),
+        &["clone", "-q", "--branch", "trinity", "remote.git", "joiner"],
+    );
+    assert!(commit_count(&fleet, &fleet.root().join("joiner"), "HEAD") <= 3);
+}
+
+/// A compaction killed at each of its steps loses nothing: the other PC's change pushed
+/// meanwhile survives, and both PCs end on one short history.
+#[test]
+fn a_compaction_killed_at_any_step_loses_nothing() {
+    for point in ["compact:committed", "compact:pushed", "compact:refs-moved"] {
+        let fleet = Fleet::new(&["PC1", "PC2"], "compact_after_commits = 10\n");
+        let mut written = Vec::new();
+        let uncompacted = |pc: &str| {
+            let o = fleet
+                .sync_cmd(pc)
+                .arg("--once")
+                .env("TRINITY_SYNC__COMPACT_AFTER_COMMITS", "0")
+                .output()
+                .expect("once");
+            assert!(o.status.success(), "{}", text(&o));
+        };
+        for i in 0..16 {
+            let rel = format!("claims/a-{i}.json");
+            fleet.write("PC1", &rel, &claim(&format!("a-{i}"), "PC1"));
+            written.push(rel);
+            uncompacted("PC1");
+        }
+        uncompacted("PC2");
+        fleet.write("PC2", "claims/b.json", &claim("b", "PC2"));
+        written.push("claims/b.json".to_owned());
+        let o = fleet
+            .sync_cmd("PC1")
+            .arg("--once")
+            .env("TRINITY_FAILPOINT", point)
+            .output()
+            .expect("run");
+        assert!(!o.status.success(), "{point} did not abort: {}", text(&o));
+        uncompacted("PC2");
+        recover(&fleet, "PC1");
+        fleet.once_ok("PC2");
+        fleet.once_ok("PC1");
+        let remote = fleet.root().join("remote.git");
+        assert!(
+            commit_count(&fleet, &remote, "trinity") <= 3,
+            "{point}: the history was compacted"
+        );
+        for pc in ["PC1", "PC2"] {
+            let files = fleet.files(pc);
+            for rel in &written {
+                assert!(files.contains_key(rel), "{point}: {pc} lost {rel}");
+            }
+            fleet.fsck(&fleet.tree(pc));
+            fleet.assert_clean(pc);
+        }
+        assert_eq!(fleet.head("PC1"), fleet.head("PC2"), "{point}");
+        fleet.fsck(&remote);
+    }
 }

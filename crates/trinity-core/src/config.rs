@@ -131,6 +131,9 @@ pub struct SyncConfig {
     /// A `.git/index.lock` older than this was left by a crash and is removed.
     #[serde(with = "humantime_serde")]
     pub stale_index_lock: Duration,
+    /// When the branch's history passes this many commits, it is compacted: replaced by one
+    /// root commit of the same tree, which every PC follows (0: never).
+    pub compact_after_commits: u64,
 }
 
 impl Default for SyncConfig {
@@ -144,6 +147,7 @@ impl Default for SyncConfig {
             heartbeat_commit_interval: Duration::from_secs(60),
             backoff_max: Duration::from_secs(60),
             stale_index_lock: Duration::from_secs(60),
+            compact_after_commits: 20_000,
         }
     }
 }

@@ -65,6 +65,12 @@ pub struct SyncState {
     /// The last pack consolidation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_maintenance: Option<DateTime<Utc>>,
+    /// History compactions this PC made, in total.
+    #[serde(default)]
+    pub compactions: u64,
+    /// The last history compaction this PC made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_compaction: Option<DateTime<Utc>>,
 }
 
 fn one() -> u32 {
@@ -91,6 +97,8 @@ impl Default for SyncState {
             reopens: 0,
             maintenance_runs: 0,
             last_maintenance: None,
+            compactions: 0,
+            last_compaction: None,
         }
     }
 }

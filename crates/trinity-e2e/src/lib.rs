@@ -240,9 +240,33 @@ impl World {
         self.launches().iter().filter(|l| l.pc == pc).count()
     }
 
-    /// Polls `ok` until it holds; panics naming `what` after the testkit's deadline.
-    pub fn wait(&self, what: &str, ok: impl FnMut() -> bool) {
-        trinity_testkit::wait_for(what, ok);
+    /// Polls `ok` until it holds; after the testkit's deadline, panics naming `what`, with
+    /// the end of every daemon's log.
+    pub fn wait(&self, what: &str, mut ok: impl FnMut() -> bool) {
+        let start = std::time::Instant::now();
+        while !ok() {
+            if start.elapsed() > trinity_testkit::DEADLINE {
+                panic!("timed out waiting for {what}\n{}", self.log_tails(40));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// The last `lines` lines of every daemon's log of every PC.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for pc in &self.pcs {
+            for d in DAEMONS {
+                let log = self.log(pc, d);
+                let all: Vec<&str> = log.lines().collect();
+                out.push_str(&format!("---- {pc} {d} ----\n"));
+                for l in &all[all.len().saturating_sub(lines)..] {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+        out
     }
 
     /// `credit-monitor --record-rate-limit`, three times: the default rule hands off.
@@ -275,12 +299,19 @@ impl World {
         .map(|d| d.value)
     }
 
-    /// Every synced file of a PC's tree, with its contents.
+    /// Every synced file of a PC's tree, with its contents (without the temporary files of
+    /// atomic writes, which are never synced: a killed writer may leave one behind).
     pub fn files(&self, pc: &str) -> BTreeMap<String, Vec<u8>> {
         let tree = self.tree(pc);
         trinity_core::validate::synced_files(&tree)
             .expect("list")
             .into_iter()
+            .filter(|p| {
+                !p.file_name().is_some_and(|n| {
+                    n.to_string_lossy()
+                        .ends_with(trinity_core::layout::TEMP_SUFFIX)
+                })
+            })
             .map(|p| {
                 (
                     tree.relative(&p).expect("relative"),

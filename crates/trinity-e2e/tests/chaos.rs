@@ -135,20 +135,43 @@ fn forced_handoffs_around_the_ring_survive_random_kills() {
     let took = started.elapsed();
 
     // Let the fleet settle: every tree equal to every other, and to the remote.
-    world.wait(
-        &format!("the three trees to converge (seed {seed})"),
-        || {
-            let a = world.files("PC1");
-            pcs[1..].iter().all(|pc| world.files(pc) == a) && {
-                let heads: Vec<String> = pcs
-                    .iter()
-                    .map(|pc| world.git(world.tree(pc).root(), &["rev-parse", "HEAD"]))
-                    .collect();
-                let remote = world.git(&world.remote(), &["rev-parse", "trinity"]);
-                heads.iter().all(|h| *h == remote)
+    let differences = || -> Vec<String> {
+        let mut out = Vec::new();
+        let a = world.files("PC1");
+        for pc in &pcs[1..] {
+            let b = world.files(pc);
+            for path in a.keys().chain(b.keys()) {
+                if a.get(path) != b.get(path) {
+                    out.push(format!("{path} differs between PC1 and {pc}"));
+                }
             }
-        },
-    );
+        }
+        let remote = world.git(&world.remote(), &["rev-parse", "trinity"]);
+        for pc in pcs {
+            let head = world.git(world.tree(pc).root(), &["rev-parse", "HEAD"]);
+            if head != remote {
+                out.push(format!(
+                    "{pc} is at {} and the remote at {}",
+                    head.trim(),
+                    remote.trim()
+                ));
+            }
+        }
+        out
+    };
+    let settle = Instant::now();
+    loop {
+        let diff = differences();
+        if diff.is_empty() {
+            break;
+        }
+        assert!(
+            settle.elapsed() < trinity_testkit::DEADLINE,
+            "seed {seed}: the trees never converged: {diff:#?}\n{}",
+            world.log_tails(30)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     world.stop_all();
 
     // Every handoff archived on the remote, none left pending.
