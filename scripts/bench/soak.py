@@ -201,6 +201,15 @@ def sample():
             for n in fs if os.path.exists(os.path.join(r, n))) / 1e6, 2)
         row[f"{pc}_loose"] = l
         row[f"{pc}_errors"] = errors(pc)
+        try:
+            with open(os.path.join(tree(pc), "local", "git-sync", "state.json")) as f:
+                st = json.load(f)
+        except (OSError, ValueError):
+            st = {}
+        row[f"{pc}_history"] = int(git("rev-list", "--count", "HEAD", cwd=tree(pc)) or 0)
+        row[f"{pc}_maint"] = st.get("maintenance_runs", 0)
+        row[f"{pc}_compactions"] = st.get("compactions", 0)
+        row[f"{pc}_reopens"] = st.get("reopens", 0)
     row["packs_max"] = max(packs)
     row["remote_mb"] = round(objects(os.path.join(remote, "objects"))[2] / 1e6, 2)
     for (pc, name), p in procs.items():
@@ -259,7 +268,14 @@ finally:
 launches = len(os.listdir(agents))
 first, last = samples[0], samples[-1]
 hours = (time.time() - start_time) / 3600
-commits = last["commits"] - first["commits"]
+# Commits made during the run (the remote's count drops when the history is compacted, so
+# count from the git-sync logs' commit lines instead of the remote).
+commits = 0
+for pc in PCS:
+    for name in os.listdir(os.path.join(tree(pc), "logs")):
+        if name.startswith("git-sync"):
+            with open(os.path.join(tree(pc), "logs", name), errors="replace") as f:
+                commits += sum(1 for line in f if " commit=" in line)
 lats = sorted(x for x in latencies if x is not None)
 lost_probes = sum(1 for x in latencies if x is None)
 fsck = subprocess.run(["git", "fsck", "--no-progress"], cwd=remote, env=env, capture_output=True, text=True)
@@ -269,7 +285,8 @@ max_git = max(s[f"{pc}_git_mb"] for s in samples for pc in PCS)
 exits = [k for s in samples for k in s if k.endswith("_exited")]
 
 cols = ["t", "commits", "latency_ms", "packs_max"] + [f"{pc}_git_mb" for pc in PCS] + \
-       ["remote_mb"] + [f"{pc}_loose" for pc in PCS] + [f"{pc}_errors" for pc in PCS]
+       ["remote_mb"] + [f"{pc}_history" for pc in PCS] + [f"{pc}_loose" for pc in PCS] + \
+       [f"{pc}_errors" for pc in PCS]
 print("\n| " + " | ".join(cols) + " |")
 print("|" + "---|" * len(cols))
 for s in samples:
@@ -301,6 +318,8 @@ if lats:
           f"{statistics.median(lats[-max(1, len(lats) // 4):]) * 1000:.0f} ms; {lost_probes} probes lost")
 print(f"packs at most {max_packs}; a PC's .git at most {max_git} MB; remote objects "
       f"{first['remote_mb']} -> {last['remote_mb']} MB ({growth_per_commit:.0f} bytes a commit)")
+print("pack consolidations / history compactions / repository reopens per PC: " + ", ".join(
+    f"{pc} {last[pc + '_maint']}/{last[pc + '_compactions']}/{last[pc + '_reopens']}" for pc in PCS))
 print(f"ERROR lines in the logs: {total_errors}; daemons that exited: {exits or 'none'}; "
       f"remote fsck: {'clean' if fsck.returncode == 0 else fsck.stderr.strip()}")
 ok = (total_errors == 0 and lost_probes == 0 and max_packs <= MAX_PACKS + 2 and rss_ok

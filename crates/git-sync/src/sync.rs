@@ -723,7 +723,14 @@ impl Syncer {
                 continue;
             }
             let path = self.tree.root().join(rel);
+            if !path.is_file() {
+                // Removed since the scan: the next scan sees the deletion.
+                continue;
+            }
             if let Err(problem) = validate::validate_file(&self.tree, &path, fleet.as_ref()) {
+                if !path.is_file() {
+                    continue;
+                }
                 let reason = problem.message;
                 tracing::warn!(path = %rel, %reason, "quarantined a file instead of committing it");
                 if let Err(e) = fsio::quarantine(&self.tree, &path, &reason, now) {
@@ -733,7 +740,11 @@ impl Syncer {
                 report.quarantined.push(rel.clone());
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(io("read", &path))?;
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("read", &path)(e).into()),
+            };
             if self.defer_heartbeat(rel, old, &bytes) {
                 report.heartbeat_deferred = true;
                 continue;

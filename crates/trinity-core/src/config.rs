@@ -147,7 +147,7 @@ impl Default for SyncConfig {
             heartbeat_commit_interval: Duration::from_secs(60),
             backoff_max: Duration::from_secs(60),
             stale_index_lock: Duration::from_secs(60),
-            compact_after_commits: 20_000,
+            compact_after_commits: 10_000,
         }
     }
 }

@@ -209,7 +209,9 @@ pub fn files_under(dir: &Path) -> Result<Vec<PathBuf>, fsio::IoError> {
     Ok(out)
 }
 
-/// Collects the files below `dir`, not descending into directories `skip` names.
+/// Collects the files below `dir`, not descending into directories `skip` names. Other
+/// programs write the tree meanwhile: a file or directory removed between being listed and
+/// being looked at is simply not there.
 fn walk(
     dir: &Path,
     out: &mut Vec<PathBuf>,
@@ -220,9 +222,16 @@ fn walk(
         if skip(&path) {
             continue;
         }
-        let meta = fs::symlink_metadata(&path).map_err(|e| io_error("inspect", &path, e))?;
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_error("inspect", &path, e)),
+        };
         if meta.is_dir() {
-            walk(&path, out, skip)?;
+            match walk(&path, out, skip) {
+                Err(e) if e.is_not_found() && e.path == path => continue,
+                other => other?,
+            }
         } else {
             out.push(path);
         }
@@ -377,5 +386,31 @@ mod tests {
                 "tree/reports/local/x.md"
             ]
         );
+    }
+
+    #[test]
+    fn a_file_or_directory_removed_while_walking_is_skipped_not_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        touch(root, "spawn_queue/gone.json");
+        touch(root, "spawn_queue/kept.json");
+        touch(root, "wake/PC2/sig.json");
+        // Another program removes them between the listing and the look.
+        let mut out = Vec::new();
+        walk(root, &mut out, &|path: &Path| {
+            if path.ends_with("gone.json") {
+                let _ = fs::remove_file(path);
+            }
+            if path.ends_with("wake") {
+                let _ = fs::remove_dir_all(path);
+            }
+            false
+        })
+        .expect("walk");
+        let names: Vec<_> = out
+            .iter()
+            .map(|p| p.strip_prefix(root).expect("inside").to_path_buf())
+            .collect();
+        assert_eq!(names, [Path::new("spawn_queue/kept.json")]);
     }
 }
