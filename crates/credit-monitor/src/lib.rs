@@ -11,6 +11,7 @@
 //! * [`transcripts`] turns Claude Code's transcript lines into events.
 //! * [`daemon::run`] is the long-running loop.
 
+pub mod claude_output;
 pub mod daemon;
 pub mod handoff;
 pub mod monitor;

@@ -27,8 +27,8 @@ use trinity_core::{DaemonName, SystemClock, logging};
 #[command(name = "credit-monitor", version, propagate_version = true)]
 #[command(group(ArgGroup::new("action").multiple(false).args([
     "record_success", "record_error", "record_rate_limit", "record_slow", "record_usage_limit",
-    "record_spend_limit", "record_overloaded", "record_utilization", "force_handoff", "status",
-    "reset",
+    "record_spend_limit", "record_overloaded", "record_utilization", "record_from_claude_result",
+    "force_handoff", "status", "reset",
 ])))]
 struct Cli {
     /// The configuration file [default: ./trinity.toml]
@@ -64,6 +64,11 @@ struct Cli {
     #[arg(long, value_name = "F")]
     record_utilization: Option<f64>,
 
+    /// Record what a `claude -p --output-format stream-json --verbose` (or `json`) run printed,
+    /// read from standard input: every retried attempt and the result
+    #[arg(long)]
+    record_from_claude_result: bool,
+
     /// With --record-success: how long the call took, in seconds
     #[arg(long, value_name = "SECS")]
     duration: Option<f64>,
@@ -79,6 +84,10 @@ struct Cli {
     /// Tokens the call used (with any --record-… flag)
     #[arg(long, value_name = "N")]
     tokens: Option<u64>,
+    /// The provider's utilization reported with the call, 0..1 (with any --record-… flag; feeds
+    /// the utilization and predictive rules)
+    #[arg(long, value_name = "F")]
+    utilization: Option<f64>,
 
     /// Hand off now, whatever the rules say
     #[arg(long)]
@@ -106,6 +115,16 @@ enum Command {
     Replay {
         /// The trace: one event per line, as in local/credit/events.jsonl
         trace: PathBuf,
+    },
+    /// Run a command (`claude -p … --output-format stream-json --verbose`), pass its output
+    /// through, and record each API outcome it reports as it happens.
+    ///
+    /// A rate-limited attempt is recorded the moment Claude Code reports its retry, so the
+    /// third one hands off while the command still runs. Exits with the command's exit code.
+    Wrap {
+        /// The command and its arguments (after `--`)
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<std::ffi::OsString>,
     },
 }
 
@@ -165,7 +184,7 @@ fn event_from(cli: &Cli, now: DateTime<Utc>) -> anyhow::Result<Option<CreditEven
     e.reset_at = cli.reset_at;
     e.status_code = cli.status_code;
     e.tokens = cli.tokens;
-    e.utilization = cli.record_utilization;
+    e.utilization = cli.record_utilization.or(cli.utilization);
     if kind == EventKind::Slow && e.duration_s.is_some_and(|d| d <= 0.0) {
         bail!("--record-slow needs the response time in seconds, above 0");
     }
@@ -192,6 +211,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let outcome = monitor.record(&event)?;
         print_outcome(&monitor, &outcome, false);
         return Ok(ExitCode::SUCCESS);
+    }
+    if cli.record_from_claude_result {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
+            .context("failed to read Claude Code's output from standard input")?;
+        let events = credit_monitor::claude_output::events(&text, now);
+        if events.is_empty() {
+            eprintln!(
+                "credit-monitor: no API outcome in the input (expected claude -p output in stream-json or json)"
+            );
+        }
+        for e in &events {
+            let outcome = monitor.record(e)?;
+            print_outcome(&monitor, &outcome, false);
+        }
+        eprintln!("credit-monitor: recorded {}", describe_events(&events));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(Command::Wrap { command }) = &cli.command {
+        return wrap(&monitor, command);
     }
     if cli.force_handoff {
         let outcome = monitor.force_handoff()?;
@@ -226,47 +265,107 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// "3 rate limits, 1 success".
+fn describe_events(events: &[CreditEvent]) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for e in events {
+        let name = e.kind.to_string();
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    if counts.is_empty() {
+        return "nothing".to_owned();
+    }
+    counts
+        .iter()
+        .map(|(n, c)| format!("{c} × {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `credit-monitor wrap -- COMMAND…`: runs it, passes its standard output through, records.
+fn wrap(monitor: &Monitor, command: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
+    let (program, args) = command.split_first().context("wrap needs a command")?;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("failed to start {}", program.to_string_lossy()))?;
+    let stdout = child.stdout.take().context("the command's output")?;
+    let mut reader = credit_monitor::claude_output::Reader::new();
+    let mut recorded = Vec::new();
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("failed to read the command's output")?;
+        writeln!(out, "{line}")?;
+        out.flush()?;
+        if let Some(e) = reader.line(&line, monitor.now()) {
+            let outcome = monitor.record(&e)?;
+            // Said on stderr: stdout carries the command's own output untouched.
+            if let Some(text) = outcome_text(monitor, &outcome, false) {
+                eprintln!("credit-monitor: {text}");
+            }
+            recorded.push(e);
+        }
+    }
+    let status = child.wait().context("failed to wait for the command")?;
+    eprintln!("credit-monitor: recorded {}", describe_events(&recorded));
+    Ok(ExitCode::from(
+        status
+            .code()
+            .and_then(|c| u8::try_from(c).ok())
+            .unwrap_or(1),
+    ))
+}
+
 fn print_outcome(monitor: &Monitor, outcome: &Outcome, forced: bool) {
+    if let Some(text) = outcome_text(monitor, outcome, forced) {
+        println!("{text}");
+    }
+}
+
+/// What an outcome is worth saying, if anything.
+fn outcome_text(monitor: &Monitor, outcome: &Outcome, forced: bool) -> Option<String> {
     let e = &outcome.evaluation;
     let pc = monitor.pc();
-    match &outcome.action {
-        Action::HandedOff { handoff, to } => {
-            println!(
-                "handoff: {pc} → {to} ({}): {}",
-                if forced {
-                    "manual"
-                } else {
-                    e.handoff_reason().describe()
-                },
-                monitor.tree().handoff_file(handoff).display()
-            );
-        }
-        Action::NoTarget { skipped, retry_at } => println!(
+    Some(match &outcome.action {
+        Action::HandedOff { handoff, to } => format!(
+            "handoff: {pc} → {to} ({}): {}",
+            if forced {
+                "manual"
+            } else {
+                e.handoff_reason().describe()
+            },
+            monitor.tree().handoff_file(handoff).display()
+        ),
+        Action::NoTarget { skipped, retry_at } => format!(
             "{pc} is out of credit and no PC can take over ({skipped}); escalated, retrying at {}",
             retry_at.to_rfc3339()
         ),
-        Action::Paused(until) => println!(
+        Action::Paused(until) => format!(
             "{pc} {}: paused after its handoff until {}",
             e.level,
             until.to_rfc3339()
         ),
         Action::AlreadyHandedOff => {
-            println!("{pc} {}: this exhaustion was already handed off", e.level)
+            format!("{pc} {}: this exhaustion was already handed off", e.level)
         }
-        Action::Waiting(until) => println!(
+        Action::Waiting(until) => format!(
             "{pc} {}: no PC could take over; trying again at {}",
             e.level,
             until.to_rfc3339()
         ),
-        Action::None if e.level > CreditLevel::Healthy => println!(
+        Action::None if e.level > CreditLevel::Healthy => format!(
             "{pc} {} ({} {:.0}%): {}",
             e.level,
             e.rule.unwrap_or("-"),
             e.fraction * 100.0,
             e.reason
         ),
-        Action::None => {}
-    }
+        Action::None => return None,
+    })
 }
 
 fn print_status(monitor: &Monitor, outcome: &Outcome, json: bool) -> anyhow::Result<()> {

@@ -1,15 +1,24 @@
 //! Claude Code's transcripts as a source of events, so the agent needs no wrapper.
 //!
-//! Claude Code writes one JSON object per line to `~/.claude/projects/<project>/<session>.jsonl`.
-//! The lines that matter:
+//! Claude Code writes one JSON object per line to `~/.claude/projects/<project>/<session>.jsonl`
+//! (format as recorded from Claude Code 2.1.332; fixtures and the script that records them in
+//! `tests/fixtures/claude-code/`). The lines that matter:
 //!
-//! * `"isApiErrorMessage": true` — an API error shown to the user. Its text says which:
-//!   `Claude AI usage limit reached|<unix seconds>` is a usage limit that resets then; an
-//!   `"error": "rate_limit"` field or a rate-limit text is a rate limit; an overloaded text is
-//!   `overloaded`; anything else is an `error`.
+//! * `"type": "system", "subtype": "api_error"` — one per failed attempt that Claude Code
+//!   retries: `error.status` (429 a rate limit, 529 overloaded, anything else an error),
+//!   `error.requestId`, and `error.rateLimits` — `{"rateLimitType": "five_hour",
+//!   "resetsAt": <unix seconds>}` when the provider sent its unified usage-limit headers, which
+//!   makes it a usage limit that resets then. Counted once per line `uuid`.
+//! * `"isApiErrorMessage": true` on an `assistant` line — the final attempt, shown to the user:
+//!   `apiErrorStatus` says which (older versions: the text, where
+//!   `Claude AI usage limit reached|<unix seconds>` is a usage limit that resets then). Not
+//!   counted again when a `system` line already counted its `requestId`.
 //! * `"type": "assistant"` with `message.usage` — a successful call and its tokens. Claude Code
 //!   writes one line per content block of a response, all with the same `message.id` and
 //!   `requestId`; each response is counted once.
+//!
+//! Every other line type (`queue-operation`, `attachment`, `api-request`, `api-request-blob`,
+//! `last-prompt`, `cost-state`, …) is skipped, as is any line that is not JSON.
 //!
 //! Offsets are kept in `local/credit/transcripts.json`; only complete lines are read. Files
 //! that exist when the monitor first starts are read from their end (their past is not news).
@@ -172,6 +181,46 @@ fn usage_limit_reset(text: &str) -> Option<Option<DateTime<Utc>>> {
     Some(epoch)
 }
 
+/// A failed API call as an event: a usage limit when the provider said when it resets, else by
+/// HTTP status (429 a rate limit, 529 overloaded, others an error), else by the text.
+fn api_error_event(
+    ts: DateTime<Utc>,
+    status: Option<u64>,
+    rate_limits: &Value,
+    text: &str,
+) -> CreditEvent {
+    if let Some(reset) = rate_limits["resetsAt"]
+        .as_i64()
+        .and_then(|s| Utc.timestamp_opt(s, 0).single())
+    {
+        let mut e = CreditEvent::new(ts, EventKind::UsageLimit);
+        e.reset_at = Some(reset);
+        return e;
+    }
+    let status = status.and_then(|s| u16::try_from(s).ok());
+    let kind = match status {
+        Some(429) => EventKind::RateLimit,
+        Some(529) => EventKind::Overloaded,
+        Some(_) => EventKind::Error,
+        None => {
+            let lower = text.to_ascii_lowercase();
+            if lower.contains("rate_limit") || lower.contains("rate limit") || lower.contains("429")
+            {
+                EventKind::RateLimit
+            } else if lower.contains("overloaded") || lower.contains("529") {
+                EventKind::Overloaded
+            } else {
+                EventKind::Error
+            }
+        }
+    };
+    let mut e = CreditEvent::new(ts, kind);
+    if kind == EventKind::Error {
+        e.status_code = status;
+    }
+    e
+}
+
 /// One transcript line as an event, if it is one.
 pub fn parse_line(line: &[u8], state: &mut TailState, now: DateTime<Utc>) -> Option<CreditEvent> {
     let line = std::str::from_utf8(line).ok()?.trim();
@@ -183,6 +232,26 @@ pub fn parse_line(line: &[u8], state: &mut TailState, now: DateTime<Utc>) -> Opt
         .as_str()
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map_or(now, |t| t.with_timezone(&Utc));
+    if v["type"].as_str() == Some("system") && v["subtype"].as_str() == Some("api_error") {
+        let uuid = v["uuid"].as_str().unwrap_or("");
+        if !uuid.is_empty() && !state.remember(format!("uuid:{uuid}")) {
+            return None;
+        }
+        let error = &v["error"];
+        if let Some(request) = error["requestId"].as_str() {
+            state.remember(format!("request:{request}"));
+        }
+        let text = error["formatted"]
+            .as_str()
+            .or_else(|| error["message"].as_str())
+            .unwrap_or("");
+        return Some(api_error_event(
+            ts,
+            error["status"].as_u64(),
+            &error["rateLimits"],
+            text,
+        ));
+    }
     let text = text_of(&v);
     if let Some(reset_at) = usage_limit_reset(&text) {
         let mut e = CreditEvent::new(ts, EventKind::UsageLimit);
@@ -190,19 +259,16 @@ pub fn parse_line(line: &[u8], state: &mut TailState, now: DateTime<Utc>) -> Opt
         return Some(e);
     }
     if v["isApiErrorMessage"].as_bool() == Some(true) {
-        let lower = text.to_ascii_lowercase();
-        let kind = if v["error"].as_str() == Some("rate_limit")
-            || lower.contains("rate_limit")
-            || lower.contains("rate limit")
-            || lower.contains("429")
+        if let Some(request) = v["requestId"].as_str()
+            && !state.remember(format!("request:{request}"))
         {
-            EventKind::RateLimit
-        } else if lower.contains("overloaded") || lower.contains("529") {
-            EventKind::Overloaded
-        } else {
-            EventKind::Error
-        };
-        return Some(CreditEvent::new(ts, kind));
+            return None;
+        }
+        let mut e = api_error_event(ts, v["apiErrorStatus"].as_u64(), &Value::Null, &text);
+        if v["error"].as_str() == Some("rate_limit") {
+            e.kind = EventKind::RateLimit;
+        }
+        return Some(e);
     }
     let usage = &v["message"]["usage"];
     if v["type"].as_str() == Some("assistant") && usage.is_object() {

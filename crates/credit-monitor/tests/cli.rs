@@ -393,3 +393,99 @@ fn the_daemon_reads_transcripts_hands_off_and_stops_cleanly() {
     let log = std::fs::read_to_string(tree.logs_dir().join("credit-monitor.log")).expect("log");
     assert!(log.contains("credit monitor stopped"), "{log}");
 }
+
+fn claude_fixture(case: &str, file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/claude-code/2.1.332")
+        .join(case)
+        .join(file)
+}
+
+#[test]
+fn a_recorded_claude_result_read_from_stdin_hands_off_after_three_refused_attempts() {
+    let env = Env::new("");
+    let input = std::fs::File::open(claude_fixture("429", "stream.jsonl")).expect("fixture");
+    let o = env
+        .cmd()
+        .arg("--record-from-claude-result")
+        .stdin(input)
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("handoff: PC1 → PC2"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("3 × rate_limit"),
+        "{}",
+        text(&o)
+    );
+    let handoffs = env.handoffs();
+    assert_eq!(handoffs.len(), 1);
+    // An idle PC's handoff still carries the key, as the seed's readers expect.
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&handoffs[0]).expect("handoff")).expect("json");
+    assert!(
+        v.as_object()
+            .is_some_and(|o| o.contains_key("current_work"))
+            && v["current_work"].is_null(),
+        "{v}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn wrap_passes_the_output_through_records_as_it_goes_and_keeps_the_exit_code() {
+    let env = Env::new("");
+    let stream = claude_fixture("429", "stream.jsonl");
+    // A stand-in for `claude -p … --output-format stream-json`: prints the recorded run and
+    // fails as the CLI did.
+    let o = env.run(&[
+        "wrap",
+        "--",
+        "sh",
+        "-c",
+        "cat \"$0\"; exit 1",
+        stream.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(
+        o.stdout,
+        std::fs::read(&stream).expect("fixture"),
+        "the output passes through untouched"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("credit-monitor: handoff: PC1 → PC2"), "{err}");
+    assert_eq!(env.handoffs().len(), 1);
+    // A successful run records one success and hands nothing off.
+    let env = Env::new("");
+    let o = env.run(&[
+        "wrap",
+        "--",
+        "cat",
+        claude_fixture("success", "stream.jsonl")
+            .to_str()
+            .expect("utf-8"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("1 × success"),
+        "{}",
+        text(&o)
+    );
+    assert!(env.handoffs().is_empty());
+}
+
+#[test]
+fn utilization_reported_with_a_success_counts() {
+    let env = Env::new("");
+    let o = env.run(&["--record-success", "--utilization", "0.97"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("handoff: PC1 → PC2"),
+        "{}",
+        text(&o)
+    );
+}

@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | `rate_limit` | `rate_limit_threshold` rate limits within `rate_limit_window` | count / threshold |
 //! | `slow_responses` | `slow_threshold` consecutive responses slower than `slow_response` | run / threshold |
-//! | `error_rate` | errors over the last `error_window_calls` calls exceed `error_rate_threshold`, once `error_min_calls` calls are in the window | rate / threshold |
+//! | `error_rate` | errors over the last `error_window_calls` calls exceed `error_rate_threshold`; while the window fills (from `error_min_calls` calls), the 95% lower confidence bound of the rate must exceed it | rate (or bound) / threshold |
 //! | `usage_limit` | a usage limit was reported and its `reset_at` has not passed | 1 while it lasts |
 //! | `spend_limit` | a spend limit was reported this month (UTC) | 1 while it lasts |
 //! | `utilization` | the provider's utilization is at or above `utilization_threshold` | utilization / threshold |
@@ -512,22 +512,27 @@ impl Monitor {
                 self.spend_until = later(self.spend_until, Some(until));
             }
             EventKind::Overloaded => {}
-            EventKind::Utilization => {
-                if let Some(u) = e.utilization {
-                    self.utilization.push_back((e.ts, u));
-                    let horizon = self.rules.predictive_lead.max(Duration::from_secs(60));
-                    while let Some(&(t, _)) = self.utilization.front() {
-                        if self.utilization.len() > 2 && add(t, horizon) < e.ts {
-                            self.utilization.pop_front();
-                        } else {
-                            break;
-                        }
-                    }
-                    while self.utilization.len() > 256 {
-                        self.utilization.pop_front();
-                    }
-                }
+            EventKind::Utilization => {}
+        }
+        // Utilization may ride on any event (a wrapper reading a response's headers reports it
+        // with the call's outcome), not only on `utilization` events.
+        if let Some(u) = e.utilization {
+            self.push_utilization(e.ts, u);
+        }
+    }
+
+    fn push_utilization(&mut self, ts: DateTime<Utc>, u: f64) {
+        self.utilization.push_back((ts, u));
+        let horizon = self.rules.predictive_lead.max(Duration::from_secs(60));
+        while let Some(&(t, _)) = self.utilization.front() {
+            if self.utilization.len() > 2 && add(t, horizon) < ts {
+                self.utilization.pop_front();
+            } else {
+                break;
             }
+        }
+        while self.utilization.len() > 256 {
+            self.utilization.pop_front();
         }
     }
 
@@ -592,12 +597,18 @@ impl Monitor {
             f64::from(errors) / f64::from(calls)
         };
         let counts = calls >= r.error_min_calls && calls > 0;
+        // While the window fills, the rate of a few calls is mostly noise: judge the lower
+        // bound of its 95% confidence interval instead, so only an overwhelming error rate
+        // fires before the window is full (see docs/credit-monitor.md for the numbers).
+        let filling = calls < r.error_window_calls;
+        let judged = if filling {
+            wilson_lower_bound(errors, calls)
+        } else {
+            error_rate
+        };
         let (er_fraction, er_level) = if counts && r.error_rate_threshold > 0.0 {
-            let f = error_rate / r.error_rate_threshold;
-            (
-                f,
-                r.continuous_level(f, error_rate > r.error_rate_threshold),
-            )
+            let f = judged / r.error_rate_threshold;
+            (f, r.continuous_level(f, judged > r.error_rate_threshold))
         } else {
             (0.0, CreditLevel::Healthy)
         };
@@ -605,7 +616,15 @@ impl Monitor {
             rule: rule::ERROR_RATE,
             level: er_level,
             fraction: er_fraction,
-            reason: if counts {
+            reason: if counts && filling {
+                format!(
+                    "{errors} error{} in the first {calls} calls ({:.0}%; at least {:.0}% with 95% confidence, limit {:.0}%)",
+                    plural(errors),
+                    error_rate * 100.0,
+                    judged * 100.0,
+                    r.error_rate_threshold * 100.0
+                )
+            } else if counts {
                 format!(
                     "{errors} error{} in the last {calls} calls ({:.0}%, limit {:.0}%)",
                     plural(errors),
@@ -763,6 +782,21 @@ impl Monitor {
             until: None,
         }
     }
+}
+
+/// The lower end of the Wilson score interval (95%, z = 1.96) of `errors` in `calls`: the error
+/// rate the calls show with 95% confidence.
+pub fn wilson_lower_bound(errors: u32, calls: u32) -> f64 {
+    if calls == 0 {
+        return 0.0;
+    }
+    let n = f64::from(calls);
+    let p = f64::from(errors) / n;
+    let z = 1.96_f64;
+    let z2 = z * z;
+    let centre = p + z2 / (2.0 * n);
+    let spread = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - spread) / (1.0 + z2 / n)).max(0.0)
 }
 
 fn plural(n: u32) -> &'static str {

@@ -135,9 +135,22 @@ fn error_rate_needs_enough_calls_and_must_be_exceeded() {
     };
     // 9 calls, all errors: not enough calls yet.
     assert_eq!(run(&calls(9, 9), 100).level, Healthy);
-    // 10 calls: 3 errors is 30%, which is not over 30%.
-    assert_eq!(run(&calls(3, 10), 100).level, Critical);
-    assert_eq!(run(&calls(4, 10), 100).level, Exhausted);
+    // While the window fills, the 95% lower bound of the rate is judged: 4 of 10 (40%, the
+    // old false alarm) is at least 17% — healthy; 5 of 10 at least 24% — WARNING; 6 of 10 at
+    // least 31% — EXHAUSTED; 10 of 10 at once.
+    assert_eq!(run(&calls(4, 10), 100).level, Healthy);
+    assert_eq!(run(&calls(5, 10), 100).level, Warning);
+    assert_eq!(run(&calls(6, 10), 100).level, Exhausted);
+    let e = run(&calls(10, 10), 100);
+    assert_eq!((e.level, e.rule), (Exhausted, Some(rule::ERROR_RATE)));
+    assert!(
+        rule_of(&e, rule::ERROR_RATE)
+            .reason
+            .contains("with 95% confidence"),
+        "{}",
+        rule_of(&e, rule::ERROR_RATE).reason
+    );
+    // The full window: the rate itself.
     // 20 calls: 5 → WARNING (25%), 6 → CRITICAL (30%), 7 → EXHAUSTED (35%).
     assert_eq!(run(&calls(4, 20), 100).level, Healthy);
     assert_eq!(run(&calls(5, 20), 100).level, Warning);
@@ -393,5 +406,88 @@ fn replay_reports_level_changes_and_one_handoff_per_exhaustion() {
     assert_eq!(
         json,
         r#"{"ts":"2026-11-21T10:00:20Z","level":"EXHAUSTED","rule":"rate_limit","fraction":1.0}"#
+    );
+}
+
+#[test]
+fn wilson_lower_bound_figures() {
+    let close = |a: f64, b: f64| (a - b).abs() < 0.001;
+    assert_eq!(wilson_lower_bound(0, 0), 0.0);
+    assert_eq!(wilson_lower_bound(0, 10), 0.0);
+    assert!(close(wilson_lower_bound(4, 13), 0.127));
+    assert!(close(wilson_lower_bound(6, 10), 0.313));
+    assert!(close(wilson_lower_bound(10, 10), 0.722));
+}
+
+#[test]
+fn utilization_carried_on_any_event_feeds_the_utilization_rule() {
+    let mut on_success = success(10, 1.0);
+    on_success.utilization = Some(0.97);
+    let e = run(&[on_success], 11);
+    assert_eq!((e.level, e.rule), (Exhausted, Some(rule::UTILIZATION)));
+}
+
+fn default_rules() -> Rules {
+    Rules::from(&crate::config::CreditConfig::default())
+}
+
+fn handoffs(events: &[CreditEvent]) -> Vec<DateTime<Utc>> {
+    let mut out = Vec::new();
+    replay(default_rules(), events, |line| {
+        if let ReplayLine::Handoff { ts, .. } = line {
+            out.push(ts);
+        }
+    });
+    out
+}
+
+fn call(i: i64, failed: bool) -> CreditEvent {
+    if failed {
+        ev(i * 10, EventKind::Error)
+    } else {
+        success(i * 10, 1.0)
+    }
+}
+
+#[test]
+fn replay_a_steady_25_percent_error_rate_over_300_calls_never_hands_off() {
+    // One call in four fails, from the very first: below the 30% limit, but 4 of the first 13
+    // calls is 31%, which fired while the window filled. A reset half-way (this PC took work
+    // over, or restarted into an empty window) starts the warm-up again.
+    let mut events: Vec<CreditEvent> = (0..300).map(|i| call(i, i % 4 == 0)).collect();
+    events.insert(150, ev(1495, EventKind::Reset));
+    assert_eq!(handoffs(&events), Vec::<DateTime<Utc>>::new());
+}
+
+#[test]
+fn replay_a_50_percent_error_burst_after_a_healthy_history_hands_off_within_15_calls() {
+    let mut events: Vec<CreditEvent> = (0..100).map(|i| call(i, false)).collect();
+    events.extend((100..140).map(|i| call(i, i % 2 == 0)));
+    let h = handoffs(&events);
+    assert_eq!(h.len(), 1, "{h:?}");
+    let calls_into_burst = (h[0] - at(1000)).num_seconds() / 10 + 1;
+    assert!(
+        calls_into_burst <= 15,
+        "handed off {calls_into_burst} calls into the burst"
+    );
+}
+
+#[test]
+fn replay_a_utilization_ramp_carried_on_success_events_hands_off_before_the_limit() {
+    // A wrapper reports the provider's utilization header with each successful call: 0.50 at
+    // first, rising 0.01 a call, a call every 30 s, so 1.0 is reached at call 50.
+    let events: Vec<CreditEvent> = (0..60)
+        .map(|i| {
+            let mut e = success(i * 30, 1.0);
+            e.utilization = Some((0.5 + 0.01 * i as f64).min(1.0));
+            e
+        })
+        .collect();
+    let h = handoffs(&events);
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert!(
+        h[0] < at(50 * 30),
+        "handed off at {} (limit at call 50)",
+        h[0]
     );
 }

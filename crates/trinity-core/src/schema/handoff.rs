@@ -26,8 +26,9 @@ pub struct Handoff {
     /// Tasks to claim: the outgoing PC's unfinished claims, then the unclaimed queue.
     #[serde(default)]
     pub task_queue: Vec<TaskRef>,
-    /// The work in progress, to resume first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The work in progress, to resume first; always written, `null` when the PC was idle
+    /// (readers written for the seed's format find the key).
+    #[serde(default)]
     pub current_work: Option<CurrentWork>,
     /// The outgoing PC's credit figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
