@@ -105,6 +105,7 @@ fn task(id: &str, priority: Priority, minute: i64) -> Task {
         created_at: t0() + chrono::Duration::minutes(minute),
         created_by: pc("PC3"),
         dependencies: Vec::new(),
+        role: None,
     }
 }
 

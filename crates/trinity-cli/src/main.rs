@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod init;
 mod logs;
 mod status;
+mod task;
 mod validate;
 
 /// Keep AI coding agents working around the clock across several PCs.
@@ -35,6 +36,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Show (and follow) a daemon's log.
     Logs(logs::LogsArgs),
+    /// Put work into the fleet's queue and look at it: add, list, show, import.
+    Task(task::TaskArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Status(args) => status::run(args, cli.config.as_deref()),
         Command::Logs(args) => logs::run(args, cli.config.as_deref()),
+        Command::Task(args) => task::run(args, cli.config.as_deref()),
     };
     match result {
         Ok(code) => code,

@@ -495,7 +495,7 @@ mod tests {
                 r.queue.done,
                 r.queue.waiting
             ),
-            (2, 1, 1, 0)
+            (3, 1, 1, 1)
         );
         assert_eq!(r.escalations, 1);
         let lease = r.lease.expect("lease");

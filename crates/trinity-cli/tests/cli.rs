@@ -404,7 +404,7 @@ fn status_json_reads_the_tree() {
     assert_eq!(v["pcs"][0]["credit"], "EXHAUSTED");
     assert_eq!(v["pcs"][1]["state"], "ACTIVE");
     assert_eq!(v["pending_handoffs"].as_array().map(Vec::len), Some(2));
-    assert_eq!(v["queue"]["tasks"], 2);
+    assert_eq!(v["queue"]["tasks"], 3);
     assert_eq!(v["problems"], serde_json::json!([]));
 
     let table = ok(&env.trinity(&["status", "--state-dir", valid.to_str().expect("utf8")]));
@@ -484,12 +484,116 @@ fn logs_prints_the_last_lines_and_follows() {
 #[test]
 fn every_command_has_help() {
     let env = TestEnv::new();
-    for cmd in ["init", "validate", "status", "logs"] {
-        let out = ok(&env.trinity(&[cmd, "--help"]));
-        assert!(out.contains("Usage: trinity"), "{cmd}: {out}");
+    for cmd in [
+        &["init"][..],
+        &["validate"],
+        &["status"],
+        &["logs"],
+        &["task"],
+        &["task", "add"],
+        &["task", "list"],
+        &["task", "show"],
+        &["task", "import"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let out = ok(&env.trinity(&args));
+        assert!(out.contains("Usage: trinity"), "{cmd:?}: {out}");
     }
     let out = ok(&env.trinity(&["--help"]));
-    for cmd in ["init", "validate", "status", "logs"] {
+    for cmd in ["init", "validate", "status", "logs", "task"] {
         assert!(out.contains(cmd), "{out}");
     }
+}
+
+#[test]
+fn tasks_are_added_listed_shown_and_imported_and_bad_ones_refused_whole() {
+    let env = TestEnv::new();
+    ok(&env.init(
+        "PC1",
+        &[
+            "--create-remote",
+            "--fleet",
+            "PC1,PC2,PC3",
+            "--coordinator",
+            "PC3",
+        ],
+    ));
+    let t = |args: &[&str]| {
+        let mut all = vec!["--config", "PC1/trinity.toml", "task"];
+        all.extend_from_slice(args);
+        env.trinity(&all)
+    };
+    let out = ok(&t(&[
+        "add",
+        "intro",
+        "-d",
+        "Write the introduction",
+        "-p",
+        "high",
+    ]));
+    assert!(out.contains("queued intro (high): queued"), "{out}");
+    let out = ok(&t(&[
+        "add",
+        "courses",
+        "-d",
+        "Courses",
+        "--depends-on",
+        "intro",
+    ]));
+    assert!(out.contains("blocked by intro"), "{out}");
+    // Bad input: one clear line each, nothing written.
+    for (args, says) in [
+        (
+            &["add", "intro", "-d", "again"][..],
+            "task intro already exists",
+        ),
+        (
+            &["add", "x", "-d", "x", "--depends-on", "nope"][..],
+            "depends on nope, which does not exist",
+        ),
+        (&["add", "a/b", "-d", "x"][..], "is not a valid task id"),
+        (&["add", "y", "-d", "  "][..], "the description is empty"),
+        (
+            &["add", "z", "-d", "x", "-p", "urgent"][..],
+            "invalid value",
+        ),
+        (&["show", "missing"][..], "no task missing in the queue"),
+    ] {
+        let err = fails(&t(args));
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // An import is all or nothing: a cycle refuses every task of the file.
+    std::fs::write(
+        env.path("cycle.json"),
+        r#"[{"id":"x1","description":"a","depends_on":["x2"]},{"id":"x2","description":"b","depends_on":["x1"]},{"id":"x3","description":"c"}]"#,
+    )
+    .expect("write");
+    let err = fails(&t(&["import", "cycle.json"]));
+    assert!(err.contains("dependency cycle: x1 → x2 → x1"), "{err}");
+    assert!(!env.path("PC1/.trinity/spawn_queue/x3.json").exists());
+    std::fs::write(
+        env.path("tasks.toml"),
+        "[[task]]\nid = \"api\"\ndescription = \"Build the API\"\npriority = \"critical\"\nrole = \"backend\"\n\n[[task]]\nid = \"ui\"\ndescription = \"Build the UI\"\ndepends_on = [\"api\"]\nrole = \"frontend\"\n",
+    )
+    .expect("write");
+    let out = ok(&t(&["import", "tasks.toml"]));
+    assert!(out.contains("2 tasks added"), "{out}");
+    // The list: ready work first by priority, then blocked work.
+    let out = ok(&t(&["list"]));
+    let order: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(order, ["api", "intro", "courses", "ui"], "{out}");
+    let rows: serde_json::Value = serde_json::from_str(&ok(&t(&["list", "--json"]))).expect("json");
+    assert_eq!(rows[0]["id"], "api");
+    assert_eq!(rows[0]["role"], "backend");
+    assert_eq!(rows[3]["state"]["state"], "blocked");
+    assert_eq!(rows[3]["state"]["waiting_on"][0], "api");
+    let out = ok(&t(&["show", "courses"]));
+    assert!(out.contains("depends on:  intro (queued)"), "{out}");
+    // Every file written is valid where it is.
+    ok(&env.trinity(&["validate", "PC1/.trinity"]));
 }

@@ -19,6 +19,7 @@ pub mod ids;
 pub mod layout;
 pub mod logging;
 pub mod pcfiles;
+pub mod queue;
 pub mod rotation;
 pub mod schema;
 pub mod state;

@@ -26,6 +26,10 @@ pub struct Task {
     /// Tasks that must be done first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dependencies: Vec<TaskId>,
+    /// The kind of PC that should take it (`backend`, `frontend`…): a PC that declares
+    /// `roles` in its config takes only tasks of its roles or of none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 impl Schema for Task {
@@ -40,6 +44,17 @@ impl Schema for Task {
         }
         if self.dependencies.contains(&self.id) {
             problems.push(format!("task {} depends on itself", self.id));
+        }
+        if let Some(role) = &self.role
+            && (role.is_empty()
+                || role.len() > 64
+                || !role
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            problems.push(format!(
+                "role {role:?} must be 1-64 letters, digits, '-' or '_'"
+            ));
         }
         problems
     }

@@ -1,0 +1,428 @@
+//! The work queue as the fleet sees it: every task of `spawn_queue/` with its state (queued,
+//! blocked by dependencies, claimed by a PC, done), the checks a new task must pass (unique id,
+//! known dependencies, no cycle), and the choice of the next task for a PC.
+//!
+//! Pure functions over what the tree holds; [`QueueView::read`] is the one place that reads it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::fsio;
+use crate::ids::{PcId, TaskId};
+use crate::layout::Tree;
+use crate::schema::{Claim, Done, Outcome, Task};
+
+/// Where a task stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum TaskState {
+    /// Ready to be taken.
+    Queued,
+    /// Waiting for these dependencies to be done.
+    Blocked {
+        /// The dependencies not done yet.
+        waiting_on: Vec<TaskId>,
+    },
+    /// A PC works on it.
+    Claimed {
+        /// Who.
+        pc: PcId,
+    },
+    /// Finished (or given up).
+    Done {
+        /// How it ended.
+        outcome: Outcome,
+        /// Who finished it.
+        pc: PcId,
+    },
+}
+
+impl TaskState {
+    /// `queued`, `blocked`, `claimed by PC2`, `done (completed, PC1)`.
+    pub fn describe(&self) -> String {
+        match self {
+            TaskState::Queued => "queued".to_owned(),
+            TaskState::Blocked { waiting_on } => format!(
+                "blocked by {}",
+                waiting_on
+                    .iter()
+                    .map(TaskId::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            TaskState::Claimed { pc } => format!("claimed by {pc}"),
+            TaskState::Done { outcome, pc } => {
+                format!("done ({}, {pc})", serde_plain(outcome))
+            }
+        }
+    }
+}
+
+fn serde_plain(o: &Outcome) -> String {
+    serde_json::to_value(o)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The queue: tasks, claims and done records, by task id.
+#[derive(Debug, Clone, Default)]
+pub struct QueueView {
+    /// Every readable task of `spawn_queue/`.
+    pub tasks: BTreeMap<TaskId, Task>,
+    /// Every readable claim.
+    pub claims: BTreeMap<TaskId, Claim>,
+    /// Every readable done record (also for tasks no longer queued).
+    pub done: BTreeMap<TaskId, Done>,
+    /// Files that could not be read, with why (they are left out of the view).
+    pub unreadable: Vec<String>,
+}
+
+impl QueueView {
+    /// Reads `spawn_queue/`, `claims/` and `done/` of a tree.
+    pub fn read(tree: &Tree) -> Self {
+        let mut view = QueueView::default();
+        read_dir(&tree.spawn_queue_dir(), &mut view.unreadable, |t: Task| {
+            view.tasks.insert(t.id.clone(), t);
+        });
+        read_dir(&tree.claims_dir(), &mut view.unreadable, |c: Claim| {
+            view.claims.insert(c.task_id.clone(), c);
+        });
+        read_dir(&tree.done_dir(), &mut view.unreadable, |d: Done| {
+            view.done.insert(d.task_id.clone(), d);
+        });
+        view
+    }
+
+    /// Whether a task is done (a done record with any outcome but `failed`).
+    pub fn is_done(&self, id: &TaskId) -> bool {
+        self.done
+            .get(id)
+            .is_some_and(|d| d.outcome != Outcome::Failed)
+    }
+
+    /// A task's state.
+    pub fn state(&self, task: &Task) -> TaskState {
+        if let Some(d) = self.done.get(&task.id) {
+            return TaskState::Done {
+                outcome: d.outcome,
+                pc: d.pc.clone(),
+            };
+        }
+        if let Some(c) = self.claims.get(&task.id) {
+            return TaskState::Claimed { pc: c.pc.clone() };
+        }
+        let waiting_on: Vec<TaskId> = task
+            .dependencies
+            .iter()
+            .filter(|d| !self.is_done(d))
+            .cloned()
+            .collect();
+        if waiting_on.is_empty() {
+            TaskState::Queued
+        } else {
+            TaskState::Blocked { waiting_on }
+        }
+    }
+
+    /// Every task with its state, in the order work is taken: ready ones first by priority
+    /// then age, then blocked, claimed and done ones.
+    pub fn listing(&self) -> Vec<(&Task, TaskState)> {
+        let mut out: Vec<(&Task, TaskState)> =
+            self.tasks.values().map(|t| (t, self.state(t))).collect();
+        let group = |s: &TaskState| match s {
+            TaskState::Queued => 0,
+            TaskState::Blocked { .. } => 1,
+            TaskState::Claimed { .. } => 2,
+            TaskState::Done { .. } => 3,
+        };
+        out.sort_by(|(a, sa), (b, sb)| {
+            (group(sa), a.priority.rank(), a.created_at, &a.id).cmp(&(
+                group(sb),
+                b.priority.rank(),
+                b.created_at,
+                &b.id,
+            ))
+        });
+        out
+    }
+
+    /// The task a PC of `roles` should take next: queued (dependencies done, unclaimed), of
+    /// one of its roles or of none (any task when it declares no roles), highest priority
+    /// first, then the oldest.
+    pub fn next_for(&self, roles: &[String]) -> Option<&Task> {
+        self.listing()
+            .into_iter()
+            .filter(|(_, s)| *s == TaskState::Queued)
+            .map(|(t, _)| t)
+            .find(|t| role_fits(t, roles))
+    }
+
+    /// Checks tasks about to be added (all or none): ids new to the queue and to each other,
+    /// dependencies that exist (queued, done, or among the new ones), and no cycle. Returns
+    /// every problem, one line each.
+    pub fn check_new(&self, new: &[Task]) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        let mut ids = BTreeSet::new();
+        for t in new {
+            if self.tasks.contains_key(&t.id) || self.done.contains_key(&t.id) {
+                problems.push(format!("task {} already exists", t.id));
+            }
+            if !ids.insert(t.id.clone()) {
+                problems.push(format!("task {} is listed twice", t.id));
+            }
+        }
+        for t in new {
+            for d in &t.dependencies {
+                if !ids.contains(d) && !self.tasks.contains_key(d) && !self.done.contains_key(d) {
+                    problems.push(format!(
+                        "task {} depends on {d}, which does not exist",
+                        t.id
+                    ));
+                }
+            }
+        }
+        let mut graph: BTreeMap<&TaskId, Vec<&TaskId>> = self
+            .tasks
+            .values()
+            .map(|t| (&t.id, t.dependencies.iter().collect()))
+            .collect();
+        for t in new {
+            graph.insert(&t.id, t.dependencies.iter().collect());
+        }
+        if let Some(cycle) = find_cycle(&graph) {
+            problems.push(format!(
+                "dependency cycle: {}",
+                cycle
+                    .iter()
+                    .map(|id| id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// Whether a PC of `roles` may take `task`.
+pub fn role_fits(task: &Task, roles: &[String]) -> bool {
+    match &task.role {
+        None => true,
+        Some(r) => roles.is_empty() || roles.iter().any(|x| x == r),
+    }
+}
+
+/// A task's age at `now`, for people: `3m`, `2h`, `5d`.
+pub fn age(task: &Task, now: DateTime<Utc>) -> String {
+    let secs = (now - task.created_at).num_seconds().max(0);
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+fn read_dir<T: crate::schema::Schema>(
+    dir: &std::path::Path,
+    unreadable: &mut Vec<String>,
+    mut take: impl FnMut(T),
+) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut paths: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "json")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    paths.sort();
+    for path in paths {
+        match fsio::load::<T>(&path) {
+            Ok(doc) => take(doc.value),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => unreadable.push(e.to_string()),
+        }
+    }
+}
+
+/// A cycle in a dependency graph, as the path that closes it, if any.
+fn find_cycle<'a>(graph: &BTreeMap<&'a TaskId, Vec<&'a TaskId>>) -> Option<Vec<&'a TaskId>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Open,
+        Closed,
+    }
+    fn visit<'a>(
+        node: &'a TaskId,
+        graph: &BTreeMap<&'a TaskId, Vec<&'a TaskId>>,
+        marks: &mut BTreeMap<&'a TaskId, Mark>,
+        path: &mut Vec<&'a TaskId>,
+    ) -> Option<Vec<&'a TaskId>> {
+        match marks.get(node) {
+            Some(Mark::Closed) => return None,
+            Some(Mark::Open) => {
+                let start = path.iter().position(|n| *n == node).unwrap_or(0);
+                let mut cycle = path[start..].to_vec();
+                cycle.push(node);
+                return Some(cycle);
+            }
+            None => {}
+        }
+        marks.insert(node, Mark::Open);
+        path.push(node);
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(c) = visit(next, graph, marks, path) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        marks.insert(node, Mark::Closed);
+        None
+    }
+    let mut marks = BTreeMap::new();
+    for node in graph.keys() {
+        let mut path = Vec::new();
+        if let Some(c) = visit(node, graph, &mut marks, &mut path) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Priority;
+
+    fn task(id: &str, priority: Priority, minute: i64, deps: &[&str]) -> Task {
+        Task {
+            format_version: 1,
+            id: TaskId::new(id).expect("id"),
+            priority,
+            description: format!("do {id}"),
+            created_at: DateTime::from_timestamp(1_800_000_000 + minute * 60, 0).expect("time"),
+            created_by: PcId::new("PC3").expect("pc"),
+            dependencies: deps.iter().map(|d| TaskId::new(*d).expect("id")).collect(),
+            role: None,
+        }
+    }
+
+    fn view(tasks: Vec<Task>) -> QueueView {
+        QueueView {
+            tasks: tasks.into_iter().map(|t| (t.id.clone(), t)).collect(),
+            ..QueueView::default()
+        }
+    }
+
+    fn done(id: &str, outcome: Outcome) -> Done {
+        Done {
+            format_version: 1,
+            task_id: TaskId::new(id).expect("id"),
+            pc: PcId::new("PC1").expect("pc"),
+            finished_at: DateTime::from_timestamp(1_800_100_000, 0).expect("time"),
+            outcome,
+            summary: String::new(),
+            commit: None,
+        }
+    }
+
+    #[test]
+    fn states_follow_claims_done_records_and_dependencies() {
+        let mut v = view(vec![
+            task("a", Priority::Normal, 0, &[]),
+            task("b", Priority::High, 1, &["a"]),
+            task("c", Priority::Low, 2, &[]),
+        ]);
+        let by = |v: &QueueView, id: &str| v.state(&v.tasks[&TaskId::new(id).expect("id")]);
+        assert_eq!(by(&v, "a"), TaskState::Queued);
+        assert_eq!(by(&v, "b").describe(), "blocked by a", "b waits for a");
+        v.claims.insert(
+            TaskId::new("c").expect("id"),
+            Claim {
+                format_version: 1,
+                task_id: TaskId::new("c").expect("id"),
+                pc: PcId::new("PC2").expect("pc"),
+                claimed_at: DateTime::from_timestamp(1_800_000_500, 0).expect("time"),
+                epoch: 0,
+                handoff: None,
+            },
+        );
+        assert_eq!(by(&v, "c").describe(), "claimed by PC2");
+        // A failed task does not unblock its dependents; a completed one does.
+        v.done
+            .insert(TaskId::new("a").expect("id"), done("a", Outcome::Failed));
+        assert!(matches!(by(&v, "b"), TaskState::Blocked { .. }));
+        v.done
+            .insert(TaskId::new("a").expect("id"), done("a", Outcome::Completed));
+        assert_eq!(by(&v, "b"), TaskState::Queued);
+        assert_eq!(by(&v, "a").describe(), "done (completed, PC1)");
+    }
+
+    #[test]
+    fn the_next_task_is_the_highest_priority_ready_one_then_the_oldest_of_a_fitting_role() {
+        let mut backend = task("api", Priority::Critical, 5, &[]);
+        backend.role = Some("backend".to_owned());
+        let v = view(vec![
+            task("old-normal", Priority::Normal, 0, &[]),
+            task("new-high", Priority::High, 9, &[]),
+            task("older-high", Priority::High, 3, &[]),
+            task("blocked-critical", Priority::Critical, 1, &["old-normal"]),
+            backend,
+        ]);
+        let next = |roles: &[&str]| {
+            let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+            v.next_for(&roles).map(|t| t.id.to_string())
+        };
+        assert_eq!(next(&[]).as_deref(), Some("api"), "no roles: any task");
+        assert_eq!(next(&["backend"]).as_deref(), Some("api"));
+        assert_eq!(next(&["frontend"]).as_deref(), Some("older-high"));
+    }
+
+    #[test]
+    fn new_tasks_need_new_ids_known_dependencies_and_no_cycle() {
+        let v = view(vec![
+            task("a", Priority::Normal, 0, &[]),
+            task("b", Priority::Normal, 1, &["a"]),
+        ]);
+        assert!(
+            v.check_new(&[task("c", Priority::Normal, 2, &["b"])])
+                .is_ok()
+        );
+        let dup = v
+            .check_new(&[task("a", Priority::Normal, 2, &[])])
+            .expect_err("refused");
+        assert_eq!(dup, ["task a already exists"]);
+        let unknown = v
+            .check_new(&[task("c", Priority::Normal, 2, &["zz"])])
+            .expect_err("refused");
+        assert_eq!(unknown, ["task c depends on zz, which does not exist"]);
+        // Within one import: x → y → x.
+        let cycle = v
+            .check_new(&[
+                task("x", Priority::Normal, 2, &["y"]),
+                task("y", Priority::Normal, 3, &["x"]),
+            ])
+            .expect_err("refused");
+        assert_eq!(cycle.len(), 1, "{cycle:?}");
+        assert!(cycle[0].starts_with("dependency cycle: "), "{cycle:?}");
+        let twice = v
+            .check_new(&[
+                task("d", Priority::Normal, 2, &[]),
+                task("d", Priority::Normal, 3, &[]),
+            ])
+            .expect_err("refused");
+        assert_eq!(twice, ["task d is listed twice"]);
+    }
+}
