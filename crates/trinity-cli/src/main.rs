@@ -10,6 +10,7 @@ mod logs;
 mod status;
 mod task;
 mod validate;
+mod work;
 
 /// Keep AI coding agents working around the clock across several PCs.
 ///
@@ -38,6 +39,8 @@ enum Command {
     Logs(logs::LogsArgs),
     /// Put work into the fleet's queue and look at it: add, list, show, import.
     Task(task::TaskArgs),
+    /// Take the next task, report progress, finish it (for the agent and for people).
+    Work(work::WorkArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(args, cli.config.as_deref()),
         Command::Logs(args) => logs::run(args, cli.config.as_deref()),
         Command::Task(args) => task::run(args, cli.config.as_deref()),
+        Command::Work(args) => work::run(args, cli.config.as_deref()),
     };
     match result {
         Ok(code) => code,

@@ -494,6 +494,10 @@ fn every_command_has_help() {
         &["task", "list"],
         &["task", "show"],
         &["task", "import"],
+        &["work"],
+        &["work", "next"],
+        &["work", "progress"],
+        &["work", "done"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");
@@ -501,7 +505,7 @@ fn every_command_has_help() {
         assert!(out.contains("Usage: trinity"), "{cmd:?}: {out}");
     }
     let out = ok(&env.trinity(&["--help"]));
-    for cmd in ["init", "validate", "status", "logs", "task"] {
+    for cmd in ["init", "validate", "status", "logs", "task", "work"] {
         assert!(out.contains(cmd), "{out}");
     }
 }
@@ -595,5 +599,102 @@ fn tasks_are_added_listed_shown_and_imported_and_bad_ones_refused_whole() {
     let out = ok(&t(&["show", "courses"]));
     assert!(out.contains("depends on:  intro (queued)"), "{out}");
     // Every file written is valid where it is.
+    ok(&env.trinity(&["validate", "PC1/.trinity"]));
+}
+
+#[test]
+fn work_next_progress_done_on_one_pc_and_bad_reports_refused() {
+    let env = TestEnv::new();
+    ok(&env.init(
+        "PC1",
+        &[
+            "--create-remote",
+            "--fleet",
+            "PC1,PC2,PC3",
+            "--coordinator",
+            "PC3",
+        ],
+    ));
+    // A PC on its own: claims count as soon as they are written.
+    let config = env.path("PC1/trinity.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("[sync]\n", "[sync]\nmode = \"none\"\n"),
+    )
+    .expect("config");
+    let t = |args: &[&str]| {
+        let mut all = vec!["--config", "PC1/trinity.toml"];
+        all.extend_from_slice(args);
+        env.trinity(&all)
+    };
+    let out = t(&["work", "next"]);
+    assert_eq!(out.status.code(), Some(3), "nothing to do: {out:?}");
+    ok(&t(&["task", "add", "low", "-d", "later", "-p", "low"]));
+    ok(&t(&["task", "add", "high", "-d", "first", "-p", "high"]));
+    let out = ok(&t(&["work", "next"]));
+    assert!(out.starts_with("claimed: high"), "{out}");
+    let out = ok(&t(&["work", "next"]));
+    assert!(out.starts_with("current work: high"), "asked twice: {out}");
+    let out = ok(&t(&[
+        "work",
+        "progress",
+        "--progress",
+        "40",
+        "--done",
+        "outline",
+        "--next",
+        "body",
+    ]));
+    assert!(
+        out.contains("high: 40%; done: outline; next: body"),
+        "{out}"
+    );
+    for (args, says) in [
+        (
+            &["work", "progress", "--progress", "150"][..],
+            "outside 0-100%",
+        ),
+        (
+            &["work", "progress", "--progress", "-5%"][..],
+            "outside 0-100%",
+        ),
+        (
+            &["work", "progress", "--task", "low", "--progress", "5"][..],
+            "PC1 holds no claim on task low",
+        ),
+        (
+            &["work", "progress", "--task", "nope", "--progress", "5"][..],
+            "no task nope in the queue",
+        ),
+        (&["work", "progress"][..], "nothing to report"),
+    ] {
+        let err = fails(&t(args));
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let instance: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.path("PC1/.trinity/instances/PC1.json")).expect("instance"),
+    )
+    .expect("json");
+    assert_eq!(instance["state"], "ACTIVE");
+    assert_eq!(instance["current_work"]["progress"], "40%");
+    ok(&t(&["work", "done", "--summary", "finished"]));
+    assert!(env.path("PC1/.trinity/done/high.json").is_file());
+    assert!(
+        !env.path("PC1/.trinity/claims/high.json").exists(),
+        "the claim is released"
+    );
+    let err = fails(&t(&["work", "done", "--task", "high"]));
+    assert!(err.contains("task high is already done"), "{err}");
+    let out = ok(&t(&["work", "next", "--json"]));
+    let task: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(task["id"], "low");
+    ok(&t(&["work", "done"]));
+    let instance: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.path("PC1/.trinity/instances/PC1.json")).expect("instance"),
+    )
+    .expect("json");
+    assert_eq!(instance["state"], "STANDBY", "{instance}");
+    assert_eq!(t(&["work", "next"]).status.code(), Some(3));
     ok(&env.trinity(&["validate", "PC1/.trinity"]));
 }

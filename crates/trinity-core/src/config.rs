@@ -67,6 +67,9 @@ pub struct Config {
     /// The state tree (a git clone of the state repository). Relative paths are resolved
     /// against the config file's directory.
     pub state_dir: PathBuf,
+    /// The kinds of task this PC takes (`backend`, `frontend`…): with any, it takes only tasks
+    /// of these roles or of none; with none, any task.
+    pub roles: Vec<String>,
     /// git-sync.
     pub sync: SyncConfig,
     /// credit-monitor.
@@ -86,6 +89,7 @@ impl Default for Config {
         Self {
             pc: None,
             state_dir: PathBuf::from(".trinity"),
+            roles: Vec::new(),
             sync: SyncConfig::default(),
             credit: CreditConfig::default(),
             wake: WakeConfig::default(),

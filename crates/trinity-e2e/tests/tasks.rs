@@ -68,3 +68,129 @@ fn a_task_added_on_one_pc_is_listed_on_every_pc() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("task intro already exists"));
     world.stop_all();
 }
+
+/// Two PCs ask for work at once and one task is queued: exactly one wins it (the claim that
+/// reached the remote first); the other is told there is nothing to do. The winner's progress
+/// then travels with its handoff.
+#[test]
+fn two_pcs_racing_for_one_task_one_wins_and_its_progress_travels_with_the_handoff() {
+    let mut world = World::new(
+        &["PC1", "PC2", "PC3"],
+        "[credit]\nclaude_projects_dir = \"\"\npause = \"1s\"\n",
+    );
+    world.start_all();
+    let trinity = |pc: &str, args: &[&str]| {
+        world
+            .cmd("trinity", pc)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("trinity")
+    };
+    let o = trinity(
+        "PC3",
+        &["task", "add", "only", "-d", "The one task", "-p", "high"],
+    );
+    assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
+    for pc in ["PC1", "PC2"] {
+        world.wait(&format!("the task on {pc}"), || {
+            world
+                .tree(pc)
+                .task_file(&trinity_core::TaskId::new("only").expect("id"))
+                .is_file()
+        });
+    }
+    let racers: Vec<_> = ["PC1", "PC2"]
+        .iter()
+        .map(|pc| {
+            world
+                .cmd("trinity", pc)
+                .args(["work", "next", "--json"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("work next")
+        })
+        .collect();
+    let results: Vec<_> = racers
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("wait"))
+        .collect();
+    let codes: Vec<Option<i32>> = results.iter().map(|o| o.status.code()).collect();
+    let winners: Vec<usize> = (0..2).filter(|i| codes[*i] == Some(0)).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one wins: {:?}\n{}\n{}",
+        codes,
+        trinity_testkit::describe(&results[0]),
+        trinity_testkit::describe(&results[1])
+    );
+    let (winner, loser) = if winners[0] == 0 {
+        ("PC1", "PC2")
+    } else {
+        ("PC2", "PC1")
+    };
+    assert_eq!(
+        codes[usize::from(winner == "PC1")],
+        Some(3),
+        "the other has nothing to do"
+    );
+    world.wait("the winner's claim everywhere", || {
+        ["PC1", "PC2", "PC3"]
+            .iter()
+            .all(|pc| world.claim_holder(pc, "only").as_deref() == Some(winner))
+    });
+    // The loser cannot report on the winner's task.
+    let o = trinity(
+        loser,
+        &["work", "progress", "--task", "only", "--progress", "10"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!("claimed by {winner}")),
+        "{}",
+        trinity_testkit::describe(&o)
+    );
+    // The winner reports progress, then runs out of credit: the handoff carries the work.
+    let o = trinity(
+        winner,
+        &[
+            "work",
+            "progress",
+            "--progress",
+            "50%",
+            "--done",
+            "outline",
+            "--next",
+            "module1",
+        ],
+    );
+    assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
+    let o = trinity_force(&world, winner);
+    let handoff = o
+        .trim()
+        .rsplit(": ")
+        .next()
+        .map(std::path::PathBuf::from)
+        .expect("handoff path");
+    let h: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&handoff).expect("handoff")).expect("json");
+    assert_eq!(h["current_work"]["task_id"], "only", "{h}");
+    assert_eq!(h["current_work"]["progress"], "50%", "{h}");
+    assert_eq!(h["current_work"]["completed_subtasks"][0], "outline", "{h}");
+    assert_eq!(h["current_work"]["next_subtask"], "module1", "{h}");
+    world.stop_all();
+}
+
+fn trinity_force(world: &World, pc: &str) -> String {
+    let o = world
+        .cmd("credit-monitor", pc)
+        .arg("--force-handoff")
+        .stdout(Stdio::piped())
+        .output()
+        .expect("credit-monitor");
+    assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
