@@ -56,7 +56,10 @@ pub(crate) fn start(
     let instance = fsio::load::<InstanceStatus>(&m.tree.instance_file(&m.pc))
         .ok()
         .map(|d| d.value);
-    let current_work = instance.as_ref().and_then(|i| i.current_work.clone());
+    let mut current_work = instance.as_ref().and_then(|i| i.current_work.clone());
+    if let Some(work) = current_work.as_mut() {
+        work.code = snapshot_code(m, &work.task_id);
+    }
     let task_queue = task_queue(&m.tree, &m.pc, current_work.as_ref().map(|w| &w.task_id));
     let handoff = Handoff {
         format_version: Handoff::FORMAT_VERSION,
@@ -114,6 +117,37 @@ pub(crate) fn start(
     m.save_state(state)?;
     finish(m, state, now)?;
     Ok(Action::HandedOff { handoff: id, to })
+}
+
+/// The agent's code in progress, when `agent.workdir` is a git repository: committed aside and
+/// pushed to the project's remote, so the next PC continues from it. Never stops the handoff.
+fn snapshot_code(
+    m: &Monitor,
+    task: &trinity_core::TaskId,
+) -> Option<trinity_core::schema::CodeSnapshot> {
+    let workdir = m.config.agent.workdir.trim();
+    if workdir.is_empty() {
+        return None;
+    }
+    match trinity_core::code::snapshot(
+        std::path::Path::new(workdir),
+        task,
+        &m.pc,
+        &m.config.work.remote,
+    ) {
+        Ok(snap) => {
+            if snap.pushed {
+                tracing::info!(task = %task, commit = %snap.wip_commit, to = %snap.wip_ref, repository = %snap.repository, "the agent's code goes with the handoff");
+            } else {
+                tracing::warn!(task = %task, commit = %snap.wip_commit, why = snap.note.as_deref().unwrap_or(""), "the agent's code could not be pushed; the next PC starts from what it has");
+            }
+            Some(snap)
+        }
+        Err(e) => {
+            tracing::warn!(task = %task, error = %e, "the agent's code stays on this PC");
+            None
+        }
+    }
 }
 
 fn tolerate_existing(result: Result<(), SaveError>) -> Result<(), MonitorError> {

@@ -161,6 +161,7 @@ fn seed_work(env: &Env) {
             progress: "50%".to_owned(),
             completed_subtasks: vec!["outline".to_owned()],
             next_subtask: Some("lesson 3".to_owned()),
+            code: None,
         }),
         claimed_tasks: vec![TaskId::new("chunk2-courses").expect("valid")],
         handoff: None,

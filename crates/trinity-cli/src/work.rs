@@ -244,6 +244,7 @@ fn make_current(tree: &Tree, pc: &PcId, task: &Task) -> anyhow::Result<()> {
             progress: String::new(),
             completed_subtasks: Vec::new(),
             next_subtask: None,
+            code: None,
         });
         if !next.claimed_tasks.contains(&task.id) {
             next.claimed_tasks.push(task.id.clone());
@@ -336,6 +337,7 @@ fn progress(tree: &Tree, pc: &PcId, a: ProgressArgs) -> anyhow::Result<ExitCode>
                 progress: String::new(),
                 completed_subtasks: Vec::new(),
                 next_subtask: None,
+                code: None,
             },
         };
         if let Some(p) = &pct {

@@ -78,6 +78,8 @@ pub struct Config {
     pub wake: WakeConfig,
     /// The agent the wake-daemon launches.
     pub agent: AgentConfig,
+    /// How the agent's work travels with a handoff.
+    pub work: WorkConfig,
     /// coordinator.
     pub coordinator: CoordinatorConfig,
     /// Log files.
@@ -94,6 +96,7 @@ impl Default for Config {
             credit: CreditConfig::default(),
             wake: WakeConfig::default(),
             agent: AgentConfig::default(),
+            work: WorkConfig::default(),
             coordinator: CoordinatorConfig::default(),
             logging: LoggingConfig::default(),
         }
@@ -262,6 +265,15 @@ pub struct AgentConfig {
     pub workdir: String,
     /// On Windows, open the agent in a console window of its own.
     pub new_console: bool,
+}
+
+/// How the agent's work travels with a handoff.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkConfig {
+    /// Where the outgoing PC pushes the snapshot of the agent's checkout (`agent.workdir`): a
+    /// remote name or URL; empty for the checked-out branch's upstream remote, else `origin`.
+    pub remote: String,
 }
 
 impl Default for AgentConfig {
@@ -517,6 +529,17 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
             .filter(|d| !d.as_os_str().is_empty())
     {
         config.state_dir = dir.join(&config.state_dir);
+    }
+    // The agent's workdir likewise, so every program finds the same project checkout.
+    let workdir = PathBuf::from(config.agent.workdir.trim());
+    if !config.agent.workdir.trim().is_empty()
+        && workdir.is_relative()
+        && let Some(dir) = file
+            .as_deref()
+            .and_then(Path::parent)
+            .filter(|d| !d.as_os_str().is_empty())
+    {
+        config.agent.workdir = dir.join(workdir).to_string_lossy().into_owned();
     }
     let problems = config.problems();
     if !problems.is_empty() {

@@ -48,6 +48,7 @@ impl GitError {
 pub struct Git {
     program: PathBuf,
     dir: Option<PathBuf>,
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
 impl Default for Git {
@@ -55,6 +56,7 @@ impl Default for Git {
         Self {
             program: PathBuf::from("git"),
             dir: None,
+            env: Vec::new(),
         }
     }
 }
@@ -71,6 +73,13 @@ impl Git {
             dir: Some(dir.into()),
             ..Self::default()
         }
+    }
+
+    /// The same runner with one more environment variable (`GIT_INDEX_FILE`, an identity…).
+    pub fn with_env(mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((name.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
     }
 
     /// The command, with the non-interactive environment set, ready to run.
@@ -94,6 +103,7 @@ impl Git {
         if std::env::var_os("GIT_SSH_COMMAND").is_none() {
             cmd.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

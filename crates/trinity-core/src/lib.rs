@@ -9,6 +9,7 @@
 //! `schema`, `layout`, `ids` and `state` read no environment and print nothing.
 
 pub mod clock;
+pub mod code;
 pub mod config;
 pub mod credit;
 pub mod daemon;

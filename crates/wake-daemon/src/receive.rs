@@ -393,6 +393,7 @@ impl Receiver {
                 }
                 Step::CreditReset => {
                     let h = self.handoff(&id)?;
+                    self.restore_code(&h);
                     self.start_agent(&h, &record.won, None, report)?
                 }
                 Step::Launching { launch_id } => {
@@ -558,6 +559,37 @@ impl Receiver {
             }
         }
         Ok(())
+    }
+
+    /// Checks out the code the outgoing PC pushed (current_work.code) in the agent's workdir,
+    /// setting this checkout's uncommitted changes aside first. Never stops the handoff: on
+    /// failure the agent starts on what this PC has. Safe to run again after a crash.
+    fn restore_code(&self, h: &Handoff) {
+        let Some(work) = &h.current_work else {
+            return;
+        };
+        let Some(snap) = &work.code else {
+            return;
+        };
+        let Some(dir) = agent::workdir(&self.config.agent.workdir, self.config_dir.as_deref())
+        else {
+            tracing::info!(task = %work.task_id, "the handoff carries code, but agent.workdir is not set; not checked out");
+            return;
+        };
+        if !snap.pushed {
+            tracing::warn!(task = %work.task_id, why = snap.note.as_deref().unwrap_or(""), "the outgoing PC could not push its code; starting from what this PC has");
+        }
+        match trinity_core::code::restore(&dir, &work.task_id, snap, &self.pc, self.now()) {
+            Ok(r) => {
+                if let Some(saved) = &r.set_aside {
+                    tracing::warn!(dir = %dir.display(), saved = %saved, "set this checkout's uncommitted changes aside (git log -p {saved} shows them)");
+                }
+                tracing::info!(task = %work.task_id, branch = %r.branch, commit = %snap.wip_commit, "checked out the code handed over");
+            }
+            Err(e) => {
+                tracing::warn!(task = %work.task_id, error = %e, "could not check out the code handed over; starting from what this PC has");
+            }
+        }
     }
 
     /// Whether claims written at `at` have reached the remote (at once without git).

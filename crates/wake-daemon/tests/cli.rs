@@ -149,6 +149,7 @@ impl Env {
                 progress: "50%".to_owned(),
                 completed_subtasks: vec![],
                 next_subtask: None,
+                code: None,
             }),
             credit_state: None,
             epoch,

@@ -61,6 +61,33 @@ pub struct CurrentWork {
     /// The step to take next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_subtask: Option<String>,
+    /// The agent's code in progress, when its workdir is a git repository: where the next PC
+    /// fetches it from (set by the outgoing PC in a handoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<CodeSnapshot>,
+}
+
+/// The project checkout's state at a handoff: a commit of the working tree (tracked changes and
+/// files `.gitignore` does not exclude) on a branch of its own, pushed to the project's remote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CodeSnapshot {
+    /// The project's remote, as a URL or path git understands (empty when there is none).
+    #[serde(default)]
+    pub repository: String,
+    /// The branch the agent was on (absent for a detached HEAD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The commit the work started from (the checkout's HEAD).
+    pub base_commit: String,
+    /// The commit of the working tree, child of `base_commit`.
+    pub wip_commit: String,
+    /// The branch holding it on the remote: `refs/heads/trinity/wip/{task}`.
+    pub wip_ref: String,
+    /// Whether it reached the remote (if not, the next PC starts from what it has).
+    pub pushed: bool,
+    /// Why it was not pushed, or anything else worth knowing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Why work moved from one PC to another.

@@ -25,7 +25,9 @@ mod handoff;
 mod pc;
 mod tasks;
 
-pub use common::{CreditLevel, CreditSnapshot, CurrentWork, HandoffReason, Priority, TaskRef};
+pub use common::{
+    CodeSnapshot, CreditLevel, CreditSnapshot, CurrentWork, HandoffReason, Priority, TaskRef,
+};
 pub use coordinator::{
     CreditDashboard, DashboardEntry, Escalation, EscalationKind, InstanceSummary, Kpis, Lease,
     Liveness, MultiInstanceStatus, PhaseResult, PhaseStatus, Verdict, Verification,

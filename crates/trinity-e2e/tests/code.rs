@@ -1,0 +1,184 @@
+//! The agent's code travels with its work: PC1's uncommitted change and new file are in PC2's
+//! project checkout before PC2's agent starts; PC1's checkout is left as it was; PC2's own
+//! uncommitted change is set aside on a ref, not lost; with the project's remote gone the
+//! handoff still goes out.
+#![cfg(unix)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use trinity_e2e::World;
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, text).expect("write");
+}
+
+fn force_handoff(world: &World, pc: &str) -> PathBuf {
+    let o = world
+        .cmd("credit-monitor", pc)
+        .arg("--force-handoff")
+        .stdout(Stdio::piped())
+        .output()
+        .expect("credit-monitor");
+    assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    PathBuf::from(out.trim().rsplit(": ").next().expect("path"))
+}
+
+fn handoff_id(path: &Path) -> String {
+    path.file_stem()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn the_code_in_progress_travels_and_nothing_local_is_lost() {
+    let mut world = World::new(
+        &["PC1", "PC2", "PC3"],
+        "workdir = \"project\"\n[credit]\nclaude_projects_dir = \"\"\npause = \"1s\"\n",
+    );
+    // The project: a bare repository and a clone on every PC.
+    let root = world.root().to_owned();
+    world.git(
+        &root,
+        &["init", "-q", "--bare", "-b", "main", "project.git"],
+    );
+    world.git(&root, &["clone", "-q", "project.git", "seed"]);
+    let seed = root.join("seed");
+    write(&seed.join("README.md"), "# project\n");
+    write(&seed.join("src/lib.txt"), "lib v1\n");
+    write(&seed.join(".gitignore"), "*.log\n");
+    world.git(&seed, &["add", "-A"]);
+    world.git(&seed, &["commit", "-q", "-m", "start"]);
+    world.git(&seed, &["push", "-q", "origin", "main"]);
+    for pc in ["PC1", "PC2", "PC3"] {
+        world.git(
+            &root.join(pc),
+            &["clone", "-q", "../project.git", "project"],
+        );
+    }
+    world.start_all();
+    let trinity = |pc: &str, args: &[&str]| {
+        let o = world
+            .cmd("trinity", pc)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("trinity");
+        assert!(
+            o.status.success(),
+            "{pc} {args:?}: {}",
+            trinity_testkit::describe(&o)
+        );
+    };
+    trinity("PC1", &["task", "add", "t1", "-d", "Write the chapter"]);
+    trinity("PC1", &["work", "next"]);
+    trinity("PC1", &["work", "progress", "--progress", "40"]);
+    // PC1's agent worked: a change, a new file, and a log file .gitignore excludes.
+    let p1 = root.join("PC1/project");
+    write(
+        &p1.join("README.md"),
+        "# project\n\nchapter one, half done\n",
+    );
+    write(&p1.join("notes/new.txt"), "a new file\n");
+    write(&p1.join("debug.log"), "noise\n");
+    let p1_head = world.git(&p1, &["rev-parse", "HEAD"]);
+    // PC2 has an uncommitted change of its own.
+    let p2 = root.join("PC2/project");
+    write(&p2.join("src/lib.txt"), "lib v1 with PC2's local edit\n");
+    write(&p2.join("scratch.txt"), "PC2's scratch\n");
+
+    let handoff = force_handoff(&world, "PC1");
+    let id = handoff_id(&handoff);
+    let h: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&handoff).expect("handoff")).expect("json");
+    let code = &h["current_work"]["code"];
+    assert_eq!(code["pushed"], true, "{h}");
+    assert_eq!(code["wip_ref"], "refs/heads/trinity/wip/t1", "{h}");
+    assert_eq!(code["branch"], "main", "{h}");
+    assert_eq!(code["base_commit"].as_str(), Some(p1_head.trim()), "{h}");
+    world.wait("PC2's agent for the handoff", || {
+        world
+            .launches()
+            .iter()
+            .any(|l| l.pc == "PC2" && l.handoff().as_deref() == Some(id.as_str()))
+    });
+    // PC2's checkout holds PC1's work, on a branch of its own.
+    assert_eq!(
+        std::fs::read_to_string(p2.join("README.md")).expect("readme"),
+        "# project\n\nchapter one, half done\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(p2.join("notes/new.txt")).expect("new file"),
+        "a new file\n"
+    );
+    assert!(
+        !p2.join("debug.log").exists(),
+        "ignored files do not travel"
+    );
+    assert_eq!(
+        world.git(&p2, &["symbolic-ref", "--short", "HEAD"]).trim(),
+        "trinity/work/t1"
+    );
+    assert_eq!(
+        world.git(&p2, &["rev-parse", "HEAD"]).trim(),
+        code["wip_commit"].as_str().expect("wip commit")
+    );
+    // PC2's own change was set aside, not lost.
+    let saved = world.git(
+        &p2,
+        &["for-each-ref", "--format=%(refname)", "refs/trinity/saved/"],
+    );
+    let saved = saved.lines().next().expect("a saved ref").to_owned();
+    assert_eq!(
+        world.git(&p2, &["show", &format!("{saved}:src/lib.txt")]),
+        "lib v1 with PC2's local edit\n"
+    );
+    assert_eq!(
+        world.git(&p2, &["show", &format!("{saved}:scratch.txt")]),
+        "PC2's scratch\n"
+    );
+    // PC1's checkout is as its agent left it: branch, HEAD, changes.
+    assert_eq!(
+        world.git(&p1, &["symbolic-ref", "--short", "HEAD"]).trim(),
+        "main"
+    );
+    assert_eq!(world.git(&p1, &["rev-parse", "HEAD"]), p1_head);
+    let status = world.git(&p1, &["status", "--porcelain"]);
+    assert!(
+        status.contains(" M README.md") && status.contains("?? notes/"),
+        "{status}"
+    );
+
+    // The project's remote goes away: the next handoff still goes out, and says why its code
+    // stayed behind.
+    std::fs::rename(root.join("project.git"), root.join("project.gone")).expect("rename");
+    write(&p2.join("README.md"), "# project\n\nchapter one, done\n");
+    world.wait("PC1's pause to end, as PC2 sees it", || {
+        world
+            .heartbeat("PC2", "PC1")
+            .and_then(|h| h.paused_until)
+            .is_none_or(|u| u < chrono::Utc::now())
+    });
+    let handoff = force_handoff(&world, "PC2");
+    let id = handoff_id(&handoff);
+    let h: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&handoff).expect("handoff")).expect("json");
+    assert_eq!(h["current_work"]["code"]["pushed"], false, "{h}");
+    assert!(
+        h["current_work"]["code"]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("push to origin failed")),
+        "{h}"
+    );
+    world.wait("the next agent, without the code", || {
+        world
+            .launches()
+            .iter()
+            .any(|l| l.handoff().as_deref() == Some(id.as_str()))
+    });
+    world.stop_all();
+}
