@@ -281,10 +281,17 @@ impl Default for AgentConfig {
         Self {
             command: vec![
                 "claude".to_owned(),
+                "-p".to_owned(),
                 "Continue the work handed to this PC: read the handoff file whose path is in the \
                  TRINITY_HANDOFF_FILE environment variable, then resume its current_work and its \
-                 task_queue."
+                 task_queue. Report progress with `trinity work progress` and finish a task with \
+                 `trinity work done`; `trinity work next` gives the next task."
                     .to_owned(),
+                "--output-format".to_owned(),
+                "stream-json".to_owned(),
+                "--verbose".to_owned(),
+                "--permission-mode".to_owned(),
+                "acceptEdits".to_owned(),
             ],
             workdir: String::new(),
             new_console: true,
