@@ -59,6 +59,19 @@ pub fn events(text: &str, now: DateTime<Utc>) -> Vec<CreditEvent> {
     text.lines().filter_map(|l| reader.line(l, now)).collect()
 }
 
+/// The tokens an API `usage` object counts: input, output, and cache writes and reads.
+pub fn usage_tokens(usage: &Value) -> u64 {
+    [
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    ]
+    .iter()
+    .filter_map(|k| usage[*k].as_u64())
+    .sum()
+}
+
 fn by_status(now: DateTime<Utc>, status: Option<u64>) -> CreditEvent {
     let status = status.and_then(|s| u16::try_from(s).ok());
     let kind = match status {
@@ -96,18 +109,8 @@ fn event_of(v: &Value, now: DateTime<Utc>) -> Option<CreditEvent> {
                 }
                 return Some(e);
             }
-            let usage = &v["usage"];
-            let tokens: u64 = [
-                "input_tokens",
-                "output_tokens",
-                "cache_creation_input_tokens",
-                "cache_read_input_tokens",
-            ]
-            .iter()
-            .filter_map(|k| usage[*k].as_u64())
-            .sum();
             let mut e = CreditEvent::new(now, EventKind::Success);
-            e.tokens = Some(tokens);
+            e.tokens = Some(usage_tokens(&v["usage"]));
             e.duration_s = v["duration_api_ms"]
                 .as_f64()
                 .filter(|ms| *ms > 0.0)

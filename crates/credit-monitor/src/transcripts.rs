@@ -277,17 +277,8 @@ pub fn parse_line(line: &[u8], state: &mut TailState, now: DateTime<Utc>) -> Opt
         if (!id.is_empty() || !request.is_empty()) && !state.remember(format!("{id}/{request}")) {
             return None;
         }
-        let tokens: u64 = [
-            "input_tokens",
-            "output_tokens",
-            "cache_creation_input_tokens",
-            "cache_read_input_tokens",
-        ]
-        .iter()
-        .filter_map(|k| usage[*k].as_u64())
-        .sum();
         let mut e = CreditEvent::new(ts, EventKind::Success);
-        e.tokens = Some(tokens);
+        e.tokens = Some(crate::claude_output::usage_tokens(usage));
         return Some(e);
     }
     None

@@ -70,3 +70,18 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<trinity_core::c
     }
     Ok(loaded.config)
 }
+
+/// The configuration and its state tree, which must exist.
+fn load_tree(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<(trinity_core::config::Config, trinity_core::Tree)> {
+    let config = load_config(path)?;
+    let tree = config.tree();
+    if !tree.root().is_dir() {
+        anyhow::bail!(
+            "no state tree at {}: run `trinity init` first",
+            tree.root().display()
+        );
+    }
+    Ok((config, tree))
+}

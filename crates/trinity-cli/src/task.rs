@@ -115,14 +115,7 @@ struct TomlImport {
 }
 
 pub(crate) fn run(args: TaskArgs, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let config = crate::load_config(config_path)?;
-    let tree = config.tree();
-    if !tree.root().is_dir() {
-        bail!(
-            "no state tree at {}: run `trinity init` first",
-            tree.root().display()
-        );
-    }
+    let (config, tree) = crate::load_tree(config_path)?;
     match args.command {
         TaskCommand::Add(a) => {
             let pc = config.require_pc()?.clone();

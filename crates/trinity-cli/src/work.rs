@@ -76,14 +76,7 @@ struct DoneArgs {
 }
 
 pub(crate) fn run(args: WorkArgs, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let config = crate::load_config(config_path)?;
-    let tree = config.tree();
-    if !tree.root().is_dir() {
-        bail!(
-            "no state tree at {}: run `trinity init` first",
-            tree.root().display()
-        );
-    }
+    let (config, tree) = crate::load_tree(config_path)?;
     let pc = config.require_pc()?.clone();
     match args.command {
         WorkCommand::Next(a) => next(&config, &tree, &pc, a.json),

@@ -269,6 +269,25 @@ impl World {
         out
     }
 
+    /// A workspace program run as `pc` with its output captured.
+    pub fn output(&self, program: &str, pc: &str, args: &[&str]) -> std::process::Output {
+        self.cmd(program, pc)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run")
+    }
+
+    /// `credit-monitor --force-handoff` on `pc`, which must hand off; returns the handoff file.
+    pub fn force_handoff(&self, pc: &str) -> PathBuf {
+        let o = self.output("credit-monitor", pc, &["--force-handoff"]);
+        assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
+        // "handoff: PC1 → PC2 (manual): /…/handoff/handoff_PC1_to_PC2_….json"
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        PathBuf::from(out.trim().rsplit(": ").next().expect("the handoff's path"))
+    }
+
     /// `credit-monitor --record-rate-limit`, three times: the default rule hands off.
     pub fn record_rate_limits(&self, pc: &str) {
         for _ in 0..3 {

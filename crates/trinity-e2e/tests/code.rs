@@ -4,26 +4,13 @@
 //! handoff still goes out.
 #![cfg(unix)]
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 
 use trinity_e2e::World;
 
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     std::fs::write(path, text).expect("write");
-}
-
-fn force_handoff(world: &World, pc: &str) -> PathBuf {
-    let o = world
-        .cmd("credit-monitor", pc)
-        .arg("--force-handoff")
-        .stdout(Stdio::piped())
-        .output()
-        .expect("credit-monitor");
-    assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    PathBuf::from(out.trim().rsplit(": ").next().expect("path"))
 }
 
 fn handoff_id(path: &Path) -> String {
@@ -61,13 +48,7 @@ fn the_code_in_progress_travels_and_nothing_local_is_lost() {
     }
     world.start_all();
     let trinity = |pc: &str, args: &[&str]| {
-        let o = world
-            .cmd("trinity", pc)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("trinity");
+        let o = world.output("trinity", pc, args);
         assert!(
             o.status.success(),
             "{pc} {args:?}: {}",
@@ -91,7 +72,7 @@ fn the_code_in_progress_travels_and_nothing_local_is_lost() {
     write(&p2.join("src/lib.txt"), "lib v1 with PC2's local edit\n");
     write(&p2.join("scratch.txt"), "PC2's scratch\n");
 
-    let handoff = force_handoff(&world, "PC1");
+    let handoff = world.force_handoff("PC1");
     let id = handoff_id(&handoff);
     let h: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&handoff).expect("handoff")).expect("json");
@@ -163,7 +144,7 @@ fn the_code_in_progress_travels_and_nothing_local_is_lost() {
             .and_then(|h| h.paused_until)
             .is_none_or(|u| u < chrono::Utc::now())
     });
-    let handoff = force_handoff(&world, "PC2");
+    let handoff = world.force_handoff("PC2");
     let id = handoff_id(&handoff);
     let h: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&handoff).expect("handoff")).expect("json");

@@ -12,15 +12,7 @@ fn a_task_added_on_one_pc_is_listed_on_every_pc() {
     for pc in ["PC1", "PC2", "PC3"] {
         world.start("git-sync", pc);
     }
-    let trinity = |pc: &str, args: &[&str]| {
-        world
-            .cmd("trinity", pc)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("trinity")
-    };
+    let trinity = |pc: &str, args: &[&str]| world.output("trinity", pc, args);
     let o = trinity(
         "PC3",
         &[
@@ -79,15 +71,7 @@ fn two_pcs_racing_for_one_task_one_wins_and_its_progress_travels_with_the_handof
         "[credit]\nclaude_projects_dir = \"\"\npause = \"1s\"\n",
     );
     world.start_all();
-    let trinity = |pc: &str, args: &[&str]| {
-        world
-            .cmd("trinity", pc)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("trinity")
-    };
+    let trinity = |pc: &str, args: &[&str]| world.output("trinity", pc, args);
     let o = trinity(
         "PC3",
         &["task", "add", "only", "-d", "The one task", "-p", "high"],
@@ -168,13 +152,7 @@ fn two_pcs_racing_for_one_task_one_wins_and_its_progress_travels_with_the_handof
         ],
     );
     assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
-    let o = trinity_force(&world, winner);
-    let handoff = o
-        .trim()
-        .rsplit(": ")
-        .next()
-        .map(std::path::PathBuf::from)
-        .expect("handoff path");
+    let handoff = world.force_handoff(winner);
     let h: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&handoff).expect("handoff")).expect("json");
     assert_eq!(h["current_work"]["task_id"], "only", "{h}");
@@ -182,15 +160,4 @@ fn two_pcs_racing_for_one_task_one_wins_and_its_progress_travels_with_the_handof
     assert_eq!(h["current_work"]["completed_subtasks"][0], "outline", "{h}");
     assert_eq!(h["current_work"]["next_subtask"], "module1", "{h}");
     world.stop_all();
-}
-
-fn trinity_force(world: &World, pc: &str) -> String {
-    let o = world
-        .cmd("credit-monitor", pc)
-        .arg("--force-handoff")
-        .stdout(Stdio::piped())
-        .output()
-        .expect("credit-monitor");
-    assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
