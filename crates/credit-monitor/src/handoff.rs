@@ -28,8 +28,12 @@ pub struct PendingHandoff {
     pub handoff: Handoff,
     /// The wake signal's contents.
     pub signal: WakeSignal,
-    /// Steps finished: 1 handoff file, 2 wake signal, 3 heartbeat, 4 instance state.
+    /// Steps finished: 1 handoff file (and the conversation before it), 2 wake signal,
+    /// 3 heartbeat, 4 instance state.
     pub done: u8,
+    /// The agent's session transcript to carry into `conversations/{handoff-id}.jsonl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<std::path::PathBuf>,
 }
 
 /// Decides and writes a handoff for this exhaustion (or an escalation when nobody can take
@@ -57,8 +61,13 @@ pub(crate) fn start(
         .ok()
         .map(|d| d.value);
     let mut current_work = instance.as_ref().and_then(|i| i.current_work.clone());
+    let mut conversation = None;
     if let Some(work) = current_work.as_mut() {
         work.code = snapshot_code(m, &work.task_id);
+        if let Some((session, path)) = conversation_to_carry(m) {
+            work.session = Some(session);
+            conversation = Some(path);
+        }
     }
     let task_queue = task_queue(&m.tree, &m.pc, current_work.as_ref().map(|w| &w.task_id));
     let handoff = Handoff {
@@ -112,6 +121,7 @@ pub(crate) fn start(
         handoff,
         signal,
         done: 0,
+        conversation,
     });
     // The plan is on disk before the first file of the tree is written.
     m.save_state(state)?;
@@ -150,6 +160,48 @@ fn snapshot_code(
     }
 }
 
+/// The agent's Claude Code session to carry, when `work.carry_conversation` is on, the agent
+/// is Claude Code and its workdir has a session: (session id, transcript). A transcript over
+/// `work.conversation_max_bytes` stays behind.
+fn conversation_to_carry(m: &Monitor) -> Option<(String, std::path::PathBuf)> {
+    let work = &m.config.work;
+    let workdir = m.config.agent.workdir.trim();
+    if !work.carry_conversation
+        || workdir.is_empty()
+        || !trinity_core::code::is_claude(&m.config.agent.command)
+    {
+        return None;
+    }
+    let projects = crate::transcripts::expand_home(&m.config.credit.claude_projects_dir)?;
+    let dir = trinity_core::code::claude_project_dir(&projects, std::path::Path::new(workdir));
+    let (session, path) = trinity_core::code::newest_session(&dir)?;
+    let size = std::fs::metadata(&path)
+        .map(|m| m.len())
+        .unwrap_or(u64::MAX);
+    if size > work.conversation_max_bytes {
+        tracing::warn!(session = %session, size, limit = work.conversation_max_bytes, "the conversation is larger than work.conversation_max_bytes; it stays on this PC");
+        return None;
+    }
+    Some((session, path))
+}
+
+/// Copies the transcript into the tree before the handoff file, so the next PC finds both.
+fn carry_conversation(m: &Monitor, source: &std::path::Path, id: &trinity_core::HandoffId) {
+    let target = m.tree.conversation_file(id);
+    match std::fs::read(source) {
+        Ok(bytes) => match fsio::write_new(&target, &bytes) {
+            Ok(()) => {
+                tracing::info!(bytes = bytes.len(), file = %target.display(), "the conversation goes with the handoff")
+            }
+            Err(e) if e.is_already_exists() => {}
+            Err(e) => tracing::warn!(error = %e, "cannot carry the conversation"),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, source = %source.display(), "cannot read the conversation")
+        }
+    }
+}
+
 fn tolerate_existing(result: Result<(), SaveError>) -> Result<(), MonitorError> {
     match result {
         Ok(()) => Ok(()),
@@ -176,6 +228,7 @@ pub(crate) fn finish(
         ));
     };
     let paused_until = state.paused_until;
+    let conversation = pending.conversation.clone();
     let mut step = |n: u8,
                     state: &mut TriggerState,
                     f: &mut dyn FnMut() -> Result<(), MonitorError>|
@@ -189,6 +242,9 @@ pub(crate) fn finish(
         Ok(())
     };
     step(1, state, &mut || {
+        if let Some(source) = &conversation {
+            carry_conversation(m, source, &id);
+        }
         tolerate_existing(fsio::create(&m.tree.handoff_file(&id), &h))
     })?;
     step(2, state, &mut || {

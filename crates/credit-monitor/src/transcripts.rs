@@ -83,16 +83,7 @@ impl TailState {
 
 /// Expands a leading `~` to the home directory.
 pub fn expand_home(dir: &str) -> Option<PathBuf> {
-    let dir = dir.trim();
-    if dir.is_empty() {
-        return None;
-    }
-    if let Some(rest) = dir.strip_prefix("~") {
-        let home = std::env::var_os("HOME").or_else(|| std::env::var_os("USERPROFILE"))?;
-        let rest = rest.trim_start_matches(['/', '\\']);
-        return Some(PathBuf::from(home).join(rest));
-    }
-    Some(PathBuf::from(dir))
+    trinity_core::config::expand_home(dir)
 }
 
 fn jsonl_files(dir: &Path, out: &mut Vec<PathBuf>, depth: u32) {

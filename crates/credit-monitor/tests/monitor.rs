@@ -162,6 +162,7 @@ fn seed_work(env: &Env) {
             completed_subtasks: vec!["outline".to_owned()],
             next_subtask: Some("lesson 3".to_owned()),
             code: None,
+            session: None,
         }),
         claimed_tasks: vec![TaskId::new("chunk2-courses").expect("valid")],
         handoff: None,
@@ -426,6 +427,7 @@ fn a_handoff_interrupted_by_a_crash_is_finished_not_repeated() {
         handoff: handoff.clone(),
         signal: signal.clone(),
         done: 1,
+        conversation: None,
     });
     std::fs::write(
         env.tree.credit_state_file(),

@@ -238,6 +238,7 @@ fn make_current(tree: &Tree, pc: &PcId, task: &Task) -> anyhow::Result<()> {
             completed_subtasks: Vec::new(),
             next_subtask: None,
             code: None,
+            session: None,
         });
         if !next.claimed_tasks.contains(&task.id) {
             next.claimed_tasks.push(task.id.clone());
@@ -331,6 +332,7 @@ fn progress(tree: &Tree, pc: &PcId, a: ProgressArgs) -> anyhow::Result<ExitCode>
                 completed_subtasks: Vec::new(),
                 next_subtask: None,
                 code: None,
+                session: None,
             },
         };
         if let Some(p) = &pct {

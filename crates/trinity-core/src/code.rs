@@ -274,3 +274,77 @@ pub fn restore(
         already: false,
     })
 }
+
+/// Where Claude Code keeps the sessions of a working directory: `projects/` (usually
+/// `~/.claude/projects`) joined with the directory's path, every character but ASCII letters
+/// and digits replaced by `-` (as Claude Code 2.1.332 names it: `/tmp/my.proj_dir x` →
+/// `-tmp-my-proj-dir-x`).
+pub fn claude_project_dir(projects: &Path, workdir: &Path) -> std::path::PathBuf {
+    let name: String = workdir
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    projects.join(name)
+}
+
+/// The most recently written session transcript in `dir`: its session id (the file's stem)
+/// and path.
+pub fn newest_session(dir: &Path) -> Option<(String, std::path::PathBuf)> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .max_by_key(|(t, _)| *t)
+        .and_then(|(_, p)| {
+            let id = p.file_stem()?.to_string_lossy().into_owned();
+            is_session_id(&id).then_some((id, p))
+        })
+}
+
+/// Whether `id` can be a Claude Code session id (and so a file name): 1–64 ASCII letters,
+/// digits and `-`.
+pub fn is_session_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Whether an agent command runs Claude Code (its program is `claude`, `claude.exe`,
+/// `claude.cmd`…), which understands `--resume SESSION`.
+pub fn is_claude(command: &[String]) -> bool {
+    command.first().is_some_and(|p| {
+        Path::new(p)
+            .file_stem()
+            .is_some_and(|s| s.eq_ignore_ascii_case("claude"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claude_code_names_a_project_directory_as_recorded() {
+        assert_eq!(
+            claude_project_dir(
+                Path::new("/h/.claude/projects"),
+                Path::new("/tmp/cce/my.proj_dir x")
+            ),
+            Path::new("/h/.claude/projects/-tmp-cce-my-proj-dir-x")
+        );
+        assert_eq!(
+            claude_project_dir(Path::new("P"), Path::new("C:\\Users\\me\\proj")),
+            Path::new("P").join("C--Users-me-proj")
+        );
+    }
+
+    #[test]
+    fn only_claude_understands_resume_and_session_ids_are_file_names() {
+        assert!(is_claude(&["claude".to_owned(), "-p".to_owned()]));
+        assert!(is_claude(&["C:/npm/claude.cmd".to_owned()]));
+        assert!(!is_claude(&["/bin/sh".to_owned(), "claude".to_owned()]));
+        assert!(is_session_id("2df57bb5-2d6b-4a0d-83f6-77ad5ca7db72"));
+        assert!(!is_session_id("../x"));
+        assert!(!is_session_id(""));
+    }
+}

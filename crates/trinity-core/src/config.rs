@@ -268,12 +268,28 @@ pub struct AgentConfig {
 }
 
 /// How the agent's work travels with a handoff.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WorkConfig {
     /// Where the outgoing PC pushes the snapshot of the agent's checkout (`agent.workdir`): a
     /// remote name or URL; empty for the checked-out branch's upstream remote, else `origin`.
     pub remote: String,
+    /// Whether a handoff carries the agent's Claude Code conversation (its session transcript)
+    /// through the state repository, so the next PC resumes it. Off by default: a transcript
+    /// holds whatever the agent read, secrets included.
+    pub carry_conversation: bool,
+    /// The largest conversation carried (a bigger one stays behind), in bytes.
+    pub conversation_max_bytes: u64,
+}
+
+impl Default for WorkConfig {
+    fn default() -> Self {
+        Self {
+            remote: String::new(),
+            carry_conversation: false,
+            conversation_max_bytes: 8 * 1024 * 1024,
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -559,6 +575,21 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
     })
 }
 
+/// A path from the configuration with a leading `~` expanded to the home directory (`HOME`,
+/// else `USERPROFILE`); `None` for an empty setting.
+pub fn expand_home(dir: &str) -> Option<PathBuf> {
+    let dir = dir.trim();
+    if dir.is_empty() {
+        return None;
+    }
+    if let Some(rest) = dir.strip_prefix("~") {
+        let home = std::env::var_os("HOME").or_else(|| std::env::var_os("USERPROFILE"))?;
+        let rest = rest.trim_start_matches(['/', '\\']);
+        return Some(PathBuf::from(home).join(rest));
+    }
+    Some(PathBuf::from(dir))
+}
+
 impl Config {
     /// The state tree this configuration points at.
     pub fn tree(&self) -> Tree {
@@ -595,6 +626,9 @@ impl Config {
         zero("logging.max_files", self.logging.max_files, &mut p);
         if c.error_min_calls > c.error_window_calls {
             p.push("credit.error_min_calls is larger than credit.error_window_calls".to_owned());
+        }
+        if self.work.conversation_max_bytes > 16 * 1024 * 1024 {
+            p.push("work.conversation_max_bytes is larger than 16 MiB (16777216)".to_owned());
         }
         for (name, v) in [
             ("credit.error_rate_threshold", c.error_rate_threshold),

@@ -451,6 +451,11 @@ impl Monitor {
     /// Takes one event into the windows.
     pub fn ingest(&mut self, e: &CreditEvent) {
         self.events_seen += 1;
+        // A reset starts every window afresh: an event dated before it, recorded late (a
+        // transcript carried over from another PC, a log read after the fact), is not news.
+        if e.kind != EventKind::Reset && self.last_reset.is_some_and(|r| e.ts < r) {
+            return;
+        }
         let slow = self.rules.slow_response_s;
         match e.kind {
             EventKind::Reset => {

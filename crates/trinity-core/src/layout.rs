@@ -82,6 +82,8 @@ pub enum FileKind {
     Handoff(HandoffId),
     /// `handoff/processed/{id}.json`, archived by its receiver.
     ProcessedHandoff(HandoffId),
+    /// `conversations/{handoff-id}.jsonl`: the agent's conversation carried with a handoff.
+    Conversation(HandoffId),
     /// `wake/{TO}/{id}.json`.
     Wake(PcId, SignalId),
     /// `spawn_queue/{id}.json`.
@@ -120,7 +122,7 @@ impl FileKind {
             FileKind::Heartbeat(pc) | FileKind::Credit(pc) | FileKind::Instance(pc) => {
                 PathClass::Owned(pc.clone())
             }
-            FileKind::Handoff(id) => PathClass::Immutable {
+            FileKind::Handoff(id) | FileKind::Conversation(id) => PathClass::Immutable {
                 consumer: Consumer::Pc(id.to_pc().clone()),
             },
             FileKind::Wake(to, _) => PathClass::Immutable {
@@ -155,6 +157,7 @@ impl FileKind {
             FileKind::Credit(_) => "credit status",
             FileKind::Instance(_) => "instance status",
             FileKind::Handoff(_) => "handoff",
+            FileKind::Conversation(_) => "conversation",
             FileKind::ProcessedHandoff(_) => "processed handoff",
             FileKind::Wake(..) => "wake signal",
             FileKind::Task(_) => "task",
@@ -203,6 +206,7 @@ pub const SYNCED_DIRS: &[&str] = &[
     "credit",
     "instances",
     "handoff",
+    "conversations",
     "wake",
     "spawn_queue",
     "claims",
@@ -294,6 +298,16 @@ impl Tree {
     /// `handoff/processed/{id}.json`.
     pub fn processed_handoff_file(&self, id: &HandoffId) -> PathBuf {
         self.processed_handoff_dir().join(format!("{id}.json"))
+    }
+
+    /// `conversations/`.
+    pub fn conversations_dir(&self) -> PathBuf {
+        self.root.join("conversations")
+    }
+
+    /// `conversations/{handoff-id}.jsonl`: the agent's conversation carried with a handoff.
+    pub fn conversation_file(&self, id: &HandoffId) -> PathBuf {
+        self.conversations_dir().join(format!("{id}.jsonl"))
     }
 
     /// `wake/`.
@@ -554,6 +568,14 @@ impl Tree {
                     HandoffId::new(stem).map_err(id_err)?,
                 ))
             }
+            ["conversations", f] => {
+                let stem = f
+                    .strip_suffix(".jsonl")
+                    .ok_or_else(|| unknown("expected {handoff-id}.jsonl"))?;
+                Ok(FileKind::Conversation(
+                    HandoffId::new(stem).map_err(id_err)?,
+                ))
+            }
             ["wake", to, f] => {
                 let to = PcId::new(to).map_err(id_err)?;
                 let stem = f
@@ -654,6 +676,13 @@ mod tests {
             (
                 tree.handoff_file(&hid),
                 FileKind::Handoff(hid.clone()),
+                PathClass::Immutable {
+                    consumer: Consumer::Pc(pc("PC2")),
+                },
+            ),
+            (
+                tree.conversation_file(&hid),
+                FileKind::Conversation(hid.clone()),
                 PathClass::Immutable {
                     consumer: Consumer::Pc(pc("PC2")),
                 },

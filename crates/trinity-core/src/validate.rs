@@ -12,6 +12,9 @@ use crate::schema::{
     InstanceStatus, Lease, MultiInstanceStatus, Schema, Task, Verification, WakeSignal,
 };
 
+/// The largest conversation a handoff may carry (`work.conversation_max_bytes` is capped by it).
+pub const MAX_CONVERSATION_BYTES: usize = 16 * 1024 * 1024;
+
 /// The size limit for files without a schema (markdown, HTML, `.gitignore`).
 pub const MAX_TEXT_BYTES: usize = 1024 * 1024;
 
@@ -70,6 +73,30 @@ pub fn validate_file(tree: &Tree, path: &Path, fleet: Option<&Fleet>) -> Result<
             FileKind::Local => {}
             FileKind::GitIgnore | FileKind::DashboardHtml | FileKind::Postmortem(_) => {
                 check_text(path).map_err(problem)?;
+            }
+            FileKind::Conversation(_) => {
+                let bytes = fsio::read_bounded(path, MAX_CONVERSATION_BYTES)
+                    .map_err(|e| problem(e.to_string()))?;
+                if bytes.len() > MAX_CONVERSATION_BYTES {
+                    return Err(problem(format!(
+                        "is larger than {} MiB",
+                        MAX_CONVERSATION_BYTES / (1024 * 1024)
+                    )));
+                }
+                for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    match serde_json::from_slice::<serde_json::Value>(line) {
+                        Ok(v) if v.is_object() => {}
+                        _ => {
+                            return Err(problem(format!(
+                                "line {} is not a JSON object (a conversation is JSON lines)",
+                                n + 1
+                            )));
+                        }
+                    }
+                }
             }
             FileKind::Report(_) => {
                 if path.extension().is_some_and(|e| e == "json") {

@@ -92,6 +92,7 @@ fn valid_fixtures_round_trip_and_validate() {
             FileKind::CreditDashboard => round_trip::<CreditDashboard>(path),
             FileKind::Escalation(_) => round_trip::<Escalation>(path),
             FileKind::Postmortem(_)
+            | FileKind::Conversation(_)
             | FileKind::Report(_)
             | FileKind::DashboardHtml
             | FileKind::GitIgnore => 0,

@@ -394,6 +394,7 @@ impl Receiver {
                 Step::CreditReset => {
                     let h = self.handoff(&id)?;
                     self.restore_code(&h);
+                    self.place_conversation(&h, &id);
                     self.start_agent(&h, &record.won, None, report)?
                 }
                 Step::Launching { launch_id } => {
@@ -592,6 +593,64 @@ impl Receiver {
         }
     }
 
+    /// Where Claude Code looks for the sessions of the agent's workdir on this PC.
+    fn session_file(&self, session: &str) -> Option<PathBuf> {
+        if !trinity_core::code::is_session_id(session) {
+            return None;
+        }
+        let projects = trinity_core::config::expand_home(&self.config.credit.claude_projects_dir)?;
+        let workdir = agent::workdir(&self.config.agent.workdir, self.config_dir.as_deref())
+            .or_else(|| std::env::current_dir().ok())?;
+        let workdir = if workdir.is_absolute() {
+            workdir
+        } else {
+            std::env::current_dir().ok()?.join(workdir)
+        };
+        Some(
+            trinity_core::code::claude_project_dir(&projects, &workdir)
+                .join(format!("{session}.jsonl")),
+        )
+    }
+
+    /// Puts the conversation the handoff carries where Claude Code finds it for the agent's
+    /// workdir (never over a session file already there), then removes it from the tree: this
+    /// PC is its consumer.
+    fn place_conversation(&self, h: &Handoff, id: &HandoffId) {
+        let carried = self.tree.conversation_file(id);
+        if !carried.is_file() {
+            return;
+        }
+        let session = h.current_work.as_ref().and_then(|w| w.session.as_deref());
+        if let Some(dest) = session.and_then(|s| self.session_file(s)) {
+            if dest.exists() {
+                tracing::info!(file = %dest.display(), "the conversation is already here");
+            } else {
+                let placed =
+                    fsio::read_bounded(&carried, trinity_core::validate::MAX_CONVERSATION_BYTES)
+                        .map_err(|e| e.to_string())
+                        .and_then(|bytes| {
+                            if let Some(dir) = dest.parent() {
+                                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+                            }
+                            fsio::write_atomic(&dest, &bytes).map_err(|e| e.to_string())
+                        });
+                match placed {
+                    Ok(()) => {
+                        tracing::info!(file = %dest.display(), "placed the conversation handed over")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot place the conversation; the agent starts a new one")
+                    }
+                }
+            }
+        }
+        if let Err(e) = std::fs::remove_file(&carried)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, file = %carried.display(), "cannot remove the carried conversation");
+        }
+    }
+
     /// Whether claims written at `at` have reached the remote (at once without git).
     fn claims_synced(&self, at: DateTime<Utc>) -> bool {
         match self.config.sync.mode {
@@ -733,8 +792,17 @@ impl Receiver {
         if let Some(t) = &task_id {
             env.push(("TRINITY_TASK_ID".to_owned(), t.as_str().into()));
         }
+        let mut command = self.config.agent.command.clone();
+        if let Some(session) = current.and_then(|w| w.session.as_deref())
+            && trinity_core::code::is_claude(&command)
+            && self.session_file(session).is_some_and(|f| f.is_file())
+            && !command.iter().any(|a| a == "--resume" || a == "-r")
+        {
+            command.extend(["--resume".to_owned(), session.to_owned()]);
+            tracing::info!(session, "the agent resumes the conversation handed over");
+        }
         let launch = Launch {
-            command: self.config.agent.command.clone(),
+            command,
             workdir: agent::workdir(&self.config.agent.workdir, self.config_dir.as_deref()),
             env,
             log: self.tree.logs_dir().join("agent.log"),

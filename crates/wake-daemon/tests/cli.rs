@@ -150,6 +150,7 @@ impl Env {
                 completed_subtasks: vec![],
                 next_subtask: None,
                 code: None,
+                session: None,
             }),
             credit_state: None,
             epoch,

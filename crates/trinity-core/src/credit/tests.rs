@@ -491,3 +491,20 @@ fn replay_a_utilization_ramp_carried_on_success_events_hands_off_before_the_limi
         h[0]
     );
 }
+
+#[test]
+fn events_dated_before_a_reset_do_not_count() {
+    // This PC took work over at t=100 (reset); a transcript carried from the PC before it is
+    // read afterwards, with the rate limits that PC met at t=90..95.
+    let events = vec![
+        ev(100, EventKind::Reset),
+        ev(90, EventKind::RateLimit),
+        ev(92, EventKind::RateLimit),
+        ev(95, EventKind::RateLimit),
+    ];
+    assert_eq!(run(&events, 101).level, Healthy);
+    // Its own, after the reset, count.
+    let mut events = events;
+    events.extend([101, 102, 103].map(|t| ev(t, EventKind::RateLimit)));
+    assert_eq!(run(&events, 104).level, Exhausted);
+}

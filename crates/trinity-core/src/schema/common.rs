@@ -65,6 +65,10 @@ pub struct CurrentWork {
     /// fetches it from (set by the outgoing PC in a handoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<CodeSnapshot>,
+    /// The agent's conversation (a Claude Code session id), when the handoff carries it in
+    /// `conversations/{handoff-id}.jsonl`: the next PC resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// The project checkout's state at a handoff: a commit of the working tree (tracked changes and
