@@ -64,7 +64,7 @@ pub(crate) fn start(
     let mut conversation = None;
     if let Some(work) = current_work.as_mut() {
         work.code = snapshot_code(m, &work.task_id);
-        if let Some((session, path)) = conversation_to_carry(m) {
+        if let Some((session, path)) = conversation_to_carry(m, work.session.as_deref()) {
             work.session = Some(session);
             conversation = Some(path);
         }
@@ -163,7 +163,7 @@ fn snapshot_code(
 /// The agent's Claude Code session to carry, when `work.carry_conversation` is on, the agent
 /// is Claude Code and its workdir has a session: (session id, transcript). A transcript over
 /// `work.conversation_max_bytes` stays behind.
-fn conversation_to_carry(m: &Monitor) -> Option<(String, std::path::PathBuf)> {
+fn conversation_to_carry(m: &Monitor, known: Option<&str>) -> Option<(String, std::path::PathBuf)> {
     let work = &m.config.work;
     let workdir = m.config.agent.workdir.trim();
     if !work.carry_conversation
@@ -174,7 +174,12 @@ fn conversation_to_carry(m: &Monitor) -> Option<(String, std::path::PathBuf)> {
     }
     let projects = crate::transcripts::expand_home(&m.config.credit.claude_projects_dir)?;
     let dir = trinity_core::code::claude_project_dir(&projects, std::path::Path::new(workdir));
-    let (session, path) = trinity_core::code::newest_session(&dir)?;
+    // The session the agent's Stop hook recorded (`trinity agent checkpoint`), else the newest.
+    let recorded = known
+        .filter(|s| trinity_core::code::is_session_id(s))
+        .map(|s| (s.to_owned(), dir.join(format!("{s}.jsonl"))))
+        .filter(|(_, p)| p.is_file());
+    let (session, path) = recorded.or_else(|| trinity_core::code::newest_session(&dir))?;
     let size = std::fs::metadata(&path)
         .map(|m| m.len())
         .unwrap_or(u64::MAX);

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod agent;
 mod init;
 mod logs;
 mod status;
@@ -41,6 +42,8 @@ enum Command {
     Task(task::TaskArgs),
     /// Take the next task, report progress, finish it (for the agent and for people).
     Work(work::WorkArgs),
+    /// Claude Code hooks that make the agent report by itself: setup, context, checkpoint.
+    Agent(agent::AgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => logs::run(args, cli.config.as_deref()),
         Command::Task(args) => task::run(args, cli.config.as_deref()),
         Command::Work(args) => work::run(args, cli.config.as_deref()),
+        Command::Agent(args) => agent::run(args, cli.config.as_deref()),
     };
     match result {
         Ok(code) => code,

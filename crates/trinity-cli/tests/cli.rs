@@ -498,6 +498,10 @@ fn every_command_has_help() {
         &["work", "next"],
         &["work", "progress"],
         &["work", "done"],
+        &["agent"],
+        &["agent", "setup"],
+        &["agent", "context"],
+        &["agent", "checkpoint"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");
@@ -505,7 +509,9 @@ fn every_command_has_help() {
         assert!(out.contains("Usage: trinity"), "{cmd:?}: {out}");
     }
     let out = ok(&env.trinity(&["--help"]));
-    for cmd in ["init", "validate", "status", "logs", "task", "work"] {
+    for cmd in [
+        "init", "validate", "status", "logs", "task", "work", "agent",
+    ] {
         assert!(out.contains(cmd), "{out}");
     }
 }
@@ -697,4 +703,109 @@ fn work_next_progress_done_on_one_pc_and_bad_reports_refused() {
     assert_eq!(instance["state"], "STANDBY", "{instance}");
     assert_eq!(t(&["work", "next"]).status.code(), Some(3));
     ok(&env.trinity(&["validate", "PC1/.trinity"]));
+}
+
+#[test]
+fn agent_hooks_are_set_up_merged_once_and_report() {
+    let env = TestEnv::new();
+    ok(&env.init(
+        "PC1",
+        &[
+            "--create-remote",
+            "--fleet",
+            "PC1,PC2,PC3",
+            "--coordinator",
+            "PC3",
+        ],
+    ));
+    let config = env.path("PC1/trinity.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("[sync]\n", "[sync]\nmode = \"none\"\n") + "[agent]\nworkdir = \"project\"\n",
+    )
+    .expect("config");
+    std::fs::create_dir_all(env.path("PC1/project/.claude")).expect("project");
+    // The user's own settings, with a hook of their own.
+    std::fs::write(
+        env.path("PC1/project/.claude/settings.local.json"),
+        r#"{"model": "opus", "hooks": {"Stop": [{"hooks": [{"type": "command", "command": "notify-send done"}]}]}}"#,
+    )
+    .expect("settings");
+    let t = |args: &[&str]| {
+        let mut all = vec!["--config", "PC1/trinity.toml"];
+        all.extend_from_slice(args);
+        env.trinity(&all)
+    };
+    let printed: serde_json::Value =
+        serde_json::from_str(&ok(&t(&["agent", "setup"]))).expect("json");
+    assert!(
+        printed["hooks"]["SessionStart"][0]["hooks"][0]["command"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("agent context")),
+        "{printed}"
+    );
+    ok(&t(&["agent", "setup", "--write"]));
+    ok(&t(&["agent", "setup", "--write"]));
+    let settings: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.path("PC1/project/.claude/settings.local.json")).expect("settings"),
+    )
+    .expect("json");
+    assert_eq!(settings["model"], "opus", "the user's settings stay");
+    let stop = settings["hooks"]["Stop"].as_array().expect("Stop hooks");
+    assert_eq!(
+        stop.len(),
+        2,
+        "the user's hook and trinity's, once: {settings}"
+    );
+    assert_eq!(stop[0]["hooks"][0]["command"], "notify-send done");
+    assert_eq!(
+        settings["hooks"]["SessionStart"].as_array().map(Vec::len),
+        Some(1)
+    );
+    // The context the SessionStart hook prints.
+    let out = ok(&t(&["agent", "context"]));
+    assert!(out.contains("No task is assigned"), "{out}");
+    ok(&t(&["task", "add", "t1", "-d", "Write the hooks chapter"]));
+    ok(&t(&["work", "next"]));
+    ok(&t(&[
+        "work",
+        "progress",
+        "--progress",
+        "30",
+        "--next",
+        "section 2",
+    ]));
+    let out = ok(&t(&["agent", "context"]));
+    for want in [
+        "Your current task: t1",
+        "Write the hooks chapter",
+        "progress so far: 30%",
+        "next step: section 2",
+        "trinity work done",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    // The Stop hook's input names the session: it is recorded with the current work.
+    let mut cmd = env.cmd();
+    cmd.args(["--config", "PC1/trinity.toml", "agent", "checkpoint"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("checkpoint");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(br#"{"session_id":"64117f35-ef1a-4144-90e8-712ead76c58d","hook_event_name":"Stop","stop_hook_active":false}"#)
+        .expect("write");
+    ok(&child.wait_with_output().expect("wait"));
+    let instance: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.path("PC1/.trinity/instances/PC1.json")).expect("instance"),
+    )
+    .expect("json");
+    assert_eq!(
+        instance["current_work"]["session"],
+        "64117f35-ef1a-4144-90e8-712ead76c58d"
+    );
 }
