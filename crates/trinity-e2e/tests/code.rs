@@ -1,7 +1,8 @@
-//! The agent's code travels with its work: PC1's uncommitted change and new file are in PC2's
-//! project checkout before PC2's agent starts; PC1's checkout is left as it was; PC2's own
-//! uncommitted change is set aside on a ref, not lost; with the project's remote gone the
-//! handoff still goes out.
+//! The agent's code travels with its work around the ring: PC1's uncommitted change and new
+//! file are in PC2's project checkout before PC2's agent starts; PC1's checkout is left as it
+//! was; PC2's own uncommitted change is set aside on a ref, not lost; PC2's further work and
+//! progress reach PC3 together with PC1's; with the project's remote gone the handoff still
+//! goes out.
 #![cfg(unix)]
 
 use std::path::Path;
@@ -134,10 +135,20 @@ fn the_code_in_progress_travels_and_nothing_local_is_lost() {
         "{status}"
     );
 
-    // The project's remote goes away: the next handoff still goes out, and says why its code
-    // stayed behind.
-    std::fs::rename(root.join("project.git"), root.join("project.gone")).expect("rename");
-    write(&p2.join("README.md"), "# project\n\nchapter one, done\n");
+    // PC2's agent goes on, on the branch it was handed: a change, and progress. The next hop
+    // carries PC1's work and PC2's together to PC3.
+    write(&p2.join("src/lib.txt"), "lib v2, written on PC2\n");
+    trinity(
+        "PC2",
+        &[
+            "work",
+            "progress",
+            "--progress",
+            "70",
+            "--done",
+            "chapter one",
+        ],
+    );
     world.wait("PC1's pause to end, as PC2 sees it", || {
         world
             .heartbeat("PC2", "PC1")
@@ -145,6 +156,46 @@ fn the_code_in_progress_travels_and_nothing_local_is_lost() {
             .is_none_or(|u| u < chrono::Utc::now())
     });
     let handoff = world.force_handoff("PC2");
+    let id = handoff_id(&handoff);
+    let h: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&handoff).expect("handoff")).expect("json");
+    assert_eq!(h["to_pc"], "PC3", "{h}");
+    assert_eq!(h["current_work"]["progress"], "70%", "{h}");
+    assert_eq!(
+        h["current_work"]["completed_subtasks"][0], "chapter one",
+        "{h}"
+    );
+    assert_eq!(h["current_work"]["code"]["pushed"], true, "{h}");
+    world.wait("PC3's agent", || {
+        world
+            .launches()
+            .iter()
+            .any(|l| l.pc == "PC3" && l.handoff().as_deref() == Some(id.as_str()))
+    });
+    let p3 = root.join("PC3/project");
+    assert_eq!(
+        std::fs::read_to_string(p3.join("README.md")).expect("readme"),
+        "# project\n\nchapter one, half done\n",
+        "PC1's change, carried on"
+    );
+    assert_eq!(
+        std::fs::read_to_string(p3.join("src/lib.txt")).expect("lib"),
+        "lib v2, written on PC2\n",
+        "PC2's change"
+    );
+    assert!(p3.join("notes/new.txt").is_file());
+
+    // The project's remote goes away: the next handoff (PC3 → PC1) still goes out, and says
+    // why its code stayed behind.
+    std::fs::rename(root.join("project.git"), root.join("project.gone")).expect("rename");
+    write(&p3.join("README.md"), "# project\n\nchapter one, done\n");
+    world.wait("PC1's pause to end, as PC3 sees it", || {
+        world
+            .heartbeat("PC3", "PC1")
+            .and_then(|h| h.paused_until)
+            .is_none_or(|u| u < chrono::Utc::now())
+    });
+    let handoff = world.force_handoff("PC3");
     let id = handoff_id(&handoff);
     let h: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&handoff).expect("handoff")).expect("json");
