@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Runs the Windows binaries (x86_64-pc-windows-gnu) under wine, as a Windows user would run
+# them: the CLI, the credit monitor handing off, the wake-daemon accepting the handoff and
+# starting an agent (cmd.exe), the task and work commands. git-sync is only started for its
+# help: there is no git for Windows under wine here.
+#
+# Usage: scripts/windows-smoke.sh [EXE_DIR]   (default target/x86_64-pc-windows-gnu/debug)
+# Needs: wine, and x86_64-w64-mingw32-gcc to build the stand-in bcryptprimitives.dll that wine
+# 8.0 lacks (scripts/windows/bcryptprimitives.c).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXE=${1:-target/x86_64-pc-windows-gnu/debug}
+EXE=$(cd "$EXE" && pwd)
+export WINEDEBUG=-all WINEPREFIX=${WINEPREFIX:-$(mktemp -d)/wine}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+if [ ! -f "$EXE/bcryptprimitives.dll" ]; then
+  x86_64-w64-mingw32-gcc -shared -O2 -o "$EXE/bcryptprimitives.dll" \
+    scripts/windows/bcryptprimitives.c scripts/windows/bcryptprimitives.def -ladvapi32
+fi
+
+step() { printf '== %s\n' "$*"; }
+fail() { echo "FAILED: $*" >&2; exit 1; }
+# Runs a program of EXE under wine in the current directory; stdout and stderr go to the
+# files given.
+w() { local prog=$1; shift; wine "$EXE/$prog.exe" "$@"; }
+
+step "every program starts and shows its help"
+for p in trinity git-sync credit-monitor wake-daemon; do
+  w "$p" --help > "$WORK/help.txt" 2>&1 || fail "$p --help"
+  grep -q "Usage:" "$WORK/help.txt" || fail "$p --help printed no usage"
+done
+w trinity --version | grep -q "^trinity " || fail "trinity --version"
+
+step "trinity validate reads the fixture tree with Windows paths"
+w trinity validate fixtures\\valid > "$WORK/validate.txt" 2>&1 || { cat "$WORK/validate.txt"; fail "validate"; }
+grep -q "all valid" "$WORK/validate.txt" || fail "validate did not find the tree valid"
+
+step "a two-PC fleet on one shared folder (sync.mode none)"
+mkdir -p "$WORK/fleet/.trinity"
+cd "$WORK/fleet"
+printf 'format_version = 1\npcs = ["PC1", "PC2"]\ncoordinator = "PC2"\n' > .trinity/fleet.toml
+for pc in PC1 PC2; do
+  cat > "$pc.toml" <<TOML
+pc = "$pc"
+state_dir = ".trinity"
+[sync]
+mode = "none"
+[credit]
+claude_projects_dir = ""
+[agent]
+command = ["cmd.exe", "/c", "echo started %TRINITY_PC% %TRINITY_TASK_ID% > agent-%TRINITY_PC%.txt"]
+new_console = false
+TOML
+done
+
+step "tasks in, work taken"
+TRINITY_CONFIG='PC1.toml' w trinity task add intro --description "Write the introduction" -p high > "$WORK/out.txt" 2>&1 \
+  || { cat "$WORK/out.txt"; fail "task add"; }
+TRINITY_CONFIG='PC1.toml' w trinity work next > "$WORK/out.txt" 2>&1 || { cat "$WORK/out.txt"; fail "work next"; }
+grep -q "claimed: intro" "$WORK/out.txt" || fail "work next claimed nothing"
+TRINITY_CONFIG='PC1.toml' w trinity work progress --progress 40 --next "section 2" > /dev/null 2>&1 || fail "work progress"
+
+step "three rate limits on PC1 hand off to PC2"
+for _ in 1 2 3; do
+  TRINITY_CONFIG='PC1.toml' w credit-monitor --record-rate-limit > "$WORK/out.txt" 2>&1 || { cat "$WORK/out.txt"; fail "record"; }
+done
+grep -q "handoff: PC1 → PC2" "$WORK/out.txt" || { cat "$WORK/out.txt"; fail "no handoff"; }
+ls .trinity/handoff/handoff_PC1_to_PC2_*.json > /dev/null || fail "no handoff file"
+grep -q '"progress": "40%"' .trinity/handoff/handoff_PC1_to_PC2_*.json || fail "the handoff lost the progress"
+
+step "PC2's wake-daemon accepts it and starts the agent"
+TRINITY_CONFIG='PC2.toml' w wake-daemon --once > "$WORK/out.txt" 2>&1 || { cat "$WORK/out.txt"; fail "wake-daemon --once"; }
+for _ in $(seq 100); do [ -s agent-PC2.txt ] && break; sleep 0.1; done
+grep -q "started PC2 intro" agent-PC2.txt || fail "the agent did not start with the handoff's task"
+ls .trinity/handoff/processed/handoff_PC1_to_PC2_*.json > /dev/null || fail "the handoff was not archived"
+TRINITY_CONFIG='PC2.toml' w trinity task list > "$WORK/out.txt" 2>&1 || fail "task list"
+grep -q "claimed by PC2" "$WORK/out.txt" || { cat "$WORK/out.txt"; fail "the claim did not follow the work"; }
+TRINITY_CONFIG='PC2.toml' w trinity validate .trinity > "$WORK/out.txt" 2>&1 || { cat "$WORK/out.txt"; fail "the tree is not valid"; }
+echo "windows smoke test: passed"
