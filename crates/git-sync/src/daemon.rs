@@ -170,13 +170,14 @@ pub async fn run(
             }
         };
         let offline = resume_at.is_some_and(|t| Instant::now() < t);
-        let result = tokio::task::block_in_place(|| {
-            if offline {
-                syncer.cycle_local(scan)
-            } else {
-                syncer.cycle(scan)
-            }
-        });
+        // The cycle blocks the daemon's one thread on purpose: nothing else runs meanwhile
+        // (file events queue in their channels), and no thread is started or handed over per
+        // cycle, which kept memory creeping up over hours (docs/benchmarks.md).
+        let result = if offline {
+            syncer.cycle_local(scan)
+        } else {
+            syncer.cycle(scan)
+        };
         match result {
             Ok(report) => {
                 heartbeat_waiting = report.heartbeat_deferred;
@@ -188,7 +189,7 @@ pub async fn run(
                 }
                 // Between two cycles: every fetch adds a pack file, every commit loose objects.
                 if report.touched_objects() {
-                    let maintained = tokio::task::block_in_place(|| syncer.maintain_if_due());
+                    let maintained = syncer.maintain_if_due();
                     if let Err(e) = maintained {
                         tracing::warn!(error = %e, "repository maintenance failed; trying again after the next change");
                     }

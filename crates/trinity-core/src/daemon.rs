@@ -291,14 +291,15 @@ pub fn start(program: &str, path: Option<&Path>) -> Result<Start, StartError> {
     })
 }
 
-/// Runs a daemon's async loop on a small runtime until Ctrl-C, Ctrl-Break or SIGTERM.
+/// Runs a daemon's async loop until Ctrl-C, Ctrl-Break or SIGTERM, on one thread: a daemon's
+/// loop handles one event at a time and does its file and git work inline, so no worker
+/// thread is ever started or handed over (that churn made memory creep up over hours).
 pub fn run_until_signal<F, Fut, T>(run: F) -> std::io::Result<T>
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = T>,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     Ok(runtime.block_on(async { run(shutdown_on_signals()).await }))
