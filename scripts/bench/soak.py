@@ -104,15 +104,21 @@ def tree(pc):
 
 
 def proc_stats(pid):
+    """(RSS bytes, CPU seconds, anonymous RSS bytes) of a process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             parts = f.read().rsplit(")", 1)[1].split()
         cpu = (int(parts[11]) + int(parts[12])) / TICK
         with open(f"/proc/{pid}/statm") as f:
             rss = int(f.read().split()[1]) * PAGE
-        return rss, cpu
+        anon = 0
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    anon = int(line.split()[1]) * 1024
+        return rss, cpu, anon
     except (OSError, IndexError, ValueError):
-        return 0, 0.0
+        return 0, 0.0, 0
 
 
 def objects(path):
@@ -213,9 +219,10 @@ def sample():
     row["packs_max"] = max(packs)
     row["remote_mb"] = round(objects(os.path.join(remote, "objects"))[2] / 1e6, 2)
     for (pc, name), p in procs.items():
-        rss, cpu = proc_stats(p.pid)
+        rss, cpu, anon = proc_stats(p.pid)
         prev = last_cpu.get((pc, name))
         row[f"{pc}_{name}_rss_mb"] = round(rss / 1e6, 1)
+        row[f"{pc}_{name}_anon_mb"] = round(anon / 1e6, 1)
         row[f"{pc}_{name}_cpu_s"] = round(cpu - prev, 2) if prev is not None else 0.0
         last_cpu[(pc, name)] = cpu
         if p.poll() is not None:
@@ -292,8 +299,8 @@ print("|" + "---|" * len(cols))
 for s in samples:
     print("| " + " | ".join(str(s.get(c, "")) for c in cols) + " |")
 
-print("\n| daemon | RSS start MB | RSS end MB | RSS max MB | CPU s/min (median) |")
-print("|---|---|---|---|---|")
+print("\n| daemon | RSS start MB | RSS end MB | RSS max MB | anonymous RSS start → end MB | CPU s/min (median) |")
+print("|---|---|---|---|---|---|")
 rss_ok = True
 for pc in PCS:
     for name in DAEMONS:
@@ -304,8 +311,9 @@ for pc in PCS:
         grow = rss[-1] / rss[1] if len(rss) > 1 and rss[1] else 1
         if grow > 1.2:
             rss_ok = False
+        anon = [s.get(f"{pc}_{name}_anon_mb", 0) for s in samples]
         print(f"| {pc} {name} | {rss[1] if len(rss) > 1 else rss[0]} | {rss[-1]} | {max(rss)} | "
-              f"{statistics.median(per_min):.2f} |")
+              f"{anon[1] if len(anon) > 1 else anon[0]} → {anon[-1]} | {statistics.median(per_min):.2f} |")
 
 growth_per_commit = (last["remote_mb"] - first["remote_mb"]) * 1e6 / commits if commits else 0
 print(f"\n{hours * 60:.0f} min; {commits} commits on the remote ({commits / hours:.0f}/h; a real "
