@@ -219,7 +219,7 @@ fn add(tree: &Tree, tasks: Vec<Task>) -> anyhow::Result<ExitCode> {
         println!(
             "queued {} ({}): {}",
             task.id,
-            priority_name(task.priority),
+            task.priority.as_str(),
             state.describe()
         );
     }
@@ -227,13 +227,6 @@ fn add(tree: &Tree, tasks: Vec<Task>) -> anyhow::Result<ExitCode> {
         println!("{} tasks added", tasks.len());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn priority_name(p: Priority) -> String {
-    serde_json::to_value(p)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn list(tree: &Tree, json: bool) -> anyhow::Result<ExitCode> {
@@ -276,7 +269,7 @@ fn list(tree: &Tree, json: bool) -> anyhow::Result<ExitCode> {
             println!(
                 "{:<width$}  {:<8}  {:<5}  {}{role}",
                 t.id.as_str(),
-                priority_name(t.priority),
+                t.priority.as_str(),
                 queue::age(t, now),
                 s.describe()
             );
@@ -310,7 +303,7 @@ fn show(tree: &Tree, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     }
     println!("task:        {}", task.id);
     println!("state:       {}", state.describe());
-    println!("priority:    {}", priority_name(task.priority));
+    println!("priority:    {}", task.priority.as_str());
     if let Some(role) = &task.role {
         println!("role:        {role}");
     }

@@ -258,10 +258,7 @@ fn print_task(task: &Task, json: bool, what: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("{what}: {}", task.id);
-    println!(
-        "priority: {}",
-        serde_json::to_value(task.priority)?.as_str().unwrap_or("")
-    );
+    println!("priority: {}", task.priority.as_str());
     if !task.dependencies.is_empty() {
         let deps: Vec<&str> = task.dependencies.iter().map(TaskId::as_str).collect();
         println!("after:    {}", deps.join(", "));

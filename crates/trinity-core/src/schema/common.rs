@@ -23,6 +23,17 @@ pub enum Priority {
 }
 
 impl Priority {
+    /// The priority as written in files: `critical`, `high`, `normal`, `medium`, `low`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Medium => "medium",
+            Priority::Low => "low",
+        }
+    }
+
     /// Lower ranks go first: critical 0, high 1, normal/medium 2, low 3.
     pub fn rank(self) -> u8 {
         match self {
@@ -181,5 +192,23 @@ pub struct CreditSnapshot {
 impl CreditSnapshot {
     pub(crate) fn check(&self, at: &str, problems: &mut Vec<String>) {
         super::check_credit_figures(at, self.error_rate, self.avg_response_time, problems);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_names_are_the_written_ones() {
+        for p in [
+            Priority::Critical,
+            Priority::High,
+            Priority::Normal,
+            Priority::Medium,
+            Priority::Low,
+        ] {
+            assert_eq!(serde_json::to_value(p).expect("json"), p.as_str());
+        }
     }
 }
