@@ -608,8 +608,9 @@ fn tasks_are_added_listed_shown_and_imported_and_bad_ones_refused_whole() {
     ok(&env.trinity(&["validate", "PC1/.trinity"]));
 }
 
-#[test]
-fn work_next_progress_done_on_one_pc_and_bad_reports_refused() {
+/// PC1 of a three-PC fleet, with `sync.mode = "none"` (claims count as soon as they are
+/// written) and `extra` appended to its trinity.toml.
+fn pc_on_its_own(extra: &str) -> TestEnv {
     let env = TestEnv::new();
     ok(&env.init(
         "PC1",
@@ -621,14 +622,19 @@ fn work_next_progress_done_on_one_pc_and_bad_reports_refused() {
             "PC3",
         ],
     ));
-    // A PC on its own: claims count as soon as they are written.
     let config = env.path("PC1/trinity.toml");
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(
         &config,
-        text.replace("[sync]\n", "[sync]\nmode = \"none\"\n"),
+        text.replace("[sync]\n", "[sync]\nmode = \"none\"\n") + extra,
     )
     .expect("config");
+    env
+}
+
+#[test]
+fn work_next_progress_done_on_one_pc_and_bad_reports_refused() {
+    let env = pc_on_its_own("");
     let t = |args: &[&str]| {
         let mut all = vec!["--config", "PC1/trinity.toml"];
         all.extend_from_slice(args);
@@ -707,24 +713,7 @@ fn work_next_progress_done_on_one_pc_and_bad_reports_refused() {
 
 #[test]
 fn agent_hooks_are_set_up_merged_once_and_report() {
-    let env = TestEnv::new();
-    ok(&env.init(
-        "PC1",
-        &[
-            "--create-remote",
-            "--fleet",
-            "PC1,PC2,PC3",
-            "--coordinator",
-            "PC3",
-        ],
-    ));
-    let config = env.path("PC1/trinity.toml");
-    let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(
-        &config,
-        text.replace("[sync]\n", "[sync]\nmode = \"none\"\n") + "[agent]\nworkdir = \"project\"\n",
-    )
-    .expect("config");
+    let env = pc_on_its_own("[agent]\nworkdir = \"project\"\n");
     std::fs::create_dir_all(env.path("PC1/project/.claude")).expect("project");
     // The user's own settings, with a hook of their own.
     std::fs::write(
