@@ -87,6 +87,7 @@ pub(crate) fn start(
         }),
         epoch: None,
         authored_by: None,
+        leader_epoch: None,
     };
     let id = handoff
         .id()
@@ -110,6 +111,7 @@ pub(crate) fn start(
         handoff: Some(id.clone()),
         expires_at: None,
         epoch: None,
+        leader_epoch: None,
     };
     let pause = chrono::Duration::from_std(m.config.credit.pause).unwrap_or_default();
     state.armed = false;

@@ -363,6 +363,13 @@ pub struct CoordinatorConfig {
     pub verify_credit_handoffs: bool,
     /// The verification suite, in order.
     pub phases: Vec<PhaseConfig>,
+    /// The least test coverage (0..1) a phase may report before the work is denied.
+    pub coverage_min: f64,
+    /// More medium-severity issues than this over all phases escalate the verdict to a person.
+    pub medium_issue_limit: u32,
+    /// Where the leader POSTs one short message per handoff, verdict, escalation and dead PC
+    /// (an ntfy-compatible `http://` URL; empty: no notifications).
+    pub notify_url: String,
 }
 
 impl Default for CoordinatorConfig {
@@ -375,6 +382,9 @@ impl Default for CoordinatorConfig {
             lease_ttl: Duration::from_secs(120),
             verify_credit_handoffs: false,
             phases: Vec::new(),
+            coverage_min: 0.0,
+            medium_issue_limit: 10,
+            notify_url: String::new(),
         }
     }
 }
@@ -647,6 +657,15 @@ impl Config {
             p.push(
                 "coordinator.suspect_after must be shorter than coordinator.dead_after".to_owned(),
             );
+        }
+        if !(0.0..=1.0).contains(&self.coordinator.coverage_min) {
+            p.push("coordinator.coverage_min must be between 0 and 1".to_owned());
+        }
+        let url = self.coordinator.notify_url.trim();
+        if !url.is_empty() && !url.starts_with("http://") {
+            p.push(format!(
+                "coordinator.notify_url {url:?} must start with http:// (ntfy over plain HTTP; put a local relay in front of an https server)"
+            ));
         }
         if self.sync.branch.trim().is_empty() {
             p.push("sync.branch is empty".to_owned());

@@ -248,7 +248,8 @@ pub struct HandoffId {
 
 impl HandoffId {
     /// Builds the id of a handoff from `from` to `to` created at `at` (whole seconds are kept).
-    /// Fails only when `from` equals `to`.
+    /// `from` may equal `to`: finished work submitted for verification, or the coordinator
+    /// leader giving work to its own PC (the handoff's contents say which is allowed).
     pub fn from_parts(from: &PcId, to: &PcId, at: DateTime<Utc>) -> Result<Self, IdError> {
         Self::new(format!(
             "handoff_{from}_to_{to}_{}",
@@ -274,9 +275,6 @@ impl HandoffId {
         })?;
         let from = PcId::new(from).map_err(|e| IdError::new(KIND, s, e.to_string()))?;
         let to = PcId::new(to).map_err(|e| IdError::new(KIND, s, e.to_string()))?;
-        if from == to {
-            return Err(IdError::new(KIND, s, "hands off from a PC to itself"));
-        }
         let at = NaiveDateTime::parse_from_str(ts, FILE_TIMESTAMP_FORMAT)
             .map_err(|_| {
                 IdError::new(
@@ -427,9 +425,16 @@ mod tests {
     }
 
     #[test]
+    fn a_handoff_id_may_name_one_pc_twice() {
+        // Finished work submitted for verification, or the leader giving work to its own PC;
+        // whether the contents allow it is the handoff schema's business.
+        let id = HandoffId::new("handoff_PC1_to_PC1_20251123T163000Z").expect("valid");
+        assert_eq!(id.from_pc(), id.to_pc());
+    }
+
+    #[test]
     fn handoff_id_rejects_bad_input() {
         for s in [
-            "handoff_PC1_to_PC1_20251123T163000Z",
             "handoff_PC1_to_PC2",
             "handoff_../x_to_PC2_20251123T163000Z",
             "handoff_PC1_to_PC2_2025-11-23",

@@ -799,7 +799,7 @@ mod tests {
             "heartbeat/PC1.txt",
             "heartbeat/sub/PC1.json",
             "heartbeat/PC_1.json",
-            "handoff/handoff_PC1_to_PC1_20251123T163000Z.json",
+            "handoff/handoff_PC1_to_20251123T163000Z.json",
             "handoff/random.json",
             "wake/PC2.json",
             "claims/CON.json",

@@ -11,6 +11,7 @@
 pub mod clock;
 pub mod code;
 pub mod config;
+pub mod coordination;
 pub mod credit;
 pub mod daemon;
 pub mod failpoint;

@@ -73,6 +73,7 @@ pub fn send(
             .and_then(|d| chrono::Duration::from_std(d).ok())
             .map(|d| now + d),
         epoch: None,
+        leader_epoch: None,
     };
     let path = tree.wake_file(&out.to, &signal.id);
     fsio::create(&path, &signal)?;

@@ -155,6 +155,7 @@ impl Env {
             credit_state: None,
             epoch,
             authored_by: epoch.map(|_| pc("PC3")),
+            leader_epoch: epoch.map(|_| 1),
         };
         let id = h.id().expect("id");
         fsio::create(&self.tree().handoff_file(&id), &h).expect("handoff");
@@ -179,6 +180,7 @@ impl Env {
             handoff: handoff.cloned(),
             expires_at: None,
             epoch: None,
+            leader_epoch: None,
         };
         let path = self.tree().wake_file(&pc("PC2"), &s.id);
         fsio::create(&path, &s).expect("signal");

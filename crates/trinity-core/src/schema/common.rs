@@ -121,6 +121,10 @@ pub enum HandoffReason {
     Reassignment,
     /// An operator forced it (`--force-handoff`).
     Manual,
+    /// The coordinator gave a queued task to a PC on standby.
+    Assignment,
+    /// The coordinator's verification denied finished work: the PC fixes what failed.
+    Remediation,
 }
 
 impl HandoffReason {
@@ -133,7 +137,17 @@ impl HandoffReason {
             HandoffReason::WorkComplete => "work complete",
             HandoffReason::Reassignment => "reassignment",
             HandoffReason::Manual => "manual",
+            HandoffReason::Assignment => "assignment",
+            HandoffReason::Remediation => "remediation",
         }
+    }
+
+    /// Whether only the coordinator leader writes handoffs for this reason.
+    pub fn is_coordinators(self) -> bool {
+        matches!(
+            self,
+            HandoffReason::Reassignment | HandoffReason::Assignment | HandoffReason::Remediation
+        )
     }
 }
 

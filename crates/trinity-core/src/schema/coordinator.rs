@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{CreditLevel, Schema, v1};
+use super::{CreditLevel, HandoffReason, Schema, v1};
 use crate::ids::{HandoffId, PcId, RecordId, TaskId};
 use crate::state::InstanceState;
 
@@ -88,9 +88,24 @@ pub struct PhaseResult {
     /// High-severity issues it reported.
     #[serde(default)]
     pub high_issues: u32,
+    /// Medium-severity issues it reported.
+    #[serde(default)]
+    pub medium_issues: u32,
+    /// Low-severity issues it reported.
+    #[serde(default)]
+    pub low_issues: u32,
+    /// Test coverage it reported, 0..1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<f64>,
+    /// Whether the benchmarks it ran held (false: a regression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub benchmarks_ok: Option<bool>,
     /// A line for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// The last lines of its output (stdout and stderr), at most 4 KiB.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output_tail: String,
 }
 
 /// The coordinator's decision on a handoff.
@@ -115,6 +130,9 @@ pub struct Verification {
     pub handoff_id: HandoffId,
     /// The PC whose work is verified.
     pub pc: PcId,
+    /// The finished task, for a work-complete submission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskId>,
     /// The leader that ran it.
     pub coordinator: PcId,
     /// The leader's lease epoch.
@@ -162,6 +180,9 @@ impl Schema for Verification {
             }
         }
         for phase in &self.phases {
+            if let Some(c) = phase.coverage {
+                super::check_fraction(&format!("phases.{}.coverage", phase.name), c, &mut problems);
+            }
             if let Some(d) = phase.duration_s {
                 super::check_non_negative(
                     &format!("phases.{}.duration_s", phase.name),
@@ -205,6 +226,24 @@ pub struct InstanceSummary {
     /// When the coordinator last saw one of its files change (coordinator's clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change_seen: Option<DateTime<Utc>>,
+    /// Seconds since then, when the status was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silent_for_s: Option<f64>,
+    /// The PC a handoff from it would go to now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_pc: Option<PcId>,
+}
+
+/// A handoff on its way, and how far it got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoffInFlight {
+    /// The handoff.
+    pub id: HandoffId,
+    /// Why it was written.
+    pub reason: HandoffReason,
+    /// Where it stands: `waiting_for_receiver`, `verifying`, `approved`, `denied`,
+    /// `escalated`.
+    pub phase: String,
 }
 
 /// The seed's key performance indicators.
@@ -245,9 +284,15 @@ pub struct MultiInstanceStatus {
     /// Handoffs written but not yet archived by their receiver.
     #[serde(default)]
     pub pending_handoffs: Vec<HandoffId>,
+    /// Handoffs in flight and their phase.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handoffs: Vec<HandoffInFlight>,
     /// When the leader last acted on its own (approved, denied, reassigned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_autonomous_action: Option<DateTime<Utc>>,
+    /// What that action was, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_action: Option<String>,
     /// The KPIs.
     #[serde(default)]
     pub kpis: Kpis,

@@ -37,9 +37,14 @@ pub struct Handoff {
     /// epoch is older than the newest it has seen for the same tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
-    /// Who wrote the file when it is not `from_pc` (the coordinator, for reassignments).
+    /// Who wrote the file when it is not `from_pc` (the coordinator leader, for assignments,
+    /// remediations and reassignments).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authored_by: Option<PcId>,
+    /// On files the coordinator leader writes: its lease epoch. A PC ignores a leader's file
+    /// whose epoch is older than the lease it knows (a deposed leader's late write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_epoch: Option<u64>,
 }
 
 impl Handoff {
@@ -56,8 +61,21 @@ impl Schema for Handoff {
 
     fn check(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.from_pc == self.to_pc {
+        // One PC on both ends: finished work submitted for verification, or the leader giving
+        // work to its own PC.
+        if self.from_pc == self.to_pc
+            && self.reason != super::HandoffReason::WorkComplete
+            && self.authored_by.is_none()
+        {
             problems.push(format!("from_pc and to_pc are both {}", self.from_pc));
+        }
+        if self.reason.is_coordinators()
+            && (self.authored_by.is_none() || self.leader_epoch.is_none())
+        {
+            problems.push(format!(
+                "{} handoffs are written by the coordinator leader: authored_by and leader_epoch are required",
+                self.reason.describe()
+            ));
         }
         let mut seen = HashSet::new();
         for task in &self.task_queue {
@@ -107,6 +125,63 @@ pub struct WakeSignal {
     /// The work's epoch, for coordinator reassignments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
+    /// On signals from the coordinator leader: its lease epoch (see [`Handoff::leader_epoch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_epoch: Option<u64>,
+}
+
+/// What a wake signal is for: the `task` token of [`WakeSignal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WakeTask {
+    /// Accept a credit handoff (`credit_handoff`).
+    CreditHandoff,
+    /// Say you are alive (`reactivation`), from the coordinator.
+    Reactivation,
+    /// Accept work of a PC declared dead (`reassignment`), from the coordinator.
+    Reassignment,
+    /// Accept a task given to a PC on standby (`assignment`), from the coordinator.
+    Assignment,
+    /// Fix what verification found (`remediation`), from the coordinator.
+    Remediation,
+    /// Read the verdict on submitted work (`verdict`), from the coordinator.
+    Verdict,
+}
+
+impl WakeTask {
+    /// Every token, in the order above.
+    pub const ALL: [WakeTask; 6] = [
+        WakeTask::CreditHandoff,
+        WakeTask::Reactivation,
+        WakeTask::Reassignment,
+        WakeTask::Assignment,
+        WakeTask::Remediation,
+        WakeTask::Verdict,
+    ];
+
+    /// The token as written in signals.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WakeTask::CreditHandoff => "credit_handoff",
+            WakeTask::Reactivation => "reactivation",
+            WakeTask::Reassignment => "reassignment",
+            WakeTask::Assignment => "assignment",
+            WakeTask::Remediation => "remediation",
+            WakeTask::Verdict => "verdict",
+        }
+    }
+
+    /// The task named by `token`, if it is one of these.
+    pub fn parse(token: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == token)
+    }
+
+    /// Whether the leader may send it to its own PC.
+    pub fn may_be_sent_to_self(self) -> bool {
+        matches!(
+            self,
+            WakeTask::Assignment | WakeTask::Remediation | WakeTask::Verdict
+        )
+    }
 }
 
 impl Schema for WakeSignal {
@@ -116,7 +191,9 @@ impl Schema for WakeSignal {
 
     fn check(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.from_pc == self.to_pc {
+        if self.from_pc == self.to_pc
+            && !WakeTask::parse(&self.task).is_some_and(WakeTask::may_be_sent_to_self)
+        {
             problems.push(format!("from_pc and to_pc are both {}", self.from_pc));
         }
         let task_ok = !self.task.is_empty()

@@ -29,11 +29,11 @@ pub use common::{
     CodeSnapshot, CreditLevel, CreditSnapshot, CurrentWork, HandoffReason, Priority, TaskRef,
 };
 pub use coordinator::{
-    CreditDashboard, DashboardEntry, Escalation, EscalationKind, InstanceSummary, Kpis, Lease,
-    Liveness, MultiInstanceStatus, PhaseResult, PhaseStatus, Verdict, Verification,
+    CreditDashboard, DashboardEntry, Escalation, EscalationKind, HandoffInFlight, InstanceSummary,
+    Kpis, Lease, Liveness, MultiInstanceStatus, PhaseResult, PhaseStatus, Verdict, Verification,
 };
 pub use fleet::Fleet;
-pub use handoff::{Handoff, MAX_WAKE_MESSAGE_CHARS, WakeSignal};
+pub use handoff::{Handoff, MAX_WAKE_MESSAGE_CHARS, WakeSignal, WakeTask};
 pub use pc::{CreditStatus, DaemonBeat, Heartbeat, HeartbeatStatus, InstanceStatus};
 pub use tasks::{Claim, Done, Outcome, Task};
 
