@@ -234,6 +234,14 @@ impl SignalId {
     }
 }
 
+impl RecordId {
+    /// A fresh id, made like [`SignalId::generate`]: `{YYYYMMDDTHHMMSSZ}-{from}-{what}-{nonce}`.
+    pub fn generate(from: &PcId, at: DateTime<Utc>, what: &str) -> Self {
+        // The two alphabets are the same, so a signal id is always a valid record id.
+        Self(SignalId::generate(from, at, what).0)
+    }
+}
+
 /// A handoff: `handoff_{FROM}_to_{TO}_{YYYYMMDDTHHMMSSZ}`, the stem of its file name.
 ///
 /// The id carries its parts, so the file name and the file's contents can be checked against

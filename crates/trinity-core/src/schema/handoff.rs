@@ -179,7 +179,10 @@ impl WakeTask {
     pub fn may_be_sent_to_self(self) -> bool {
         matches!(
             self,
-            WakeTask::Assignment | WakeTask::Remediation | WakeTask::Verdict
+            WakeTask::Assignment
+                | WakeTask::Remediation
+                | WakeTask::Verdict
+                | WakeTask::Reassignment
         )
     }
 }

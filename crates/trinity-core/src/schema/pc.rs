@@ -76,6 +76,10 @@ pub struct Heartbeat {
     /// The PC's daemons, by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub daemons: BTreeMap<DaemonName, DaemonBeat>,
+    /// The kinds of task this PC takes (its config's `roles`; none: any), for the
+    /// coordinator's assignments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
 }
 
 impl Heartbeat {
@@ -93,6 +97,7 @@ impl Heartbeat {
             handoff: None,
             paused_until: None,
             daemons: BTreeMap::new(),
+            roles: Vec::new(),
         }
     }
 }

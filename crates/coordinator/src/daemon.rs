@@ -1,0 +1,138 @@
+//! The coordinator's loop: a cycle every `monitor_interval`, at once when a watched directory
+//! changes, and every second while a verification runs or a lease waits for the remote.
+
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use trinity_core::daemon::{InstanceError, InstanceLock};
+use trinity_core::{DaemonName, pcfiles};
+
+use crate::cycle::{Coordinator, CycleError};
+use crate::leader::Standing;
+
+/// The daemon's name: its log file, lock file and heartbeat entry.
+pub const NAME: &str = "coordinator";
+
+/// How often the heartbeat's daemon entry is refreshed.
+const BEAT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why the daemon stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another coordinator runs on this tree.
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    /// The fleet is unreadable, or this PC is not in it.
+    #[error(transparent)]
+    Cycle(#[from] CycleError),
+}
+
+/// The directories whose changes start a cycle at once (relative to the tree).
+pub const WATCHED: &[&str] = &[
+    "handoff",
+    "done",
+    "claims",
+    "instances",
+    "spawn_queue",
+    "coordinator",
+    "local/git-sync",
+];
+
+fn is_interesting(event: &notify::Event) -> bool {
+    use notify::EventKind;
+    matches!(
+        event.kind,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+    ) && event.paths.iter().any(|p| {
+        p.extension().is_some_and(|e| e == "json")
+            && !p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(".tmp"))
+    })
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(mut coord: Coordinator, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let name = DaemonName::new(NAME).map_err(|e| CycleError::Fleet(e.to_string()))?;
+    let _instance = InstanceLock::acquire(coord.tree(), &name)?;
+    coord.fleet()?;
+    let started_at = chrono::Utc::now();
+    let interval = coord.config_interval();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res
+            && is_interesting(&event)
+        {
+            let _ = tx.send(());
+        }
+    })
+    .and_then(|mut w| {
+        for d in WATCHED {
+            let dir = coord.tree().root().join(d);
+            let _ = std::fs::create_dir_all(&dir);
+            w.watch(&dir, RecursiveMode::NonRecursive)?;
+        }
+        Ok(w)
+    });
+    if let Err(e) = &watcher {
+        tracing::warn!(error = %e, "cannot watch the state tree; cycling on the timer only");
+    }
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut busy = tokio::time::interval(Duration::from_secs(1));
+    busy.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut beat = tokio::time::interval(BEAT_INTERVAL);
+    beat.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    tracing::info!(pc = %coord.pc(), interval = %humantime::format_duration(interval), "coordinator started");
+    let mut standing: Option<Standing> = None;
+    loop {
+        let hurry = coord.verifying() || matches!(standing, Some(Standing::Claiming { .. }));
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = beat.tick() => {
+                if let Err(e) = pcfiles::beat(coord.tree(), coord.pc(), &name, started_at, chrono::Utc::now()) {
+                    tracing::warn!(error = %e, "cannot update the heartbeat");
+                }
+                continue;
+            }
+            _ = tick.tick() => {}
+            _ = busy.tick(), if hurry => {}
+            Some(()) = rx.recv() => {
+                // Let a burst of changes settle into one cycle.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while rx.try_recv().is_ok() {}
+            }
+        }
+        match coord.cycle() {
+            Ok(report) => {
+                if standing.as_ref() != Some(&report.standing) {
+                    match &report.standing {
+                        Standing::Leading { epoch } => tracing::info!(epoch, "leading"),
+                        Standing::Claiming { epoch } => tracing::info!(
+                            epoch,
+                            "claiming the lease; waiting for it to reach the remote"
+                        ),
+                        Standing::Following {
+                            holder: Some(h),
+                            epoch,
+                        } => tracing::info!(leader = %h, epoch, "following"),
+                        Standing::Following { holder: None, .. } => {
+                            tracing::info!("no leader yet; watching the lease")
+                        }
+                    }
+                    standing = Some(report.standing);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "coordinator cycle failed; retrying on the next tick")
+            }
+        }
+    }
+    coord.stop_runs();
+    drop(watcher);
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
