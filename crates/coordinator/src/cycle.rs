@@ -819,6 +819,14 @@ impl Coordinator {
             ));
         };
         let finished = v.finished_at.unwrap_or(v.started_at);
+        // The task is not done after all: its result goes (the leader consumes done records).
+        match std::fs::remove_file(self.tree.done_file(&work.task_id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(task = %work.task_id, error = %e, "cannot withdraw the done record")
+            }
+        }
         if remediation_exists(&self.tree, view, to, &work.task_id, finished) {
             return Ok(format!(
                 "told {to} the verdict on {id}: DENY (the fix was already asked for)"

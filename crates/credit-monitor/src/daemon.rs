@@ -136,6 +136,9 @@ pub async fn run(
                 if let Ok(outcome) = &r {
                     refresh_heartbeat(&monitor, &name, started_at, outcome);
                 }
+                if let Err(e) = crate::handoff::settle_outgoing(&monitor) {
+                    tracing::warn!(error = %e, "cannot record that the handoff is complete");
+                }
                 r.map(Some)
             }
             Wake::Transcripts => read_transcripts(&monitor, &options, &mut tail, &tail_path),

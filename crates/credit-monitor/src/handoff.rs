@@ -431,3 +431,44 @@ fn ids_in<T: Schema>(_tree: &Tree, dir: &std::path::Path) -> Vec<T> {
         })
         .collect()
 }
+
+/// After the next PC accepted this PC's handoff (archived it into `handoff/processed/`), this
+/// PC's part is over: HANDOFF_READY → HANDOFF_COMPLETE → STANDBY. Returns whether it moved.
+pub fn settle_outgoing(m: &Monitor) -> Result<bool, MonitorError> {
+    let Ok(doc) = trinity_core::fsio::load::<InstanceStatus>(&m.tree.instance_file(&m.pc)) else {
+        return Ok(false);
+    };
+    let inst = doc.value;
+    let Some(id) = inst.handoff.clone() else {
+        return Ok(false);
+    };
+    if inst.state != InstanceState::HandoffReady
+        || id.from_pc() != &m.pc
+        || id.to_pc() == &m.pc
+        || m.tree.handoff_file(&id).exists()
+        || !m.tree.processed_handoff_file(&id).exists()
+    {
+        return Ok(false);
+    }
+    let now = m.now();
+    let mut moved = false;
+    pcfiles::update_instance(&m.tree, &m.pc, now, |current| {
+        let current = current?;
+        if current.state != InstanceState::HandoffReady || current.handoff.as_ref() != Some(&id) {
+            return None;
+        }
+        moved = true;
+        Some(InstanceStatus {
+            state: InstanceState::Standby,
+            since: now,
+            current_work: None,
+            claimed_tasks: Vec::new(),
+            ..current.clone()
+        })
+    })
+    .map_err(|e| MonitorError::Handoff(e.to_string()))?;
+    if moved {
+        tracing::info!(handoff = %id, to = %id.to_pc(), "the next PC took the work over: HANDOFF_READY → HANDOFF_COMPLETE → STANDBY");
+    }
+    Ok(moved)
+}

@@ -10,7 +10,9 @@ use clap::{Args, Subcommand};
 use trinity_core::config::{Config, SyncMode};
 use trinity_core::fsio::{self, SaveError};
 use trinity_core::queue::QueueView;
-use trinity_core::schema::{Claim, CurrentWork, Done, InstanceStatus, Outcome, Task};
+use trinity_core::schema::{
+    Claim, CurrentWork, Done, Handoff, HandoffReason, InstanceStatus, Outcome, Task,
+};
 use trinity_core::syncstate::SyncState;
 use trinity_core::{InstanceState, PcId, TaskId, Tree, pcfiles, state};
 
@@ -36,6 +38,13 @@ enum WorkCommand {
     /// Report progress on this PC's task (instances/{PC}.json): how far, steps done, next step.
     Progress(ProgressArgs),
     /// Finish a task: writes done/{ID}.json and releases the claim.
+    ///
+    /// When a coordinator leads the fleet (coordinator/lease.json exists), the finished work
+    /// (with a snapshot of the agent's code, when agent.workdir is a git checkout) is submitted
+    /// for verification: handoff/handoff_{PC}_to_{PC}_{TS}.json, this PC goes HANDOFF_READY and
+    /// waits for the verdict, which comes by wake signal (APPROVE: standby and the next
+    /// assignment; DENY: the task comes back with what to fix). Without a coordinator the PC
+    /// goes straight to standby.
     Done(DoneArgs),
 }
 
@@ -81,7 +90,7 @@ pub(crate) fn run(args: WorkArgs, config_path: Option<&Path>) -> anyhow::Result<
     match args.command {
         WorkCommand::Next(a) => next(&config, &tree, &pc, a.json),
         WorkCommand::Progress(a) => progress(&tree, &pc, a),
-        WorkCommand::Done(a) => done(&tree, &pc, a),
+        WorkCommand::Done(a) => done(&config, &tree, &pc, a),
     }
 }
 
@@ -101,6 +110,25 @@ fn next(config: &Config, tree: &Tree, pc: &PcId, json: bool) -> anyhow::Result<E
     {
         print_task(task, json, "current work")?;
         return Ok(ExitCode::SUCCESS);
+    }
+    // Finished work waits for the coordinator's verdict before new work comes.
+    if let Some(i) = instance(tree, pc)
+        && matches!(
+            i.state,
+            InstanceState::HandoffReady
+                | InstanceState::Verification
+                | InstanceState::Approved
+                | InstanceState::Failed
+        )
+        && let Some(h) = &i.handoff
+        && h.from_pc() == pc
+        && h.to_pc() == pc
+    {
+        eprintln!(
+            "{pc} is {}: its finished work ({h}) waits for the coordinator's verdict; the next task comes by assignment",
+            i.state
+        );
+        return Ok(ExitCode::from(NOTHING_TO_DO));
     }
     let now = Utc::now;
     let deadline = config.wake.claim_timeout;
@@ -387,17 +415,27 @@ fn progress(tree: &Tree, pc: &PcId, a: ProgressArgs) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-fn done(tree: &Tree, pc: &PcId, a: DoneArgs) -> anyhow::Result<ExitCode> {
+fn done(config: &Config, tree: &Tree, pc: &PcId, a: DoneArgs) -> anyhow::Result<ExitCode> {
     let id = held_task(tree, pc, a.task)?;
     let now = Utc::now();
+    let verified = tree.lease_file().is_file();
+    let finished = instance(tree, pc)
+        .and_then(|i| i.current_work)
+        .filter(|w| w.task_id == id);
+    // The code goes with the submission, so the coordinator verifies exactly this work.
+    let code = if verified {
+        snapshot_code(config, &id)
+    } else {
+        None
+    };
     let record = Done {
         format_version: 1,
         task_id: id.clone(),
         pc: pc.clone(),
         finished_at: now,
         outcome: Outcome::Completed,
-        summary: a.summary,
-        commit: None,
+        summary: a.summary.clone(),
+        commit: code.as_ref().map(|c| c.wip_commit.clone()),
     };
     fsio::create(&tree.done_file(&id), &record)
         .with_context(|| format!("failed to write the result of {id}"))?;
@@ -407,16 +445,60 @@ fn done(tree: &Tree, pc: &PcId, a: DoneArgs) -> anyhow::Result<ExitCode> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => eprintln!("warning: the claim on {id} stays: {e}"),
     }
+    let submission = if verified {
+        let mut work = finished.unwrap_or(CurrentWork {
+            task_id: id.clone(),
+            progress: String::new(),
+            completed_subtasks: Vec::new(),
+            next_subtask: None,
+            code: None,
+            session: None,
+        });
+        work.progress = if a.summary.is_empty() {
+            "done".to_owned()
+        } else {
+            format!("done — {}", a.summary)
+        };
+        work.next_subtask = None;
+        work.code = code;
+        let h = Handoff {
+            format_version: 1,
+            from_pc: pc.clone(),
+            to_pc: pc.clone(),
+            timestamp: now,
+            reason: HandoffReason::WorkComplete,
+            task_queue: Vec::new(),
+            current_work: Some(work),
+            credit_state: None,
+            epoch: None,
+            authored_by: None,
+            leader_epoch: None,
+        };
+        let hid = h.id().context("cannot name the submission")?;
+        fsio::create(&tree.handoff_file(&hid), &h)
+            .with_context(|| format!("failed to submit {id} for verification"))?;
+        Some(hid)
+    } else {
+        None
+    };
     pcfiles::update_instance(tree, pc, now, |current| {
         let mut next = current.cloned()?;
         next.claimed_tasks.retain(|t| t != &id);
         if next.current_work.as_ref().is_some_and(|w| w.task_id == id) {
             next.current_work = None;
         }
-        if next.state == InstanceState::Active
-            && next.current_work.is_none()
-            && next.claimed_tasks.is_empty()
-        {
+        let idle = next.current_work.is_none() && next.claimed_tasks.is_empty();
+        let working = matches!(
+            next.state,
+            InstanceState::Active | InstanceState::Remediation
+        );
+        if let Some(hid) = &submission {
+            if working {
+                next.state = InstanceState::HandoffReady;
+                next.since = now;
+                next.handoff = Some(hid.clone());
+            }
+        } else if next.state == InstanceState::Active && idle {
             next.state = InstanceState::Standby;
             next.since = now;
         }
@@ -424,5 +506,35 @@ fn done(tree: &Tree, pc: &PcId, a: DoneArgs) -> anyhow::Result<ExitCode> {
     })
     .context("failed to update this PC's instance file")?;
     println!("done: {id}");
+    if let Some(hid) = submission {
+        println!(
+            "submitted for verification: {hid}; the coordinator's verdict comes by wake signal"
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A snapshot of the agent's code for `task`, when agent.workdir is a git checkout.
+fn snapshot_code(config: &Config, task: &TaskId) -> Option<trinity_core::schema::CodeSnapshot> {
+    let workdir = config.agent.workdir.trim();
+    if workdir.is_empty() || !Path::new(workdir).join(".git").exists() {
+        return None;
+    }
+    let pc = config.pc.as_ref()?;
+    match trinity_core::code::snapshot(Path::new(workdir), task, pc, &config.work.remote) {
+        Ok(snap) => {
+            if !snap.pushed {
+                eprintln!(
+                    "warning: the code snapshot {} could not be pushed: {}",
+                    snap.wip_commit,
+                    snap.note.as_deref().unwrap_or("")
+                );
+            }
+            Some(snap)
+        }
+        Err(e) => {
+            eprintln!("warning: the code was not snapshotted: {e}");
+            None
+        }
+    }
 }

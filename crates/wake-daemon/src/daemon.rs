@@ -50,6 +50,13 @@ pub async fn run(
     let _instance = InstanceLock::acquire(receiver.tree(), &name)?;
     receiver.fleet()?;
     let started_at = chrono::Utc::now();
+    // The coordinator gives work by role: say which this PC takes.
+    let roles = receiver.config.roles.clone();
+    if let Err(e) = pcfiles::update_heartbeat(receiver.tree(), receiver.pc(), started_at, |hb| {
+        hb.roles = roles;
+    }) {
+        tracing::warn!(error = %e, "cannot write this PC's roles into its heartbeat");
+    }
     let dir = receiver.tree().wake_dir(receiver.pc());
     std::fs::create_dir_all(&dir).map_err(|source| {
         WakeError::Io(trinity_core::fsio::IoError {

@@ -13,6 +13,7 @@
 //! * [`send`] writes a wake signal for another PC (the seed's AUTO_WAKE_DAEMON interface).
 
 pub mod agent;
+mod coordinated;
 pub mod daemon;
 pub mod journal;
 pub mod receive;

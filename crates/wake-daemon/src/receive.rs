@@ -9,7 +9,8 @@ use trinity_core::config::{Config, SyncMode};
 use trinity_core::credit::{CreditEvent, EventKind};
 use trinity_core::fsio::{self, IoError, SaveError};
 use trinity_core::schema::{
-    Claim, Doc, Fleet, Handoff, HandoffReason, HeartbeatStatus, InstanceStatus, TaskRef, WakeSignal,
+    Claim, Doc, Fleet, Handoff, HandoffReason, HeartbeatStatus, InstanceStatus, TaskRef,
+    WakeSignal, WakeTask,
 };
 use trinity_core::syncstate::SyncState;
 use trinity_core::{
@@ -72,12 +73,12 @@ enum Progress {
 /// This PC's receiving side.
 #[derive(Debug, Clone)]
 pub struct Receiver {
-    tree: Tree,
-    pc: PcId,
-    config: Config,
+    pub(crate) tree: Tree,
+    pub(crate) pc: PcId,
+    pub(crate) config: Config,
     config_dir: Option<PathBuf>,
     clock: SharedClock,
-    journal: Journal,
+    pub(crate) journal: Journal,
 }
 
 impl Receiver {
@@ -115,7 +116,7 @@ impl Receiver {
         &self.journal
     }
 
-    fn now(&self) -> DateTime<Utc> {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
 
@@ -152,6 +153,7 @@ impl Receiver {
     pub fn process(&self) -> Result<Report, WakeError> {
         let fleet = self.fleet()?;
         let mut report = Report::default();
+        self.withdraw_lost_work()?;
 
         // Handoffs started earlier (a crash, or claims waiting for the remote).
         for record in self.journal.unfinished() {
@@ -257,9 +259,26 @@ impl Receiver {
             );
             return self.refuse_signal(path, Some(&id), reason, true, report);
         }
-        if signal.from_pc == self.pc {
+        let task = WakeTask::parse(&signal.task);
+        if signal.from_pc == self.pc && !task.is_some_and(WakeTask::may_be_sent_to_self) {
             let reason = format!("sent by {} to itself", self.pc);
             return self.refuse_signal(path, Some(&id), reason, true, report);
+        }
+        if let Some(reason) = self.deposed_leader(signal.leader_epoch) {
+            return self.refuse_signal(path, Some(&id), reason, false, report);
+        }
+        if task == Some(WakeTask::Verdict) {
+            let outcome = self.take_verdict(&signal)?;
+            self.journal.record_signal(&SignalRecord {
+                id: id.clone(),
+                at: now,
+                outcome: SignalOutcome::Accepted,
+                reason: outcome,
+                handoff: signal.handoff.clone(),
+            })?;
+            self.consume(path);
+            report.accepted.push(id);
+            return Ok(());
         }
         let ttl = chrono::Duration::from_std(self.config.wake.signal_ttl).unwrap_or_default();
         let expires = signal.expires_at.unwrap_or(signal.timestamp + ttl);
@@ -383,12 +402,20 @@ impl Receiver {
                     Step::InstanceWritten
                 }
                 Step::InstanceWritten => {
-                    let reset = CreditEvent::new(self.now(), EventKind::Reset);
-                    daemon::append_line(
-                        &self.tree.credit_events_file(),
-                        &reset.to_line(),
-                        &self.tree.credit_lock_file(),
-                    )?;
+                    // A PC taking over from one out of credit starts its windows afresh; work
+                    // the coordinator gives a PC leaves its own credit as it is.
+                    let h = self.handoff(&id)?;
+                    if !matches!(
+                        h.reason,
+                        HandoffReason::Assignment | HandoffReason::Remediation
+                    ) {
+                        let reset = CreditEvent::new(self.now(), EventKind::Reset);
+                        daemon::append_line(
+                            &self.tree.credit_events_file(),
+                            &reset.to_line(),
+                            &self.tree.credit_lock_file(),
+                        )?;
+                    }
                     Step::CreditReset
                 }
                 Step::CreditReset => {
@@ -477,6 +504,9 @@ impl Receiver {
                 "the handoff is for {}, not {}",
                 h.to_pc, self.pc
             )));
+        }
+        if let Some(reason) = self.deposed_leader(h.leader_epoch) {
+            return Ok(Err(reason));
         }
         // Epochs: work reassigned by the coordinator carries a newer epoch; anything older
         // than the newest seen for its tasks is stale.
@@ -681,9 +711,14 @@ impl Receiver {
             return Ok(());
         }
         let id = h.id();
+        let target = if h.reason == HandoffReason::Remediation {
+            InstanceState::Remediation
+        } else {
+            InstanceState::Active
+        };
         pcfiles::update_instance(&self.tree, &self.pc, now, |current| {
             let from = current.map_or(InstanceState::Standby, |c| c.state);
-            if let Some(path) = state::path(from, InstanceState::Active)
+            if let Some(path) = state::path(from, target)
                 && path.len() > 1
             {
                 let steps: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
@@ -697,7 +732,7 @@ impl Receiver {
             Some(InstanceStatus {
                 format_version: 1,
                 pc: self.pc.clone(),
-                state: InstanceState::Active,
+                state: target,
                 since: now,
                 current_work: current_work.or_else(|| current.and_then(|c| c.current_work.clone())),
                 claimed_tasks: claimed.into_iter().collect(),
