@@ -88,6 +88,7 @@ pub struct Coordinator {
     last_action: Option<(DateTime<Utc>, String)>,
     written: BTreeMap<PathBuf, (String, DateTime<Utc>)>,
     leading_since: Option<DateTime<Utc>>,
+    last_epoch: Option<u64>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -137,6 +138,7 @@ impl Coordinator {
             last_action: None,
             written: BTreeMap::new(),
             leading_since: None,
+            last_epoch: None,
         }
     }
 
@@ -197,7 +199,7 @@ impl Coordinator {
             match e {
                 LeaseEvent::Won { epoch, why } => {
                     tracing::info!(epoch, %why, "this PC leads the fleet now");
-                    self.begin_leading(now);
+                    self.begin_leading(epoch, now);
                 }
                 LeaseEvent::Lost { epoch, why } => {
                     tracing::warn!(epoch, %why, "lost the coordinator lease; stopping at once");
@@ -225,8 +227,14 @@ impl Coordinator {
         Ok(CycleReport { standing, actions })
     }
 
-    fn begin_leading(&mut self, now: DateTime<Utc>) {
+    fn begin_leading(&mut self, epoch: u64, now: DateTime<Utc>) {
         self.leading_since = Some(now);
+        // Back at the same epoch (it stopped itself after a long pause, and nobody took over
+        // meanwhile): what it remembers still holds.
+        if self.last_epoch == Some(epoch) {
+            return;
+        }
+        self.last_epoch = Some(epoch);
         self.woken.clear();
         self.buried.clear();
         self.delivered.clear();
@@ -1073,24 +1081,18 @@ impl Coordinator {
         self.write_if_changed(self.tree.multi_status_file(), status_json, status_key);
         self.write_if_changed(self.tree.credit_dashboard_file(), dash_json, dash_key);
         self.write_if_changed(self.tree.dashboard_html_file(), html, html_key);
-        let reports = self.tree.reports_dir();
         let key = report::without_times(&integration);
-        self.write_if_changed(reports.join("integration-status.md"), integration, key);
+        if let Ok(id) = RecordId::new("integration-status") {
+            self.write_if_changed(self.tree.report_file(&id), integration, key);
+        }
         let key = report::without_times(&kpi_week);
-        self.write_if_changed(
-            reports.join(format!("kpi-{}.md", now.format("%G-W%V"))),
-            kpi_week,
-            key,
-        );
+        if let Ok(id) = RecordId::new(format!("kpi-{}", now.format("%G-W%V"))) {
+            self.write_if_changed(self.tree.report_file(&id), kpi_week, key);
+        }
         for (pc, text) in report::instance_logs(fleet, view, now) {
             let key = report::without_times(&text);
-            self.write_if_changed(
-                reports
-                    .join("instance-logs")
-                    .join(format!("{pc}-{}.md", now.format("%Y%m%d"))),
-                text,
-                key,
-            );
+            let path = self.tree.instance_log_file(&pc, now.date_naive());
+            self.write_if_changed(path, text, key);
         }
     }
 

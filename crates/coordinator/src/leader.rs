@@ -193,6 +193,9 @@ impl LeaseKeeper {
                         ..l.clone()
                     };
                     self.write(renewed, now, "renewal".to_owned(), true);
+                    if !self.wait_for_remote {
+                        return self.step_after_write(preferred, now, events);
+                    }
                 }
             }
             LeaseAction::Take { epoch, why } => {

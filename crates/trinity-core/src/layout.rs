@@ -106,7 +106,7 @@ pub enum FileKind {
     Escalation(RecordId),
     /// `postmortems/{id}.md`.
     Postmortem(RecordId),
-    /// `reports/{id}.md` or `reports/{id}.json`.
+    /// `reports/{id}.md`, `reports/{id}.json` or `reports/instance-logs/{PC}-{YYYYMMDD}.md`.
     Report(RecordId),
     /// Anything under `local/` or `logs/`, or a temporary file of an atomic write.
     Local,
@@ -400,6 +400,18 @@ impl Tree {
         self.root.join("reports")
     }
 
+    /// `reports/{id}.md`: a report for people (the integration status, a weekly KPI review).
+    pub fn report_file(&self, id: &RecordId) -> PathBuf {
+        self.reports_dir().join(format!("{id}.md"))
+    }
+
+    /// `reports/instance-logs/{PC}-{YYYYMMDD}.md`: what a PC did that day.
+    pub fn instance_log_file(&self, pc: &PcId, day: chrono::NaiveDate) -> PathBuf {
+        self.reports_dir()
+            .join("instance-logs")
+            .join(format!("{pc}-{}.md", day.format("%Y%m%d")))
+    }
+
     /// `local/`: per-machine state, never synced.
     pub fn local_dir(&self) -> PathBuf {
         self.root.join("local")
@@ -618,7 +630,7 @@ impl Tree {
                     .ok_or_else(|| unknown("expected {id}.md"))?;
                 Ok(FileKind::Postmortem(RecordId::new(stem).map_err(id_err)?))
             }
-            ["reports", f] => {
+            ["reports", f] | ["reports", "instance-logs", f] => {
                 let stem = f
                     .strip_suffix(".md")
                     .or_else(|| f.strip_suffix(".json"))
