@@ -48,9 +48,11 @@ impl Fixture {
             &Doc::new(Fleet::new(vec![pc("PC1"), pc("PC2"), pc("PC3")], pc("PC3"))),
         )
         .expect("fleet");
-        let mut config = Config::default();
-        config.pc = Some(pc("PC3"));
-        config.state_dir = tree.root().to_owned();
+        let mut config = Config {
+            pc: Some(pc("PC3")),
+            state_dir: tree.root().to_owned(),
+            ..Config::default()
+        };
         config.sync.mode = SyncMode::None;
         config.agent.workdir = dir.path().display().to_string();
         let f = Self {
@@ -679,7 +681,9 @@ fn kpis_come_from_the_verification_history() {
 }
 
 /// A tiny ntfy stand-in: records (title, body) of every POST.
-fn ntfy() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+type Received = Arc<Mutex<Vec<(String, String)>>>;
+
+fn ntfy() -> (String, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}/trinity", listener.local_addr().expect("addr"));
     let got = Arc::new(Mutex::new(Vec::new()));
