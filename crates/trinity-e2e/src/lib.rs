@@ -14,8 +14,11 @@ use trinity_core::fsio;
 use trinity_core::schema::{Claim, Heartbeat};
 use trinity_core::{PcId, TaskId, Tree};
 
-/// The daemons every PC runs.
+/// The daemons of the handoff path, which every PC runs.
 pub const DAEMONS: [&str; 3] = ["git-sync", "credit-monitor", "wake-daemon"];
+
+/// Every daemon, the coordinator included.
+pub const ALL_DAEMONS: [&str; 4] = ["git-sync", "credit-monitor", "wake-daemon", "coordinator"];
 
 /// The workspace's programs, next to the test's executable (`target/<profile>/`).
 pub fn bin(name: &str) -> PathBuf {
@@ -88,6 +91,12 @@ impl World {
     /// last as coordinator), the test agent, and `extra_config` appended to every
     /// `trinity.toml` (after an `[agent]` table).
     pub fn new(pcs: &[&str], extra_config: &str) -> Self {
+        Self::with_agent(pcs, extra_config, "")
+    }
+
+    /// [`World::new`], with `agent_tail` (shell) run by the test agent after it recorded its
+    /// start (`$AGENT_TRINITY` is the `trinity` program).
+    pub fn with_agent(pcs: &[&str], extra_config: &str, agent_tail: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("home")).expect("home");
         std::fs::create_dir_all(dir.path().join("agents")).expect("agents");
@@ -95,8 +104,10 @@ impl World {
         // Written under a temporary name and renamed, so a reader never sees half a record.
         std::fs::write(
             &agent,
-            "#!/bin/sh\nenv | grep '^TRINITY_' | sort > \"$AGENT_OUT/.$TRINITY_PC-$$.tmp\"\n\
-             mv \"$AGENT_OUT/.$TRINITY_PC-$$.tmp\" \"$AGENT_OUT/$TRINITY_PC-$$.env\"\n",
+            format!(
+                "#!/bin/sh\nenv | grep '^TRINITY_' | sort > \"$AGENT_OUT/.$TRINITY_PC-$$.tmp\"\n\
+             mv \"$AGENT_OUT/.$TRINITY_PC-$$.tmp\" \"$AGENT_OUT/$TRINITY_PC-$$.env\"\n{agent_tail}\n"
+            ),
         )
         .expect("agent");
         let world = Self {
@@ -164,6 +175,7 @@ impl World {
             .current_dir(self.root().join(pc))
             .env("TRINITY_CONFIG", self.root().join(pc).join("trinity.toml"))
             .env("AGENT_OUT", self.root().join("agents"))
+            .env("AGENT_TRINITY", bin("trinity"))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         c.envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -190,7 +202,24 @@ impl World {
             .insert((pc.to_owned(), program.to_owned()), child);
     }
 
-    /// Starts every daemon of every PC.
+    /// Appends `text` to one PC's `trinity.toml`.
+    pub fn append_config(&self, pc: &str, text: &str) {
+        let path = self.root().join(pc).join("trinity.toml");
+        let mut config = std::fs::read_to_string(&path).expect("config");
+        config.push_str(text);
+        std::fs::write(&path, config).expect("config");
+    }
+
+    /// Starts every daemon of every PC, the coordinator included.
+    pub fn start_fleet(&mut self) {
+        for pc in self.pcs() {
+            for d in ALL_DAEMONS {
+                self.start(d, &pc);
+            }
+        }
+    }
+
+    /// Starts the handoff path's daemons of every PC (no coordinator).
     pub fn start_all(&mut self) {
         for pc in self.pcs() {
             for d in DAEMONS {
@@ -256,8 +285,11 @@ impl World {
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
         for pc in &self.pcs {
-            for d in DAEMONS {
+            for d in ALL_DAEMONS {
                 let log = self.log(pc, d);
+                if log.is_empty() {
+                    continue;
+                }
                 let all: Vec<&str> = log.lines().collect();
                 out.push_str(&format!("---- {pc} {d} ----\n"));
                 for l in &all[all.len().saturating_sub(lines)..] {

@@ -444,7 +444,13 @@ impl Receiver {
                     let h = self.handoff(&id)?;
                     let tasks = record.won.len() as u32;
                     pcfiles::update_heartbeat(&self.tree, &self.pc, self.now(), |hb| {
-                        hb.status = HeartbeatStatus::HandoffAccepted;
+                        // Work from another PC is a handoff accepted; work the leader gave its
+                        // own PC is just work.
+                        hb.status = if h.from_pc == self.pc {
+                            HeartbeatStatus::Active
+                        } else {
+                            HeartbeatStatus::HandoffAccepted
+                        };
                         hb.from_pc = Some(h.from_pc.clone()).filter(|p| *p != self.pc);
                         hb.to_pc = None;
                         hb.tasks_received = Some(tasks);
