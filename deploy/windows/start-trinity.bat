@@ -1,6 +1,6 @@
 @echo off
 rem Starts Trinity's daemons for this PC, each in a console window of its own.
-rem   start-trinity.bat              starts git-sync, wake-daemon and credit-monitor
+rem   start-trinity.bat              starts git-sync, wake-daemon, credit-monitor and coordinator
 rem   start-trinity.bat wake-daemon  (re)starts that one only, after its window was closed
 rem The configuration is TRINITY_CONFIG if set, else trinity.toml beside this file.
 rem Each daemon logs to .trinity\logs\<name>.log: `trinity logs <name> -f` follows it.
@@ -17,6 +17,7 @@ if not "%~1"=="" (
 call :one git-sync
 call :one wake-daemon
 call :one credit-monitor
+call :one coordinator
 exit /b 0
 
 :one
