@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use trinity_core::config::Config;
 use trinity_core::coordination::{self, ChangeWatch, Criteria, Idle};
 use trinity_core::fsio::{self, SaveError};
-use trinity_core::queue::QueueView;
+use trinity_core::queue::{QueueReader, QueueView};
 use trinity_core::schema::{
     CreditLevel, CreditStatus, CurrentWork, Doc, Escalation, EscalationKind, Fleet, Handoff,
     HandoffReason, Heartbeat, HeartbeatStatus, InstanceStatus, Liveness, PhaseResult, PhaseStatus,
@@ -89,6 +89,7 @@ pub struct Coordinator {
     written: BTreeMap<PathBuf, (String, DateTime<Utc>)>,
     leading_since: Option<DateTime<Utc>>,
     last_epoch: Option<u64>,
+    queue: QueueReader,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -139,6 +140,7 @@ impl Coordinator {
             written: BTreeMap::new(),
             leading_since: None,
             last_epoch: None,
+            queue: QueueReader::default(),
         }
     }
 
@@ -294,7 +296,7 @@ impl Coordinator {
                     .count() as u64
             })
             .unwrap_or(0);
-        view.queue = QueueView::read(&self.tree);
+        view.queue = self.queue.read(&self.tree);
         view.verifications = read_verifications(&self.tree);
         view
     }
@@ -598,15 +600,23 @@ impl Coordinator {
             }
             view.verifications.insert(id, v);
         }
-        let submissions: Vec<(HandoffId, Handoff)> = view
+        let mut submissions: Vec<(HandoffId, Handoff)> = view
             .pending
             .iter()
             .filter(|(_, h)| h.reason == HandoffReason::WorkComplete)
             .cloned()
             .collect();
+        if self.config.coordinator.verify_credit_handoffs {
+            submissions.extend(self.credit_handoffs_to_verify(view));
+        }
         for (id, h) in submissions {
             match view.verifications.get(&id) {
                 Some(v) if v.verdict.is_some() => {
+                    // A credit handoff verified after the fact: the verdict is a record (and
+                    // an escalation when unclear); the work already moved on.
+                    if h.reason != HandoffReason::WorkComplete {
+                        continue;
+                    }
                     if !self.delivered.contains(&id) {
                         let v = v.clone();
                         match self.deliver(&id, &h, &v, view, epoch, now) {
@@ -629,6 +639,51 @@ impl Coordinator {
                 }
             }
         }
+    }
+
+    /// Credit handoffs (pending, or archived since this PC leads) without a verification.
+    fn credit_handoffs_to_verify(&self, view: &FleetView) -> Vec<(HandoffId, Handoff)> {
+        let is_credit = |h: &Handoff| {
+            matches!(
+                h.reason,
+                HandoffReason::CreditExhaustion
+                    | HandoffReason::UsageLimit
+                    | HandoffReason::SpendLimit
+                    | HandoffReason::Manual
+            )
+        };
+        let mut out: Vec<(HandoffId, Handoff)> = view
+            .pending
+            .iter()
+            .filter(|(id, h)| is_credit(h) && !view.verifications.contains_key(id))
+            .cloned()
+            .collect();
+        let since = self
+            .leading_since
+            .map(|t| t - chrono::Duration::minutes(10));
+        if let (Some(since), Ok(dir)) =
+            (since, std::fs::read_dir(self.tree.processed_handoff_dir()))
+        {
+            for e in dir.flatten() {
+                let path = e.path();
+                let Some(id) = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(|s| HandoffId::new(s).ok())
+                else {
+                    continue;
+                };
+                if id.created_at() < since || view.verifications.contains_key(&id) {
+                    continue;
+                }
+                if let Ok(doc) = fsio::load::<Handoff>(&path)
+                    && is_credit(&doc.value)
+                {
+                    out.push((id, doc.value));
+                }
+            }
+        }
+        out
     }
 
     fn start_verification(
@@ -1083,26 +1138,32 @@ impl Coordinator {
         self.write_if_changed(self.tree.dashboard_html_file(), html, html_key);
         let key = report::without_times(&integration);
         if let Ok(id) = RecordId::new("integration-status") {
-            self.write_if_changed(self.tree.report_file(&id), integration, key);
+            self.write_report(self.tree.report_file(&id), integration, key, false);
         }
         let key = report::without_times(&kpi_week);
         if let Ok(id) = RecordId::new(format!("kpi-{}", now.format("%G-W%V"))) {
-            self.write_if_changed(self.tree.report_file(&id), kpi_week, key);
+            self.write_report(self.tree.report_file(&id), kpi_week, key, false);
         }
         for (pc, text) in report::instance_logs(fleet, view, now) {
             let key = report::without_times(&text);
             let path = self.tree.instance_log_file(&pc, now.date_naive());
-            self.write_if_changed(path, text, key);
+            self.write_report(path, text, key, false);
         }
     }
 
     /// Writes a report when `key` (its contents, time stamps aside) changed, or every few
     /// minutes.
     fn write_if_changed(&mut self, path: PathBuf, text: String, key: String) {
+        self.write_report(path, text, key, true);
+    }
+
+    /// Writes a report when `key` changed; with `refresh`, also every few minutes (files whose
+    /// time stamp tells people the leader is alive: the status and the dashboards).
+    fn write_report(&mut self, path: PathBuf, text: String, key: String, refresh: bool) {
         let now = self.now();
         if let Some((old, at)) = self.written.get(&path)
             && *old == key
-            && (now - *at).to_std().unwrap_or_default() < REFRESH
+            && (!refresh || (now - *at).to_std().unwrap_or_default() < REFRESH)
         {
             return;
         }

@@ -843,3 +843,37 @@ fn which(program: &str) -> Option<PathBuf> {
             .find(|p| p.is_file())
     })
 }
+
+#[cfg(unix)]
+#[test]
+fn credit_handoffs_are_verified_after_the_fact_when_configured() {
+    let mut f = Fixture::new();
+    f.config.coordinator.verify_credit_handoffs = true;
+    f.config.coordinator.phases = vec![phase("unit", "exit 1", true, Duration::from_secs(60))];
+    let h = Handoff {
+        format_version: 1,
+        from_pc: pc("PC1"),
+        to_pc: pc("PC2"),
+        timestamp: f.now(),
+        reason: HandoffReason::CreditExhaustion,
+        task_queue: Vec::new(),
+        current_work: None,
+        credit_state: None,
+        epoch: None,
+        authored_by: None,
+        leader_epoch: None,
+    };
+    let id = h.id().expect("id");
+    let mut c = f.coordinator("PC3");
+    c.cycle().expect("cycle");
+    fsio::create(&f.tree.handoff_file(&id), &h).expect("handoff");
+    let v = verdict_of(&f, &mut c, &id);
+    assert_eq!(v.verdict, Some(Verdict::Deny));
+    // The work already moved on: a record, no verdict signal, no remediation.
+    assert!(f.signals("PC1").is_empty(), "{:?}", f.signals("PC1"));
+    assert!(
+        f.pending()
+            .iter()
+            .all(|h| h.reason == HandoffReason::CreditExhaustion)
+    );
+}

@@ -257,6 +257,122 @@ fn read_dir<T: crate::schema::Schema>(
     }
 }
 
+/// Reads the queue again and again (the coordinator's cycle), parsing only what changed: task
+/// files and done records are immutable, so they are parsed once per name; claims can be
+/// rewritten (a takeover), so they are parsed again when their size or modification time
+/// changes. Files that vanished drop out. The view is the same [`QueueView::read`] gives.
+#[derive(Debug, Default)]
+pub struct QueueReader {
+    tasks: BTreeMap<std::ffi::OsString, Result<Task, String>>,
+    claims: BTreeMap<std::ffi::OsString, (Stamp, Result<Claim, String>)>,
+    done: BTreeMap<std::ffi::OsString, Result<Done, String>>,
+}
+
+type Stamp = (Option<std::time::SystemTime>, u64);
+
+impl QueueReader {
+    /// The queue as the tree holds it now.
+    pub fn read(&mut self, tree: &Tree) -> QueueView {
+        let mut view = QueueView::default();
+        refresh_immutable(&tree.spawn_queue_dir(), &mut self.tasks);
+        refresh_immutable(&tree.done_dir(), &mut self.done);
+        refresh_stamped(&tree.claims_dir(), &mut self.claims);
+        for r in self.tasks.values() {
+            match r {
+                Ok(t) => {
+                    view.tasks.insert(t.id.clone(), t.clone());
+                }
+                Err(e) => view.unreadable.push(e.clone()),
+            }
+        }
+        for (_, r) in self.claims.values() {
+            match r {
+                Ok(c) => {
+                    view.claims.insert(c.task_id.clone(), c.clone());
+                }
+                Err(e) => view.unreadable.push(e.clone()),
+            }
+        }
+        for r in self.done.values() {
+            match r {
+                Ok(d) => {
+                    view.done.insert(d.task_id.clone(), d.clone());
+                }
+                Err(e) => view.unreadable.push(e.clone()),
+            }
+        }
+        view
+    }
+}
+
+fn json_names(dir: &std::path::Path) -> Vec<(std::ffi::OsString, std::fs::DirEntry)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".json") && !name.starts_with('.')
+        })
+        .map(|e| (e.file_name(), e))
+        .collect()
+}
+
+fn refresh_immutable<T: crate::schema::Schema>(
+    dir: &std::path::Path,
+    cache: &mut BTreeMap<std::ffi::OsString, Result<T, String>>,
+) {
+    let names = json_names(dir);
+    let present: BTreeSet<&std::ffi::OsString> = names.iter().map(|(n, _)| n).collect();
+    cache.retain(|n, _| present.contains(n));
+    for (name, entry) in &names {
+        if cache.contains_key(name) {
+            continue;
+        }
+        match fsio::load::<T>(&entry.path()) {
+            Ok(doc) => {
+                cache.insert(name.clone(), Ok(doc.value));
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                cache.insert(name.clone(), Err(e.to_string()));
+            }
+        }
+    }
+}
+
+fn refresh_stamped<T: crate::schema::Schema>(
+    dir: &std::path::Path,
+    cache: &mut BTreeMap<std::ffi::OsString, (Stamp, Result<T, String>)>,
+) {
+    let names = json_names(dir);
+    let present: BTreeSet<&std::ffi::OsString> = names.iter().map(|(n, _)| n).collect();
+    cache.retain(|n, _| present.contains(n));
+    for (name, entry) in &names {
+        let Ok(meta) = entry.metadata() else {
+            cache.remove(name);
+            continue;
+        };
+        let stamp = (meta.modified().ok(), meta.len());
+        if cache.get(name).is_some_and(|(s, _)| *s == stamp) {
+            continue;
+        }
+        match fsio::load::<T>(&entry.path()) {
+            Ok(doc) => {
+                cache.insert(name.clone(), (stamp, Ok(doc.value)));
+            }
+            Err(e) if e.is_not_found() => {
+                cache.remove(name);
+            }
+            Err(e) => {
+                cache.insert(name.clone(), (stamp, Err(e.to_string())));
+            }
+        }
+    }
+}
+
 /// A cycle in a dependency graph, as the path that closes it, if any.
 fn find_cycle<'a>(graph: &BTreeMap<&'a TaskId, Vec<&'a TaskId>>) -> Option<Vec<&'a TaskId>> {
     #[derive(Clone, Copy, PartialEq)]
@@ -299,6 +415,66 @@ fn find_cycle<'a>(graph: &BTreeMap<&'a TaskId, Vec<&'a TaskId>>) -> Option<Vec<&
         }
     }
     None
+}
+
+#[cfg(test)]
+mod reader_tests {
+    use super::*;
+    use crate::schema::Doc;
+
+    #[test]
+    fn the_cached_reader_sees_what_a_fresh_read_sees_as_files_come_change_and_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = Tree::new(dir.path());
+        let pc = |s: &str| PcId::new(s).expect("valid");
+        let id = |s: &str| TaskId::new(s).expect("valid");
+        let now: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().expect("time");
+        let task = |n: &str| Task {
+            format_version: 1,
+            id: id(n),
+            description: n.to_owned(),
+            priority: Default::default(),
+            created_at: now,
+            created_by: pc("PC1"),
+            dependencies: Vec::new(),
+            role: None,
+        };
+        let claim = |n: &str, who: &str, epoch: u64| Claim {
+            format_version: 1,
+            task_id: id(n),
+            pc: pc(who),
+            claimed_at: now,
+            epoch,
+            handoff: None,
+        };
+        let same = |a: &QueueView, b: &QueueView| {
+            assert_eq!(a.tasks, b.tasks);
+            assert_eq!(a.claims, b.claims);
+            assert_eq!(a.done, b.done);
+            assert_eq!(a.unreadable.len(), b.unreadable.len());
+        };
+        let mut reader = QueueReader::default();
+        same(&reader.read(&tree), &QueueView::read(&tree));
+        for n in ["a", "b", "c"] {
+            fsio::create(&tree.task_file(&id(n)), &task(n)).expect("task");
+        }
+        fsio::create(&tree.claim_file(&id("a")), &claim("a", "PC1", 0)).expect("claim");
+        same(&reader.read(&tree), &QueueView::read(&tree));
+        // A takeover rewrites the claim (longer: the epoch has two digits).
+        fsio::save(&tree.claim_file(&id("a")), &Doc::new(claim("a", "PC2", 12))).expect("claim");
+        let v = reader.read(&tree);
+        assert_eq!(v.claims[&id("a")].pc, pc("PC2"));
+        same(&v, &QueueView::read(&tree));
+        // A claim released, a task gone, a broken file.
+        std::fs::remove_file(tree.claim_file(&id("a"))).expect("rm");
+        std::fs::remove_file(tree.task_file(&id("c"))).expect("rm");
+        std::fs::write(tree.spawn_queue_dir().join("bad.json"), "{").expect("bad");
+        let v = reader.read(&tree);
+        assert!(v.claims.is_empty());
+        assert_eq!(v.tasks.len(), 2);
+        assert_eq!(v.unreadable.len(), 1);
+        same(&v, &QueueView::read(&tree));
+    }
 }
 
 #[cfg(test)]
