@@ -395,12 +395,17 @@ impl Coordinator {
         {
             return false;
         }
-        if view
-            .instances
-            .get(pc)
-            .is_some_and(|i| i.state != InstanceState::Standby)
-        {
-            return false;
+        // On standby; or waiting for a person's decision on escalated work, which need not
+        // keep the PC idle.
+        if let Some(i) = view.instances.get(pc) {
+            let escalated = i.state == InstanceState::Verification
+                && i.handoff
+                    .as_ref()
+                    .and_then(|h| view.verifications.get(h))
+                    .is_some_and(|v| v.verdict == Some(Verdict::Escalate));
+            if i.state != InstanceState::Standby && !escalated {
+                return false;
+            }
         }
         if view.pending.iter().any(|(_, h)| &h.to_pc == pc) {
             return false;
@@ -946,9 +951,9 @@ impl Coordinator {
         actions: &mut Vec<String>,
     ) {
         self.assigned.retain(|pc, _| {
-            view.instances
-                .get(pc)
-                .is_none_or(|i| i.state == InstanceState::Standby)
+            view.instances.get(pc).is_none_or(|i| {
+                matches!(i.state, InstanceState::Standby | InstanceState::Verification)
+            })
         });
         let idle: Vec<Idle> = fleet
             .pcs

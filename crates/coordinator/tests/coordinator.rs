@@ -417,6 +417,19 @@ fn finished_work_is_approved_denied_or_escalated_by_its_phases() {
                     .value;
                 assert_eq!(e.handoff.as_ref(), Some(&id));
                 assert!(e.summary.contains("decide on PC1's work"), "{}", e.summary);
+                // Its wake-daemon took the verdict (VERIFICATION until a person decides);
+                // meanwhile the PC gets new work.
+                f.instance("PC1", InstanceState::Verification, None, Some(&id));
+                std::fs::create_dir_all(f.tree.processed_handoff_dir()).expect("dir");
+                std::fs::rename(f.tree.handoff_file(&id), f.tree.processed_handoff_file(&id))
+                    .expect("archive");
+                f.task("next-one", Priority::Normal, 5, None, &[]);
+                let r = c.cycle().expect("cycle");
+                assert!(
+                    r.actions.iter().any(|a| a.starts_with("assigned next-one") && a.contains("to PC1")),
+                    "{:?}",
+                    r.actions
+                );
             }
         }
         // Nothing is delivered twice, and a new leader asks for no second fix.
