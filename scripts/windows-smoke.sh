@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the Windows binaries (x86_64-pc-windows-gnu) under wine, as a Windows user would run
 # them: the CLI, the credit monitor handing off, the wake-daemon accepting the handoff and
-# starting an agent (cmd.exe), the task and work commands. git-sync is only started for its
-# help: there is no git for Windows under wine here.
+# starting an agent (cmd.exe), the task and work commands, the coordinator verifying finished
+# work (a phase run through cmd.exe) and assigning the next task. git-sync is only started for
+# its help: there is no git for Windows under wine here.
 #
 # Usage: scripts/windows-smoke.sh [EXE_DIR]   (default target/x86_64-pc-windows-gnu/debug)
 # Needs: wine, and x86_64-w64-mingw32-gcc to build the stand-in bcryptprimitives.dll that wine
@@ -27,7 +28,7 @@ fail() { echo "FAILED: $*" >&2; exit 1; }
 w() { local prog=$1; shift; wine "$EXE/$prog.exe" "$@"; }
 
 step "every program starts and shows its help"
-for p in trinity git-sync credit-monitor wake-daemon; do
+for p in trinity git-sync credit-monitor wake-daemon coordinator; do
   w "$p" --help > "$WORK/help.txt" 2>&1 || fail "$p --help"
   grep -q "Usage:" "$WORK/help.txt" || fail "$p --help printed no usage"
 done
@@ -77,5 +78,29 @@ grep -q "started PC2 intro" agent-PC2.txt || fail "the agent did not start with 
 ls .trinity/handoff/processed/handoff_PC1_to_PC2_*.json > /dev/null || fail "the handoff was not archived"
 TRINITY_CONFIG='PC2.toml' w trinity task list > "$WORK/out.txt" 2>&1 || fail "task list"
 grep -q "claimed by PC2" "$WORK/out.txt" || { cat "$WORK/out.txt"; fail "the claim did not follow the work"; }
+TRINITY_CONFIG='PC2.toml' w trinity validate .trinity > "$WORK/out.txt" 2>&1 || { cat "$WORK/out.txt"; fail "the tree is not valid"; }
+
+step "PC2's coordinator leads, verifies finished work with a phase, and assigns the next task"
+printf '@echo off\r\necho checked %%TRINITY_TASK_ID%%\r\necho {"critical":0,"high":0,"coverage":0.9}\r\n' > check.cmd
+cat >> PC2.toml <<'TOML'
+[[coordinator.phases]]
+name = "check"
+command = ["cmd.exe", "/c", "check.cmd"]
+critical = true
+TOML
+TRINITY_CONFIG='PC2.toml' w coordinator --once > "$WORK/out.txt" 2>&1 || { cat "$WORK/out.txt"; fail "coordinator --once"; }
+grep -q "leading (epoch 1)" "$WORK/out.txt" || { cat "$WORK/out.txt"; fail "PC2 did not take the lease"; }
+TRINITY_CONFIG='PC2.toml' w trinity work done --summary "introduction written" > "$WORK/out.txt" 2>&1 || { cat "$WORK/out.txt"; fail "work done"; }
+grep -q "submitted for verification" "$WORK/out.txt" || { cat "$WORK/out.txt"; fail "work done did not submit"; }
+TRINITY_CONFIG='PC1.toml' w trinity task add outro --description "Write the conclusion" > /dev/null 2>&1 || fail "task add outro"
+TRINITY_CONFIG='PC2.toml' w coordinator --once > "$WORK/out.txt" 2>&1 || { cat "$WORK/out.txt"; fail "coordinator --once (verify)"; }
+grep -q "APPROVE" "$WORK/out.txt" || { cat "$WORK/out.txt" .trinity/verification/*.json; fail "no APPROVE verdict"; }
+grep -q '"coverage": 0.9' .trinity/verification/handoff_PC2_to_PC2_*.json || fail "the phase's report was not read"
+grep -q 'checked intro' .trinity/verification/handoff_PC2_to_PC2_*.json || fail "the phase did not see TRINITY_TASK_ID"
+TRINITY_CONFIG='PC2.toml' w wake-daemon --once > "$WORK/out.txt" 2>&1 || { cat "$WORK/out.txt"; fail "wake-daemon --once (verdict)"; }
+grep -q '"state": "STANDBY"' .trinity/instances/PC2.json || { cat .trinity/instances/PC2.json; fail "PC2 did not go back to standby"; }
+TRINITY_CONFIG='PC2.toml' w coordinator --once > "$WORK/out.txt" 2>&1 || { cat "$WORK/out.txt"; fail "coordinator --once (assign)"; }
+grep -q "assigned outro" "$WORK/out.txt" || { cat "$WORK/out.txt"; fail "outro was not assigned"; }
+test -f .trinity/dashboards/CREDIT_DASHBOARD.html || fail "no dashboard page"
 TRINITY_CONFIG='PC2.toml' w trinity validate .trinity > "$WORK/out.txt" 2>&1 || { cat "$WORK/out.txt"; fail "the tree is not valid"; }
 echo "windows smoke test: passed"

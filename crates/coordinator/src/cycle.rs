@@ -952,7 +952,10 @@ impl Coordinator {
     ) {
         self.assigned.retain(|pc, _| {
             view.instances.get(pc).is_none_or(|i| {
-                matches!(i.state, InstanceState::Standby | InstanceState::Verification)
+                matches!(
+                    i.state,
+                    InstanceState::Standby | InstanceState::Verification
+                )
             })
         });
         let idle: Vec<Idle> = fleet

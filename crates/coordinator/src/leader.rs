@@ -182,7 +182,12 @@ impl LeaseKeeper {
             lease: lease.as_ref(),
             unchanged_since,
         };
-        let action = lease_action(&self.me, preferred, seen, now, self.ttl);
+        let mut action = lease_action(&self.me, preferred, seen, now, self.ttl);
+        // Its own lease, but this process does not lead yet (it was restarted): renew it to
+        // confirm it, rather than wait for the renewal to fall due.
+        if action == LeaseAction::Hold && self.leading.is_none() {
+            action = LeaseAction::Renew;
+        }
         match action {
             LeaseAction::Hold | LeaseAction::Follow { .. } => {}
             LeaseAction::Renew => {
@@ -359,6 +364,24 @@ mod tests {
             "{ev:?}"
         );
         assert!(!matches!(s, Standing::Leading { .. }));
+    }
+
+    #[test]
+    fn a_restarted_leader_confirms_its_own_lease_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = Tree::new(dir.path());
+        let mut first = LeaseKeeper::new(tree.clone(), pc("PC1"), TTL, SyncMode::None);
+        let (s, _) = first.step(&pc("PC1"), t(0));
+        assert_eq!(s, Standing::Leading { epoch: 1 });
+        drop(first);
+        let mut again = LeaseKeeper::new(tree.clone(), pc("PC1"), TTL, SyncMode::None);
+        let (s, ev) = again.step(&pc("PC1"), t(5));
+        assert_eq!(
+            s,
+            Standing::Leading { epoch: 1 },
+            "same epoch: nobody took over"
+        );
+        assert!(matches!(ev[0], LeaseEvent::Won { epoch: 1, .. }));
     }
 
     #[test]

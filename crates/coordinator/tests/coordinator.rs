@@ -1,5 +1,6 @@
 //! The coordinator's cycle, in-process, on one shared state folder (no git: the lease is the
 //! file), with a manual clock: the 45-minute rules run in microseconds.
+#![cfg_attr(not(unix), allow(unused_imports, dead_code))]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -426,7 +427,9 @@ fn finished_work_is_approved_denied_or_escalated_by_its_phases() {
                 f.task("next-one", Priority::Normal, 5, None, &[]);
                 let r = c.cycle().expect("cycle");
                 assert!(
-                    r.actions.iter().any(|a| a.starts_with("assigned next-one") && a.contains("to PC1")),
+                    r.actions
+                        .iter()
+                        .any(|a| a.starts_with("assigned next-one") && a.contains("to PC1")),
                     "{:?}",
                     r.actions
                 );

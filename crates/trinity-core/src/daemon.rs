@@ -282,6 +282,14 @@ pub fn start(program: &str, path: Option<&Path>) -> Result<Start, StartError> {
         .file
         .as_deref()
         .and_then(Path::parent)
+        // `trinity.toml` given bare has the empty path as parent: the current directory.
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        })
         .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.to_owned()));
     Ok(Start {
         config: loaded.config,
