@@ -740,7 +740,19 @@ impl Receiver {
                 pc: self.pc.clone(),
                 state: target,
                 since: now,
-                current_work: current_work.or_else(|| current.and_then(|c| c.current_work.clone())),
+                current_work: current_work
+                    .or_else(|| current.and_then(|c| c.current_work.clone()))
+                    .or_else(|| {
+                        // Nothing in progress: the first task received is the current work.
+                        won.first().map(|t| trinity_core::schema::CurrentWork {
+                            task_id: t.clone(),
+                            progress: String::new(),
+                            completed_subtasks: Vec::new(),
+                            next_subtask: None,
+                            code: None,
+                            session: None,
+                        })
+                    }),
                 claimed_tasks: claimed.into_iter().collect(),
                 handoff: id.clone(),
                 epoch: current.map_or(0, |c| c.epoch).max(h.epoch.unwrap_or(0)),
