@@ -452,6 +452,21 @@ impl Coordinator {
             .filter(|(_, h)| h.reason == HandoffReason::Reassignment)
             .flat_map(|(_, h)| h.task_queue.iter().map(|t| t.id.clone()))
             .collect();
+        let mut claims = claims;
+        // The work in progress first, then by priority and age, as the queue orders work.
+        let current = view
+            .instances
+            .get(dead)
+            .and_then(|i| i.current_work.as_ref().map(|w| w.task_id.clone()));
+        claims.sort_by_key(|c| {
+            let task = view.queue.tasks.get(&c.task_id);
+            (
+                Some(&c.task_id) != current.as_ref(),
+                task.map_or(u8::MAX, |t| t.priority.rank()),
+                task.map(|t| t.created_at),
+                c.task_id.clone(),
+            )
+        });
         let tasks: Vec<TaskRef> = claims
             .iter()
             .filter(|c| !in_flight.contains(&c.task_id))

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod agent;
+mod demo;
 mod init;
 mod logs;
 mod status;
@@ -44,6 +45,13 @@ enum Command {
     Work(work::WorkArgs),
     /// Claude Code hooks that make the agent report by itself: setup, context, checkpoint.
     Agent(agent::AgentArgs),
+    /// Run a whole fleet on this machine — three PCs, the real daemons, one bare repository —
+    /// through the handoff scenarios, a verified `work done` and a PC that goes silent; every
+    /// step is checked in the files (exit 0 only if all were observed).
+    Demo(demo::DemoArgs),
+    /// The demo's stand-in agent (started by the demo's wake-daemons).
+    #[command(hide = true)]
+    DemoAgent(demo::DemoAgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +64,8 @@ fn main() -> ExitCode {
         Command::Task(args) => task::run(args, cli.config.as_deref()),
         Command::Work(args) => work::run(args, cli.config.as_deref()),
         Command::Agent(args) => agent::run(args, cli.config.as_deref()),
+        Command::Demo(args) => demo::run(args),
+        Command::DemoAgent(args) => demo::agent(args),
     };
     match result {
         Ok(code) => code,

@@ -132,10 +132,13 @@ impl Receiver {
                 .map(|d| d.value)
                 .filter(|c| c.pc != self.pc)
         };
-        let lost: Vec<(TaskId, String)> = inst
+        let held: std::collections::BTreeSet<&TaskId> = inst
             .claimed_tasks
             .iter()
             .chain(inst.current_work.as_ref().map(|w| &w.task_id))
+            .collect();
+        let lost: Vec<(TaskId, String)> = held
+            .into_iter()
             .filter_map(|t| {
                 taken_by(t).map(|c| (t.clone(), format!("{} (epoch {})", c.pc, c.epoch)))
             })
@@ -163,6 +166,16 @@ impl Receiver {
                 next.since = now;
             }
             Some(next)
+        })?;
+        pcfiles::update_heartbeat(&self.tree, &self.pc, now, |hb| {
+            if matches!(
+                hb.status,
+                HeartbeatStatus::Active | HeartbeatStatus::HandoffAccepted
+            ) {
+                hb.status = HeartbeatStatus::Idle;
+                hb.from_pc = None;
+                hb.tasks_received = None;
+            }
         })?;
         Ok(())
     }
