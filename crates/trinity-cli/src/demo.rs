@@ -242,7 +242,7 @@ impl Demo {
             bail!("intro was not approved: {:?}", v.reasons);
         }
         self.say(
-            &v.coordinator.to_string(),
+            v.coordinator.as_str(),
             &format!("verified intro: APPROVE — {}", v.reasons.join("; ")),
         );
         self.wait(&format!("{intro_pc} back on standby"), || {
