@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod agent;
 mod demo;
+mod doctor;
 mod init;
 mod logs;
 mod status;
@@ -39,6 +40,9 @@ enum Command {
     Status(status::StatusArgs),
     /// Show (and follow) a daemon's log.
     Logs(logs::LogsArgs),
+    /// Check this PC and say what to fix: config, state tree, remote, daemons, sync, clock,
+    /// waiting signals, agent (exit 1 on any problem).
+    Doctor(doctor::DoctorArgs),
     /// Put work into the fleet's queue and look at it: add, list, show, import.
     Task(task::TaskArgs),
     /// Take the next task, report progress, finish it (for the agent and for people).
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Status(args) => status::run(args, cli.config.as_deref()),
         Command::Logs(args) => logs::run(args, cli.config.as_deref()),
+        Command::Doctor(args) => doctor::run(args, cli.config.as_deref()),
         Command::Task(args) => task::run(args, cli.config.as_deref()),
         Command::Work(args) => work::run(args, cli.config.as_deref()),
         Command::Agent(args) => agent::run(args, cli.config.as_deref()),

@@ -21,6 +21,7 @@ pub mod ids;
 pub mod layout;
 pub mod logging;
 pub mod pcfiles;
+pub mod program;
 pub mod queue;
 pub mod rotation;
 pub mod schema;

@@ -26,7 +26,7 @@ fn the_demo_runs_every_scenario_and_passes() {
         "Test 3 — the full rotation",
         "the rotation is complete",
         "goes silent",
-        "was given PC3's work by the coordinator",
+        "'s work by the coordinator",
         "does not resume it",
         "Every step was observed in the files",
     ] {
