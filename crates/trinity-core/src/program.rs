@@ -45,14 +45,14 @@ pub fn locate(program: &str) -> Option<PathBuf> {
         return p.is_file().then(|| p.to_owned());
     }
     let path = std::env::var_os("PATH");
-    if cfg!(windows) {
-        if let Some(found) = find_on_path(
+    if cfg!(windows)
+        && let Some(found) = find_on_path(
             program,
             path.as_deref(),
             std::env::var_os("PATHEXT").as_deref(),
-        ) {
-            return Some(found);
-        }
+        )
+    {
+        return Some(found);
     }
     std::env::split_paths(path.as_deref()?)
         .map(|d| d.join(program))
