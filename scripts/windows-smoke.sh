@@ -10,6 +10,7 @@
 # 8.0 lacks (scripts/windows/bcryptprimitives.c).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+REPO=$PWD
 EXE=${1:-target/x86_64-pc-windows-gnu/debug}
 EXE=$(cd "$EXE" && pwd)
 export WINEDEBUG=-all WINEPREFIX=${WINEPREFIX:-$(mktemp -d)/wine}
@@ -103,4 +104,19 @@ TRINITY_CONFIG='PC2.toml' w coordinator --once > "$WORK/out.txt" 2>&1 || { cat "
 grep -q "assigned outro" "$WORK/out.txt" || { cat "$WORK/out.txt"; fail "outro was not assigned"; }
 test -f .trinity/dashboards/CREDIT_DASHBOARD.html || fail "no dashboard page"
 TRINITY_CONFIG='PC2.toml' w trinity validate .trinity > "$WORK/out.txt" 2>&1 || { cat "$WORK/out.txt"; fail "the tree is not valid"; }
+
+step "the orchestrator installs the daemons as Windows services, starts, restarts one, stops, removes them"
+# One `wine cmd` session runs every verb, so wine's service manager lives through them all.
+for p in trinity git-sync credit-monitor wake-daemon coordinator; do cp "$EXE/$p.exe" .; done
+cp "$EXE/bcryptprimitives.dll" .
+cp "$REPO/deploy/windows/trinity-orchestrator.bat" .
+WIN_CONFIG="$(winepath -w "$PWD/PC2.toml" 2>/dev/null)"
+printf '@echo off\r\nset "TRINITY_CONFIG=%s"\r\nset TRINITY_SERVICE_PASSWORD=unused-under-wine\r\ncall trinity-orchestrator.bat install\r\ncall trinity-orchestrator.bat start coordinator\r\ncall trinity-orchestrator.bat status\r\ncall trinity-orchestrator.bat restart coordinator\r\ncall trinity-orchestrator.bat stop\r\ncall trinity-orchestrator.bat status\r\ncall trinity-orchestrator.bat restart nope\r\ncall trinity-orchestrator.bat uninstall\r\n' "$WIN_CONFIG" > services.bat
+timeout 300 wine cmd /c services.bat > "$WORK/services.txt" 2>&1 || true
+cat "$WORK/services.txt"
+for want in "installed trinity-coordinator" "started coordinator" "coordinator	RUNNING" "stopped coordinator" "coordinator	STOPPED" 'Unknown daemon "nope"' "removed trinity-coordinator"; do
+  grep -qF "$want" "$WORK/services.txt" || fail "the orchestrator did not say: $want"
+done
+grep -q "coordinator stopped" .trinity/logs/coordinator.log || fail "the service did not stop cleanly on the stop request"
+[ "$(grep -c 'coordinator started' .trinity/logs/coordinator.log)" -ge 2 ] || fail "the service did not run (and restart) under the service manager"
 echo "windows smoke test: passed"

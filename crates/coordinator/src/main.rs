@@ -30,6 +30,11 @@ struct Cli {
     #[arg(long, env = "TRINITY_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
 
+    /// Run as a Windows service (the service control manager starts it so; see
+    /// deploy/windows/trinity-orchestrator.bat)
+    #[arg(long, hide = true)]
+    service: bool,
+
     /// Run one cycle and exit (waits for a running verification to finish)
     #[arg(long, conflicts_with = "status")]
     once: bool,
@@ -45,7 +50,23 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    if cli.service {
+        // Started by the Windows service control manager: its Stop request ends the loop.
+        let ok = trinity_core::service::serve(
+            "coordinator",
+            Box::new(move |token| finish(run(cli, Some(token))) == ExitCode::SUCCESS),
+        );
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    finish(run(cli, None))
+}
+
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("coordinator: error: {err:#}");
@@ -54,7 +75,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(
+    cli: Cli,
+    service_token: Option<tokio_util::sync::CancellationToken>,
+) -> anyhow::Result<ExitCode> {
     let Start {
         config,
         config_dir,
@@ -107,7 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    trinity_core::daemon::run_until_signal(|shutdown| daemon::run(coord, shutdown))
+    trinity_core::daemon::run_with(service_token, |shutdown| daemon::run(coord, shutdown))
         .context("failed to start the async runtime")??;
     Ok(ExitCode::SUCCESS)
 }

@@ -35,6 +35,11 @@ struct Cli {
     #[arg(long, global = true, env = "TRINITY_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
 
+    /// Run as a Windows service (the service control manager starts it so; see
+    /// deploy/windows/trinity-orchestrator.bat)
+    #[arg(long, hide = true)]
+    service: bool,
+
     /// Daemon: re-evaluate at least this often [default: credit.interval, 1m]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     interval: Option<Duration>,
@@ -149,7 +154,23 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    if cli.service {
+        // Started by the Windows service control manager: its Stop request ends the loop.
+        let ok = trinity_core::service::serve(
+            "credit-monitor",
+            Box::new(move |token| finish(run(cli, Some(token))) == ExitCode::SUCCESS),
+        );
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    finish(run(cli, None))
+}
+
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("credit-monitor: error: {err:#}");
@@ -194,7 +215,10 @@ fn event_from(cli: &Cli, now: DateTime<Utc>) -> anyhow::Result<Option<CreditEven
     Ok(Some(e))
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(
+    cli: Cli,
+    service_token: Option<tokio_util::sync::CancellationToken>,
+) -> anyhow::Result<ExitCode> {
     if let Some(Command::Replay { trace }) = &cli.command {
         let config = trinity_core::daemon::load_config(daemon::NAME, cli.config.as_deref())?;
         return replay(&config.config, trace, cli.json);
@@ -260,8 +284,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         transcript_poll: config.credit.transcript_poll_interval,
         transcripts: expand_home(&config.credit.claude_projects_dir),
     };
-    trinity_core::daemon::run_until_signal(|shutdown| daemon::run(monitor, options, shutdown))
-        .context("failed to start the async runtime")??;
+    trinity_core::daemon::run_with(service_token, |shutdown| {
+        daemon::run(monitor, options, shutdown)
+    })
+    .context("failed to start the async runtime")??;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -26,6 +26,11 @@ struct Cli {
     #[arg(long, env = "TRINITY_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
 
+    /// Run as a Windows service (the service control manager starts it so; see
+    /// deploy/windows/trinity-orchestrator.bat)
+    #[arg(long, hide = true)]
+    service: bool,
+
     /// Run one full cycle (commit, fetch, merge, push) and exit: 0 on success, 1 with the
     /// reason otherwise
     #[arg(long, conflicts_with = "status")]
@@ -42,7 +47,23 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    if cli.service {
+        // Started by the Windows service control manager: its Stop request ends the loop.
+        let ok = trinity_core::service::serve(
+            "git-sync",
+            Box::new(move |token| finish(run(cli, Some(token))) == ExitCode::SUCCESS),
+        );
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    finish(run(cli, None))
+}
+
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("git-sync: error: {err:#}");
@@ -51,7 +72,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(
+    cli: Cli,
+    service_token: Option<tokio_util::sync::CancellationToken>,
+) -> anyhow::Result<ExitCode> {
     let Start {
         config, pc, tree, ..
     } = trinity_core::daemon::start(daemon::NAME, cli.config.as_deref())?;
@@ -118,7 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         });
     }
     let sync_config = config.sync.clone();
-    trinity_core::daemon::run_until_signal(|shutdown| {
+    trinity_core::daemon::run_with(service_token, |shutdown| {
         daemon::run(syncer, root, sync_config, shutdown)
     })
     .context("failed to start the async runtime")??;

@@ -307,10 +307,23 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = T>,
 {
+    run_with(None, run)
+}
+
+/// [`run_until_signal`], or, given a token (a Windows service's: the service control manager
+/// cancels it), until that token is cancelled.
+pub fn run_with<F, Fut, T>(shutdown: Option<CancellationToken>, run: F) -> std::io::Result<T>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    Ok(runtime.block_on(async { run(shutdown_on_signals()).await }))
+    Ok(runtime.block_on(async {
+        let token = shutdown.unwrap_or_else(shutdown_on_signals);
+        run(token).await
+    }))
 }
 
 #[cfg(test)]

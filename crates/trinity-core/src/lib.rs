@@ -25,6 +25,7 @@ pub mod program;
 pub mod queue;
 pub mod rotation;
 pub mod schema;
+pub mod service;
 pub mod state;
 pub mod syncstate;
 pub mod validate;

@@ -31,6 +31,11 @@ struct Cli {
     #[arg(long, env = "TRINITY_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
 
+    /// Run as a Windows service (the service control manager starts it so; see
+    /// deploy/windows/trinity-orchestrator.bat)
+    #[arg(long, hide = true)]
+    service: bool,
+
     /// Handle what is pending and exit: 0 when everything was handled, 1 when a handoff still
     /// waits for its claims to reach the remote
     #[arg(long, conflicts_with_all = ["status", "send"])]
@@ -71,7 +76,23 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    if cli.service {
+        // Started by the Windows service control manager: its Stop request ends the loop.
+        let ok = trinity_core::service::serve(
+            "wake-daemon",
+            Box::new(move |token| finish(run(cli, Some(token))) == ExitCode::SUCCESS),
+        );
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    finish(run(cli, None))
+}
+
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("wake-daemon: error: {err:#}");
@@ -80,7 +101,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(
+    cli: Cli,
+    service_token: Option<tokio_util::sync::CancellationToken>,
+) -> anyhow::Result<ExitCode> {
     let Start {
         config,
         config_dir,
@@ -113,8 +137,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return once(&receiver, &config);
     }
     let poll = config.wake.poll_interval;
-    trinity_core::daemon::run_until_signal(|shutdown| daemon::run(receiver, poll, shutdown))
-        .context("failed to start the async runtime")??;
+    trinity_core::daemon::run_with(service_token, |shutdown| {
+        daemon::run(receiver, poll, shutdown)
+    })
+    .context("failed to start the async runtime")??;
     Ok(ExitCode::SUCCESS)
 }
 
