@@ -768,8 +768,8 @@ impl Coordinator {
         };
         let mut env = vec![
             ("TRINITY_HANDOFF_ID".to_owned(), id.to_string()),
-            ("TRINITY_PC".to_owned(), h.from_pc.to_string()),
-            ("TRINITY_COORDINATOR".to_owned(), self.pc.to_string()),
+            ("TRINITY_VERIFY_PC".to_owned(), h.from_pc.to_string()),
+            ("TRINITY_VERIFY_LEADER".to_owned(), self.pc.to_string()),
         ];
         if let Some(t) = &task {
             env.push(("TRINITY_TASK_ID".to_owned(), t.to_string()));

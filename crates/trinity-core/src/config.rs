@@ -33,6 +33,12 @@ pub const ENV_NOT_SETTINGS: &[&str] = &[
     "TRINITY_TASK_ID",
     "TRINITY_TASKS_FILE",
     "TRINITY_LAUNCH_ID",
+    // What the coordinator hands a verification phase (never TRINITY_PC: a phase that runs a
+    // Trinity program must stay the leader's PC).
+    "TRINITY_HANDOFF_ID",
+    "TRINITY_VERIFY_PC",
+    "TRINITY_VERIFY_LEADER",
+    "TRINITY_VERIFY_COMMIT",
 ];
 
 /// serde for `Duration` as a humantime string.

@@ -148,3 +148,36 @@ fn the_linux_orchestrator_starts_restarts_one_follows_a_log_and_stops() {
     let (ok, out) = run(&world, &["uninstall"]);
     assert!(ok, "{out}");
 }
+
+/// `scripts/install.sh --from DIR DEST` copies the five programs and the Linux orchestrator.
+#[test]
+fn install_copies_the_five_programs_and_the_orchestrator() {
+    let dest = tempfile::tempdir().expect("dest");
+    let bin_dir = trinity_e2e::bin("trinity")
+        .parent()
+        .expect("bin dir")
+        .to_owned();
+    let home = tempfile::tempdir().expect("home");
+    let mut c = Command::new("sh");
+    trinity_testkit::hermetic(&mut c, home.path());
+    let o = c
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install.sh"))
+        .arg("--from")
+        .arg(&bin_dir)
+        .arg(dest.path().join("bin"))
+        .output()
+        .expect("install.sh");
+    assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("trinity 0."), "{out}");
+    for p in [
+        "trinity",
+        "git-sync",
+        "credit-monitor",
+        "wake-daemon",
+        "coordinator",
+        "trinity.sh",
+    ] {
+        assert!(dest.path().join("bin").join(p).is_file(), "{p} installed");
+    }
+}
