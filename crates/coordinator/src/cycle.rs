@@ -90,6 +90,7 @@ pub struct Coordinator {
     leading_since: Option<DateTime<Utc>>,
     last_epoch: Option<u64>,
     queue: QueueReader,
+    reports_at: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -104,6 +105,9 @@ impl std::fmt::Debug for Coordinator {
 
 /// How often reports are rewritten when nothing in them changed (their time stamps aside).
 const REFRESH: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The least time between two rounds of report writes.
+pub const REPORT_SPACING: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Coordinator {
     /// A coordinator for `pc` over `tree`.
@@ -141,6 +145,7 @@ impl Coordinator {
             leading_since: None,
             last_epoch: None,
             queue: QueueReader::default(),
+            reports_at: None,
         }
     }
 
@@ -1135,6 +1140,14 @@ impl Coordinator {
     }
 
     fn write_reports(&mut self, fleet: &Fleet, view: &FleetView, epoch: u64, now: DateTime<Utc>) {
+        // Reports are for people: at most one round of writes every REPORT_SPACING, so that a
+        // burst of handoffs does not add a burst of commits racing the handoffs' own.
+        if let Some(last) = self.reports_at
+            && (now - last).to_std().unwrap_or_default() < REPORT_SPACING
+        {
+            return;
+        }
+        self.reports_at = Some(now);
         let mut status = report::status(fleet, view, &self.pc, epoch, now);
         if let Some((at, what)) = &self.last_action {
             status.last_autonomous_action = Some(*at);

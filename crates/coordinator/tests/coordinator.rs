@@ -503,6 +503,9 @@ fn a_silent_pc_is_suspect_then_refuted_by_a_fresh_heartbeat() {
     // Its wake-daemon answers: a fresh heartbeat. Alive again; nothing is reassigned later
     // while it keeps beating.
     f.beat("PC1", HeartbeatStatus::Idle, &[]);
+    // (Reports are written at most every REPORT_SPACING.)
+    f.clock.advance(coordinator::cycle::REPORT_SPACING);
+    f.beat("PC2", HeartbeatStatus::Idle, &[]);
     c.cycle().expect("cycle");
     assert_eq!(
         f.status().instances[&pc("PC1")].liveness,

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Handoff latency with the whole fleet running: three PCs, all four daemons each, one local
+bare repository (the release build: run `cargo build --release --workspace` first).
+
+Usage: scripts/bench/handoff_latency.py [N]    (N forced handoffs around the ring, default 21)
+
+Each round forces a handoff on the PC holding the work (`credit-monitor --force-handoff`) and
+times, from just before that command: (1) the agent's start on the next PC (the agent writes
+the time), and (2) the next PC's `handoff_accepted` heartbeat for that handoff visible in the
+outgoing PC's own tree (pulled by its git-sync). Prints each round and the median and p95.
+"""
+import json, os, shutil, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REL = os.path.join(ROOT, "target", "release")
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 21
+PCS = ["PC1", "PC2", "PC3"]
+DAEMONS = ["git-sync", "credit-monitor", "wake-daemon"] + ([] if os.environ.get("BENCH_NO_COORDINATOR") else ["coordinator"])
+
+d = tempfile.mkdtemp(prefix="trinity-latency-")
+home = os.path.join(d, "home")
+os.makedirs(home)
+out = os.path.join(d, "out")
+os.makedirs(out)
+agent = os.path.join(d, "agent.sh")
+open(agent, "w").write('#!/bin/sh\ndate +%s.%N > "$OUT/.$$.tmp" && mv "$OUT/.$$.tmp" "$OUT/$(basename "$TRINITY_HANDOFF_FILE" .json).t"\n')
+
+def env_for(pc):
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("TRINITY_", "GIT_"))}
+    e.update(HOME=home, GIT_CONFIG_GLOBAL=os.path.join(home, "none"), GIT_CONFIG_NOSYSTEM="1",
+             TRINITY_CONFIG=os.path.join(d, pc, "trinity.toml"), OUT=out,
+             TRINITY_SYNC__HEARTBEAT_COMMIT_INTERVAL="0s")
+    return e
+
+remote = os.path.join(d, "remote.git")
+for i, pc in enumerate(PCS):
+    os.makedirs(os.path.join(d, pc))
+    args = [os.path.join(REL, "trinity"), "init", "--pc", pc, "--remote", remote]
+    if i == 0:
+        args += ["--create-remote", "--fleet", ",".join(PCS), "--coordinator", PCS[-1]]
+    subprocess.run(args, cwd=os.path.join(d, pc), env=env_for(pc), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(os.path.join(d, pc, "trinity.toml"), "a") as f:
+        f.write(f'[credit]\nclaude_projects_dir = ""\npause = "1s"\n'
+                f'[agent]\ncommand = ["/bin/sh", "{agent}"]\nnew_console = false\n')
+
+procs = []
+for pc in PCS:
+    for dm in DAEMONS:
+        procs.append(subprocess.Popen([os.path.join(REL, dm)], cwd=os.path.join(d, pc), env=env_for(pc),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+def heartbeat(seen_by, of):
+    try:
+        return json.load(open(os.path.join(d, seen_by, ".trinity", "heartbeat", of + ".json")))
+    except Exception:
+        return None
+
+def wait(what, ok, limit=60):
+    t = time.time()
+    while not ok():
+        if time.time() - t > limit:
+            raise SystemExit(f"timed out waiting for {what} (kept {d})")
+        time.sleep(0.005)
+
+try:
+    wait("every heartbeat everywhere", lambda: all(heartbeat(a, b) for a in PCS for b in PCS))
+    start_lat, seen_lat = [], []
+    holder = 0
+    for r in range(N):
+        src = PCS[holder]
+        t0 = time.time()
+        p = subprocess.run([os.path.join(REL, "credit-monitor"), "--force-handoff"], cwd=os.path.join(d, src),
+                           env=env_for(src), capture_output=True, text=True)
+        if "handoff:" not in p.stdout:
+            time.sleep(0.2)  # the next PC may still be pausing after its own handoff
+            continue
+        path = p.stdout.strip().rsplit(": ", 1)[-1]
+        hid = os.path.basename(path)[:-len(".json")]
+        dst = hid.split("_to_")[1].rsplit("_", 1)[0]
+        mark = os.path.join(out, hid + ".t")
+        wait(f"the agent on {dst}", lambda: os.path.exists(mark))
+        t1 = float(open(mark).read())
+        wait(f"{dst}'s handoff_accepted on {src}", lambda: (heartbeat(src, dst) or {}).get("handoff") == hid
+             and (heartbeat(src, dst) or {}).get("status") == "handoff_accepted")
+        t2 = time.time()
+        start_lat.append((t1 - t0) * 1000)
+        seen_lat.append((t2 - t0) * 1000)
+        print(f"{r + 1:>3} {src} -> {dst}: agent started {start_lat[-1]:7.1f} ms, accepted seen on {src} {seen_lat[-1]:7.1f} ms", flush=True)
+        holder = PCS.index(dst)
+    def p95(v):
+        v = sorted(v)
+        return v[min(len(v) - 1, int(len(v) * 0.95))]
+    print(f"\n{len(start_lat)} handoffs around the ring")
+    print(f"trigger -> agent started on the next PC: median {statistics.median(start_lat):.0f} ms, p95 {p95(start_lat):.0f} ms")
+    print(f"trigger -> handoff_accepted visible on the outgoing PC: median {statistics.median(seen_lat):.0f} ms, p95 {p95(seen_lat):.0f} ms")
+finally:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    shutil.rmtree(d, ignore_errors=True)
