@@ -226,3 +226,32 @@ fn invalid_fixtures_are_refused_with_a_useful_message() {
     }
     assert!(cases.len() >= 30, "only {} invalid cases", cases.len());
 }
+
+/// A file named for a Windows device (`spawn_queue/CON.json`) is refused. Made here rather than
+/// kept in fixtures/: Windows cannot store such a file, so git there could not check the
+/// repository out.
+#[cfg(not(windows))]
+#[test]
+fn a_windows_device_name_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tree = Tree::new(dir.path());
+    std::fs::create_dir_all(tree.spawn_queue_dir()).expect("dir");
+    std::fs::copy(fixtures().join("valid/fleet.toml"), tree.fleet_file()).expect("fleet");
+    let path = tree.spawn_queue_dir().join("CON.json");
+    std::fs::write(
+        &path,
+        r#"{"id":"CON","description":"x","created_at":"2025-11-23T09:00:00Z","created_by":"PC3"}"#,
+    )
+    .expect("write");
+    let fleet = fsio::load::<Fleet>(&tree.fleet_file())
+        .expect("fleet")
+        .value;
+    let problem = validate_file(&tree, &path, Some(&fleet)).expect_err("refused");
+    assert!(
+        problem
+            .message
+            .contains("is a reserved device name on Windows"),
+        "{}",
+        problem.message
+    );
+}
