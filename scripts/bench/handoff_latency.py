@@ -94,6 +94,23 @@ try:
     print(f"\n{len(start_lat)} handoffs around the ring")
     print(f"trigger -> agent started on the next PC: median {statistics.median(start_lat):.0f} ms, p95 {p95(start_lat):.0f} ms")
     print(f"trigger -> handoff_accepted visible on the outgoing PC: median {statistics.median(seen_lat):.0f} ms, p95 {p95(seen_lat):.0f} ms")
+    # Idle: each daemon's resident memory and CPU over a quiet minute (Linux /proc).
+    idle = float(os.environ.get("BENCH_IDLE_S", "60"))
+    def sample(pid):
+        try:
+            rss = next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:"))
+            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            return rss, (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        except Exception:
+            return None
+    names = [(pc, dm) for pc in PCS for dm in DAEMONS]
+    before = [sample(p.pid) for p in procs]
+    time.sleep(idle)
+    after = [sample(p.pid) for p in procs]
+    print(f"\nidle for {idle:.0f} s (PC1's daemons; the others alike):")
+    for (pc, dm), b, a in zip(names, before, after):
+        if pc == "PC1" and a and b:
+            print(f"  {dm:<15} RSS {a[0] / 1024:5.1f} MiB, CPU {1000 * (a[1] - b[1]) / idle:6.2f} ms/s")
 finally:
     for p in procs:
         p.terminate()
