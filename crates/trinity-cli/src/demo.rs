@@ -10,12 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use trinity_core::daemon::DAEMONS;
 use trinity_core::fsio;
 use trinity_core::schema::{Claim, Handoff, InstanceStatus, Lease, Verdict, Verification};
 use trinity_core::{InstanceState, PcId, TaskId, Tree};
-
-/// The daemons each simulated PC runs.
-const DAEMONS: [&str; 4] = ["git-sync", "credit-monitor", "wake-daemon", "coordinator"];
 
 /// How long one step may take before the demo gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use clap::Args;
 use trinity_core::config::{Config, SyncMode};
-use trinity_core::daemon::FileLock;
+use trinity_core::daemon::{DAEMONS, FileLock};
 use trinity_core::fsio;
 use trinity_core::gitcmd::Git;
 use trinity_core::schema::{CreditStatus, Fleet, Handoff, Heartbeat, WakeSignal};
@@ -66,9 +66,6 @@ impl Report {
         self.add(Level::Fail, what, detail, Some(fix.into()));
     }
 }
-
-/// The daemons a PC runs, and how to start one.
-const DAEMONS: [&str; 4] = ["git-sync", "credit-monitor", "wake-daemon", "coordinator"];
 
 /// A daemon whose heartbeat entry is older than this is running but not reporting.
 const HUNG_AFTER: Duration = Duration::from_secs(5 * 60);

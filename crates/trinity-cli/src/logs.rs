@@ -11,14 +11,7 @@ use clap::Args;
 use trinity_core::DaemonName;
 use trinity_core::layout::Tree;
 
-/// The daemons (and the CLI) that write logs.
-const KNOWN: &[&str] = &[
-    "credit-monitor",
-    "wake-daemon",
-    "git-sync",
-    "coordinator",
-    "trinity",
-];
+use trinity_core::daemon::DAEMONS;
 
 #[derive(Debug, Args)]
 pub(crate) struct LogsArgs {
@@ -77,10 +70,11 @@ pub(crate) fn run(args: LogsArgs, config_path: Option<&Path>) -> anyhow::Result<
         } else {
             format!("logs present: {}", present.join(", "))
         };
-        let known = if KNOWN.contains(&daemon.as_str()) {
+        // The daemons, and the CLI itself, write logs.
+        let known = if DAEMONS.contains(&daemon.as_str()) || daemon.as_str() == "trinity" {
             String::new()
         } else {
-            format!("; daemons are {}", KNOWN.join(", "))
+            format!("; daemons are {}", DAEMONS.join(", "))
         };
         bail!("no log file {} ({hint}{known})", path.display());
     }

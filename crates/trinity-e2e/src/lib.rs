@@ -18,7 +18,7 @@ use trinity_core::{PcId, TaskId, Tree};
 pub const DAEMONS: [&str; 3] = ["git-sync", "credit-monitor", "wake-daemon"];
 
 /// Every daemon, the coordinator included.
-pub const ALL_DAEMONS: [&str; 4] = ["git-sync", "credit-monitor", "wake-daemon", "coordinator"];
+pub const ALL_DAEMONS: [&str; 4] = trinity_core::daemon::DAEMONS;
 
 /// The workspace's programs, next to the test's executable (`target/<profile>/`).
 pub fn bin(name: &str) -> PathBuf {
