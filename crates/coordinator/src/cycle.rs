@@ -175,17 +175,8 @@ impl Coordinator {
 
     /// Loads the fleet and checks this PC is a member.
     pub fn fleet(&self) -> Result<Fleet, CycleError> {
-        let fleet = fsio::load::<Fleet>(&self.tree.fleet_file())
-            .map_err(|e| CycleError::Fleet(e.to_string()))?
-            .value;
-        if !fleet.contains(&self.pc) {
-            return Err(CycleError::Fleet(format!(
-                "{} is not a member of the fleet ({})",
-                self.pc,
-                fleet.pcs_joined()
-            )));
-        }
-        Ok(fleet)
+        trinity_core::pcfiles::load_member(&self.tree, &self.pc)
+            .map_err(|e| CycleError::Fleet(e.to_string()))
     }
 
     /// Stops every verification in progress (on shutdown or when the lease is lost).

@@ -14,7 +14,7 @@ use trinity_core::fsio::{self, SaveError};
 use trinity_core::rotation::Choice;
 use trinity_core::schema::{
     Claim, CreditSnapshot, Done, Escalation, EscalationKind, Handoff, HandoffReason,
-    HeartbeatStatus, InstanceStatus, Schema, Task, TaskRef, WakeSignal,
+    HeartbeatStatus, InstanceStatus, Schema, Task, TaskRef, WakeSignal, WakeTask,
 };
 use trinity_core::validate::files_under;
 use trinity_core::{InstanceState, PcId, RecordId, SignalId, TaskId, Tree, pcfiles, state};
@@ -94,11 +94,11 @@ pub(crate) fn start(
         .ok_or_else(|| MonitorError::Handoff("cannot name the handoff file".to_owned()))?;
     let signal = WakeSignal {
         format_version: WakeSignal::FORMAT_VERSION,
-        id: SignalId::generate(&m.pc, now, "credit_handoff"),
+        id: SignalId::generate(&m.pc, now, WakeTask::CreditHandoff.as_str()),
         from_pc: m.pc.clone(),
         to_pc: to.clone(),
         timestamp: now,
-        task: "credit_handoff".to_owned(),
+        task: WakeTask::CreditHandoff.as_str().to_owned(),
         message: format!(
             "Taking over from {} due to {}: {}",
             m.pc,

@@ -376,17 +376,8 @@ impl Monitor {
 
     /// `fleet.toml`.
     pub fn fleet(&self) -> Result<Fleet, MonitorError> {
-        let fleet = fsio::load::<Fleet>(&self.tree.fleet_file())
-            .map_err(|e| MonitorError::Fleet(e.to_string()))?
-            .value;
-        if !fleet.contains(&self.pc) {
-            return Err(MonitorError::Fleet(format!(
-                "{} is not a member of the fleet ({})",
-                self.pc,
-                fleet.pcs_joined()
-            )));
-        }
-        Ok(fleet)
+        trinity_core::pcfiles::load_member(&self.tree, &self.pc)
+            .map_err(|e| MonitorError::Fleet(e.to_string()))
     }
 
     /// The persisted trigger state (defaults when there is none).

@@ -158,3 +158,31 @@ mod tests {
         std::fs::write(path, bytes).expect("write");
     }
 }
+
+/// Why the fleet could not be loaded for a PC.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// `fleet.toml` is missing or invalid.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The PC is not in it.
+    #[error("{pc} is not a member of the fleet ({members})")]
+    NotMember {
+        /// The PC.
+        pc: PcId,
+        /// The fleet's PCs, for the message.
+        members: String,
+    },
+}
+
+/// `fleet.toml`, checked to have `pc` among its members: what every daemon starts from.
+pub fn load_member(tree: &Tree, pc: &PcId) -> Result<crate::schema::Fleet, FleetError> {
+    let fleet = fsio::load::<crate::schema::Fleet>(&tree.fleet_file())?.value;
+    if !fleet.contains(pc) {
+        return Err(FleetError::NotMember {
+            pc: pc.clone(),
+            members: fleet.pcs_joined(),
+        });
+    }
+    Ok(fleet)
+}

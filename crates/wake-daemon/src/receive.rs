@@ -122,17 +122,7 @@ impl Receiver {
 
     /// `fleet.toml`, with this PC in it.
     pub fn fleet(&self) -> Result<Fleet, WakeError> {
-        let fleet = fsio::load::<Fleet>(&self.tree.fleet_file())
-            .map_err(|e| WakeError::Fleet(e.to_string()))?
-            .value;
-        if !fleet.contains(&self.pc) {
-            return Err(WakeError::Fleet(format!(
-                "{} is not a member of the fleet ({})",
-                self.pc,
-                fleet.pcs_joined()
-            )));
-        }
-        Ok(fleet)
+        pcfiles::load_member(&self.tree, &self.pc).map_err(|e| WakeError::Fleet(e.to_string()))
     }
 
     /// The signal files waiting in `wake/{PC}/`.
