@@ -722,21 +722,7 @@ impl Coordinator {
             finished_at: None,
             phases: phases
                 .iter()
-                .map(|p| PhaseResult {
-                    name: p.name.clone(),
-                    status: PhaseStatus::Pending,
-                    critical: p.critical,
-                    exit_code: None,
-                    duration_s: None,
-                    critical_issues: 0,
-                    high_issues: 0,
-                    medium_issues: 0,
-                    low_issues: 0,
-                    coverage: None,
-                    benchmarks_ok: None,
-                    summary: None,
-                    output_tail: String::new(),
-                })
+                .map(|p| PhaseResult::new(p.name.clone(), PhaseStatus::Pending, p.critical))
                 .collect(),
             verdict: None,
             reasons: Vec::new(),

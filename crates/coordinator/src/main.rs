@@ -50,29 +50,8 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.service {
-        // Started by the Windows service control manager: its Stop request ends the loop.
-        let ok = trinity_core::service::serve(
-            "coordinator",
-            Box::new(move |token| finish(run(cli, Some(token))) == ExitCode::SUCCESS),
-        );
-        return if ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
-    }
-    finish(run(cli, None))
-}
-
-fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
-    match result {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("coordinator: error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let as_service = cli.service;
+    trinity_core::service::program_main("coordinator", as_service, move |token| run(cli, token))
 }
 
 fn run(

@@ -76,19 +76,8 @@ impl Running {
         let handle = self.handle.take()?;
         Some(handle.join().unwrap_or_else(|_| {
             vec![PhaseResult {
-                name: "verification".to_owned(),
-                status: PhaseStatus::Failed,
-                critical: false,
-                exit_code: None,
-                duration_s: None,
-                critical_issues: 0,
-                high_issues: 0,
-                medium_issues: 0,
-                low_issues: 0,
-                coverage: None,
-                benchmarks_ok: None,
                 summary: Some("the verification thread panicked".to_owned()),
-                output_tail: String::new(),
+                ..PhaseResult::new("verification", PhaseStatus::Failed, false)
             }]
         }))
     }
@@ -106,19 +95,8 @@ impl Running {
 
 fn blank(p: &PhaseConfig, status: PhaseStatus, summary: String) -> PhaseResult {
     PhaseResult {
-        name: p.name.clone(),
-        status,
-        critical: p.critical,
-        exit_code: None,
-        duration_s: None,
-        critical_issues: 0,
-        high_issues: 0,
-        medium_issues: 0,
-        low_issues: 0,
-        coverage: None,
-        benchmarks_ok: None,
         summary: Some(summary),
-        output_tail: String::new(),
+        ..PhaseResult::new(p.name.clone(), status, p.critical)
     }
 }
 

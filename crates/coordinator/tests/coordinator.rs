@@ -648,23 +648,17 @@ fn kpis_come_from_the_verification_history() {
             started_at: at,
             finished_at: Some(at + chrono::Duration::minutes(minutes)),
             phases: vec![trinity_core::schema::PhaseResult {
-                name: "unit".to_owned(),
-                status: if critical_fail {
-                    trinity_core::schema::PhaseStatus::Failed
-                } else {
-                    trinity_core::schema::PhaseStatus::Passed
-                },
-                critical: true,
                 exit_code: Some(i32::from(critical_fail)),
                 duration_s: Some(1.0),
-                critical_issues: 0,
-                high_issues: 0,
-                medium_issues: 0,
-                low_issues: 0,
-                coverage: None,
-                benchmarks_ok: None,
-                summary: None,
-                output_tail: String::new(),
+                ..trinity_core::schema::PhaseResult::new(
+                    "unit",
+                    if critical_fail {
+                        trinity_core::schema::PhaseStatus::Failed
+                    } else {
+                        trinity_core::schema::PhaseStatus::Passed
+                    },
+                    true,
+                )
             }],
             verdict: Some(verdict),
             reasons: vec!["r".to_owned()],

@@ -47,29 +47,8 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.service {
-        // Started by the Windows service control manager: its Stop request ends the loop.
-        let ok = trinity_core::service::serve(
-            "git-sync",
-            Box::new(move |token| finish(run(cli, Some(token))) == ExitCode::SUCCESS),
-        );
-        return if ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
-    }
-    finish(run(cli, None))
-}
-
-fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
-    match result {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("git-sync: error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let as_service = cli.service;
+    trinity_core::service::program_main("git-sync", as_service, move |token| run(cli, token))
 }
 
 fn run(

@@ -260,14 +260,7 @@ fn make_current(tree: &Tree, pc: &PcId, task: &Task) -> anyhow::Result<()> {
             next.since = now;
             next.handoff = None;
         }
-        next.current_work = Some(CurrentWork {
-            task_id: task.id.clone(),
-            progress: String::new(),
-            completed_subtasks: Vec::new(),
-            next_subtask: None,
-            code: None,
-            session: None,
-        });
+        next.current_work = Some(CurrentWork::new(task.id.clone()));
         if !next.claimed_tasks.contains(&task.id) {
             next.claimed_tasks.push(task.id.clone());
         }
@@ -351,14 +344,7 @@ fn progress(tree: &Tree, pc: &PcId, a: ProgressArgs) -> anyhow::Result<ExitCode>
         let mut next = current.cloned()?;
         let mut work = match next.current_work.take() {
             Some(w) if w.task_id == id => w,
-            _ => CurrentWork {
-                task_id: id.clone(),
-                progress: String::new(),
-                completed_subtasks: Vec::new(),
-                next_subtask: None,
-                code: None,
-                session: None,
-            },
+            _ => CurrentWork::new(id.clone()),
         };
         if let Some(p) = &pct {
             work.progress = p.clone();
@@ -446,14 +432,7 @@ fn done(config: &Config, tree: &Tree, pc: &PcId, a: DoneArgs) -> anyhow::Result<
         Err(e) => eprintln!("warning: the claim on {id} stays: {e}"),
     }
     let submission = if verified {
-        let mut work = finished.unwrap_or(CurrentWork {
-            task_id: id.clone(),
-            progress: String::new(),
-            completed_subtasks: Vec::new(),
-            next_subtask: None,
-            code: None,
-            session: None,
-        });
+        let mut work = finished.unwrap_or(CurrentWork::new(id.clone()));
         work.progress = if a.summary.is_empty() {
             "done".to_owned()
         } else {

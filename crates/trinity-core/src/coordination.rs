@@ -518,23 +518,13 @@ mod tests {
 
     fn phase(name: &str, status: PhaseStatus, critical: bool) -> PhaseResult {
         PhaseResult {
-            name: name.to_owned(),
-            status,
-            critical,
             exit_code: match status {
                 PhaseStatus::Passed => Some(0),
                 PhaseStatus::Failed => Some(1),
                 _ => None,
             },
             duration_s: Some(1.0),
-            critical_issues: 0,
-            high_issues: 0,
-            medium_issues: 0,
-            low_issues: 0,
-            coverage: None,
-            benchmarks_ok: None,
-            summary: None,
-            output_tail: String::new(),
+            ..PhaseResult::new(name, status, critical)
         }
     }
 

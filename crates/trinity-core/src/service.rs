@@ -7,7 +7,38 @@
 //! status goes back to the manager (a failure triggers the recovery actions the orchestrator
 //! sets: restart after 5 s). Everywhere else `--service` is refused with a message.
 
+use std::process::ExitCode;
+
 use tokio_util::sync::CancellationToken;
+
+/// A daemon program's `main`: runs `run` in the console (no token: Ctrl-C stops it) or, with
+/// `as_service`, under the Windows service control manager (its Stop request cancels the
+/// token). An error is printed as `{program}: error: …` with its causes, and exits 1.
+pub fn program_main<E: std::fmt::Display>(
+    program: &'static str,
+    as_service: bool,
+    run: impl FnOnce(Option<CancellationToken>) -> Result<ExitCode, E> + Send + 'static,
+) -> ExitCode {
+    let finish = move |result: Result<ExitCode, E>| match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("{program}: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    };
+    if as_service {
+        let ok = serve(
+            program,
+            Box::new(move |token| finish(run(Some(token))) == ExitCode::SUCCESS),
+        );
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    finish(run(None))
+}
 
 /// The body of a service: runs until the token is cancelled; `true` when it ended well.
 pub type Body = Box<dyn FnOnce(CancellationToken) -> bool + Send>;

@@ -76,29 +76,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.service {
-        // Started by the Windows service control manager: its Stop request ends the loop.
-        let ok = trinity_core::service::serve(
-            "wake-daemon",
-            Box::new(move |token| finish(run(cli, Some(token))) == ExitCode::SUCCESS),
-        );
-        return if ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
-    }
-    finish(run(cli, None))
-}
-
-fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
-    match result {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("wake-daemon: error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let as_service = cli.service;
+    trinity_core::service::program_main("wake-daemon", as_service, move |token| run(cli, token))
 }
 
 fn run(

@@ -734,14 +734,8 @@ impl Receiver {
                     .or_else(|| current.and_then(|c| c.current_work.clone()))
                     .or_else(|| {
                         // Nothing in progress: the first task received is the current work.
-                        won.first().map(|t| trinity_core::schema::CurrentWork {
-                            task_id: t.clone(),
-                            progress: String::new(),
-                            completed_subtasks: Vec::new(),
-                            next_subtask: None,
-                            code: None,
-                            session: None,
-                        })
+                        won.first()
+                            .map(|t| trinity_core::schema::CurrentWork::new(t.clone()))
                     }),
                 claimed_tasks: claimed.into_iter().collect(),
                 handoff: id.clone(),

@@ -82,6 +82,20 @@ pub struct CurrentWork {
     pub session: Option<String>,
 }
 
+impl CurrentWork {
+    /// Work on `task_id` with nothing reported yet.
+    pub fn new(task_id: TaskId) -> Self {
+        Self {
+            task_id,
+            progress: String::new(),
+            completed_subtasks: Vec::new(),
+            next_subtask: None,
+            code: None,
+            session: None,
+        }
+    }
+}
+
 /// The project checkout's state at a handoff: a commit of the working tree (tracked changes and
 /// files `.gitignore` does not exclude) on a branch of its own, pushed to the project's remote.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

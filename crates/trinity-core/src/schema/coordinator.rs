@@ -108,6 +108,27 @@ pub struct PhaseResult {
     pub output_tail: String,
 }
 
+impl PhaseResult {
+    /// A phase in `status` with nothing measured yet.
+    pub fn new(name: impl Into<String>, status: PhaseStatus, critical: bool) -> Self {
+        Self {
+            name: name.into(),
+            status,
+            critical,
+            exit_code: None,
+            duration_s: None,
+            critical_issues: 0,
+            high_issues: 0,
+            medium_issues: 0,
+            low_issues: 0,
+            coverage: None,
+            benchmarks_ok: None,
+            summary: None,
+            output_tail: String::new(),
+        }
+    }
+}
+
 /// The coordinator's decision on a handoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
