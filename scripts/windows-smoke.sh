@@ -111,12 +111,47 @@ for p in trinity git-sync credit-monitor wake-daemon coordinator; do cp "$EXE/$p
 cp "$EXE/bcryptprimitives.dll" .
 cp "$REPO/deploy/windows/trinity-orchestrator.bat" .
 WIN_CONFIG="$(winepath -w "$PWD/PC2.toml" 2>/dev/null)"
-printf '@echo off\r\nset "TRINITY_CONFIG=%s"\r\nset TRINITY_SERVICE_PASSWORD=unused-under-wine\r\ncall trinity-orchestrator.bat install\r\ncall trinity-orchestrator.bat start coordinator\r\ncall trinity-orchestrator.bat status\r\ncall trinity-orchestrator.bat restart coordinator\r\ncall trinity-orchestrator.bat stop\r\ncall trinity-orchestrator.bat status\r\ncall trinity-orchestrator.bat restart nope\r\ncall trinity-orchestrator.bat uninstall\r\n' "$WIN_CONFIG" > services.bat
+WIN_PC1_CONFIG="$(winepath -w "$PWD/PC1.toml" 2>/dev/null)"
+# The wake-daemon as a service must see a new signal through its directory watcher
+# (ReadDirectoryChangesW): its poll is set to an hour, so only the watcher can be that quick.
+printf '[wake]\npoll_interval = "1h"\n' >> PC2.toml
+cat > services.bat <<BAT
+@echo off
+set "TRINITY_CONFIG=$WIN_CONFIG"
+set TRINITY_SERVICE_PASSWORD=unused-under-wine
+call trinity-orchestrator.bat install
+call trinity-orchestrator.bat start coordinator
+call trinity-orchestrator.bat start wake-daemon
+ping -n 3 127.0.0.1 >nul
+call trinity-orchestrator.bat status
+set "TRINITY_CONFIG=$WIN_PC1_CONFIG"
+wake-daemon.exe --send PC2 --task reactivation --message "are you there" >nul
+set "TRINITY_CONFIG=$WIN_CONFIG"
+set /a TRIES=0
+:wait
+dir /b .trinity\\wake\\PC2\\*.json >nul 2>nul || goto woken
+set /a TRIES+=1
+if %TRIES% geq 20 goto notwoken
+ping -n 2 127.0.0.1 >nul
+goto wait
+:notwoken
+echo the wake-daemon service did not take the signal
+goto rest
+:woken
+echo the wake-daemon service took the signal
+:rest
+call trinity-orchestrator.bat restart coordinator
+call trinity-orchestrator.bat stop
+call trinity-orchestrator.bat status
+call trinity-orchestrator.bat restart nope
+call trinity-orchestrator.bat uninstall
+BAT
 timeout 300 wine cmd /c services.bat > "$WORK/services.txt" 2>&1 || true
 cat "$WORK/services.txt"
-for want in "installed trinity-coordinator" "started coordinator" "coordinator	RUNNING" "stopped coordinator" "coordinator	STOPPED" 'Unknown daemon "nope"' "removed trinity-coordinator"; do
+for want in "installed trinity-coordinator" "started coordinator" "coordinator	RUNNING" "wake-daemon	RUNNING" "the wake-daemon service took the signal" "stopped coordinator" "coordinator	STOPPED" 'Unknown daemon "nope"' "removed trinity-coordinator"; do
   grep -qF "$want" "$WORK/services.txt" || fail "the orchestrator did not say: $want"
 done
 grep -q "coordinator stopped" .trinity/logs/coordinator.log || fail "the service did not stop cleanly on the stop request"
+grep -q "woken up" .trinity/logs/wake-daemon.log || fail "the wake-daemon service did not log the wake-up"
 [ "$(grep -c 'coordinator started' .trinity/logs/coordinator.log)" -ge 2 ] || fail "the service did not run (and restart) under the service manager"
 echo "windows smoke test: passed"

@@ -39,6 +39,11 @@ pub const ENV_NOT_SETTINGS: &[&str] = &[
     "TRINITY_VERIFY_PC",
     "TRINITY_VERIFY_LEADER",
     "TRINITY_VERIFY_COMMIT",
+    // The orchestrators' own (deploy/windows/trinity-orchestrator.bat, deploy/systemd/trinity.sh).
+    "TRINITY_SERVICE_USER",
+    "TRINITY_SERVICE_PASSWORD",
+    "TRINITY_BIN",
+    "TRINITY_MODE",
 ];
 
 /// serde for `Duration` as a humantime string.
