@@ -5,7 +5,7 @@ Usage: scripts/bench/soak.py [--minutes M] [--churn-per-second R] [--handoff-eve
        (builds nothing: run `cargo build --release --workspace` first)
 
 Three PCs share one local bare repository, each set up by `trinity init` and running
-`git-sync`, `credit-monitor` and `wake-daemon` at their default settings. Two settings differ,
+`git-sync`, `credit-monitor`, `wake-daemon` and `coordinator` at their default settings. Two settings differ,
 and only so that the forced handoffs can go round the ring for an hour: `credit.pause` (1m)
 and `credit.rate_limit_window` (2m); the agent is a shell script that records its start.
 
@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REL = os.path.join(ROOT, "target", "release")
 PCS = ["PC1", "PC2", "PC3"]
-DAEMONS = ["git-sync", "credit-monitor", "wake-daemon"]
+DAEMONS = ["git-sync", "credit-monitor", "wake-daemon", "coordinator"]
 MAX_PACKS = 16  # git-sync's bound (crates/git-sync/src/repo.rs)
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
