@@ -463,7 +463,7 @@ impl Coordinator {
                 c.task_id.clone(),
             )
         });
-        let tasks: Vec<TaskRef> = claims
+        let mut tasks: Vec<TaskRef> = claims
             .iter()
             .filter(|c| !in_flight.contains(&c.task_id))
             .map(|c| match view.queue.tasks.get(&c.task_id) {
@@ -479,6 +479,24 @@ impl Coordinator {
                 },
             })
             .collect();
+        // Work on its way to the dead PC that it never accepted (an assignment, a handoff):
+        // nobody else would ever take it. If the PC comes back and accepts it late, the claim
+        // at the higher work epoch wins and it drops the task.
+        for (_, h) in view
+            .pending
+            .iter()
+            .filter(|(_, h)| &h.to_pc == dead && h.reason != HandoffReason::WorkComplete)
+        {
+            for t in &h.task_queue {
+                if !in_flight.contains(&t.id)
+                    && !view.queue.done.contains_key(&t.id)
+                    && !tasks.iter().any(|x| x.id == t.id)
+                    && view.queue.claims.get(&t.id).is_none_or(|c| &c.pc == dead)
+                {
+                    tasks.push(t.clone());
+                }
+            }
+        }
         let inst = view.instances.get(dead);
         let last_work = inst.and_then(|i| i.current_work.clone());
         let hb_time = view.heartbeats.get(dead).map(|h| h.timestamp);

@@ -596,6 +596,35 @@ fn a_dead_pcs_work_is_reassigned_with_a_higher_epoch_and_a_post_mortem() {
 }
 
 #[test]
+fn work_given_to_a_pc_that_died_before_taking_it_goes_to_a_live_one() {
+    let f = Fixture::new();
+    f.task("orphan", Priority::High, 0, None, &[]);
+    // PC2 and PC3 are busy; PC1 gets the task, but its wake-daemon never takes it.
+    f.instance("PC2", InstanceState::Active, Some("x2"), None);
+    f.instance("PC3", InstanceState::Active, Some("x3"), None);
+    let mut c = f.coordinator("PC3");
+    c.cycle().expect("cycle");
+    let given: Vec<Handoff> = f.pending();
+    assert_eq!(given.len(), 1);
+    assert_eq!(given[0].to_pc, pc("PC1"));
+    // PC1 falls silent; PC2 becomes free.
+    f.instance("PC2", InstanceState::Standby, None, None);
+    for _ in 0..10 {
+        f.clock.advance(Duration::from_secs(5 * 60));
+        f.beat("PC2", HeartbeatStatus::Idle, &[]);
+        c.cycle().expect("cycle");
+    }
+    let re: Vec<Handoff> = f
+        .pending()
+        .into_iter()
+        .filter(|h| h.reason == HandoffReason::Reassignment)
+        .collect();
+    assert_eq!(re.len(), 1, "{:?}", f.pending());
+    assert_eq!(re[0].to_pc, pc("PC2"));
+    assert_eq!(re[0].task_queue[0].id, tid("orphan"));
+}
+
+#[test]
 fn a_deposed_leader_stops_at_once_and_writes_nothing() {
     let f = Fixture::new();
     // PC1 leads: the preferred PC3 runs no coordinator, so PC1 took the lease after lease_ttl.
