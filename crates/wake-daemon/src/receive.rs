@@ -430,6 +430,12 @@ impl Receiver {
                         }
                     }
                 }
+                Step::Launched { .. }
+                    if record.won.is_empty() && self.handoff(&id)?.reason.is_coordinators() =>
+                {
+                    // Nothing was taken over: the heartbeat says what the PC really does.
+                    Step::Done
+                }
                 Step::Launched { .. } => {
                     let h = self.handoff(&id)?;
                     let tasks = record.won.len() as u32;
@@ -758,8 +764,17 @@ impl Receiver {
                 reason: "the handoff has no valid id".to_owned(),
             });
         };
-        // The agent starts even when the handoff lists no task: the handoff file itself says
-        // what the other PC was doing.
+        // Work the coordinator gave whose tasks all went elsewhere (another PC holds them at a
+        // newer epoch, or they are done): there is nothing for an agent to do.
+        if h.reason.is_coordinators() && won.is_empty() {
+            tracing::info!(handoff = %id, "its tasks went elsewhere meanwhile; no agent started");
+            return Ok(Step::Launched {
+                pid: None,
+                how: "nothing left to do: its tasks went elsewhere".to_owned(),
+            });
+        }
+        // Otherwise the agent starts even when the handoff lists no task: the handoff file
+        // itself says what the other PC was doing.
         let current = h.current_work.as_ref().filter(|w| won.contains(&w.task_id));
         let tasks: Vec<TaskRef> = h
             .task_queue

@@ -444,6 +444,32 @@ fn claims_count_only_once_they_reach_the_remote_and_a_lost_claim_is_dropped() {
 }
 
 #[test]
+fn a_late_reassignment_whose_task_moved_on_starts_no_agent() {
+    let env = Env::new("");
+    let tree = env.tree();
+    let at = now();
+    // PC3 holds task-a at a newer work epoch than the reassignment that reaches PC2 now.
+    let a = TaskId::new("task-a").expect("valid");
+    let theirs = Claim {
+        format_version: 1,
+        task_id: a.clone(),
+        pc: pc("PC3"),
+        claimed_at: at,
+        epoch: 9,
+        handoff: None,
+    };
+    fsio::save(&tree.claim_file(&a), &Doc::new(theirs)).expect("claim");
+    let id = env.write_handoff("PC1", at, &["task-a"], Some(2));
+    env.write_signal("sig-late", "PC3", at, Some(&id));
+    let o = env.run(&["--once"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let log = std::fs::read_to_string(tree.logs_dir().join("wake-daemon.log")).expect("log");
+    assert!(log.contains("no agent started"), "{log}");
+    assert!(!log.contains("started the agent"), "{log}");
+    assert!(env.launches().is_empty(), "nothing to do, nothing started");
+}
+
+#[test]
 fn new_work_is_queued_for_an_agent_that_still_runs() {
     let env = Env::new("");
     let hold = env.root().join("release-agent");
