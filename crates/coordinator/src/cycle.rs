@@ -309,6 +309,11 @@ impl Coordinator {
         self.watch_liveness(fleet, view, epoch, now, actions);
         self.verify_submissions(view, epoch, now, actions);
         self.assign_work(fleet, view, epoch, now, actions);
+        // What is remembered of handoffs matters only while they wait (their file is still in
+        // handoff/): a leader that runs for months must not keep every id it ever saw.
+        let tree = &self.tree;
+        self.announced.retain(|id| tree.handoff_file(id).exists());
+        self.delivered.retain(|id| tree.handoff_file(id).exists());
     }
 
     fn announce_handoffs(&mut self, view: &FleetView) {
