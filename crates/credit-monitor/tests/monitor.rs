@@ -554,3 +554,45 @@ fn files_present_at_the_first_start_are_read_from_their_end() {
     assert!(transcripts::poll(dir.path(), &mut state, t0()).is_empty());
     assert!(state.started);
 }
+
+#[test]
+fn the_outgoing_pc_goes_to_standby_once_the_next_pc_took_its_handoff() {
+    let env = Env::new();
+    env.alive("PC2", HeartbeatStatus::Idle, None);
+    let working = InstanceStatus {
+        format_version: 1,
+        pc: pc("PC1"),
+        state: InstanceState::Active,
+        since: env.now(),
+        current_work: Some(CurrentWork::new(TaskId::new("t1").expect("valid"))),
+        claimed_tasks: vec![TaskId::new("t1").expect("valid")],
+        handoff: None,
+        epoch: 0,
+    };
+    fsio::save(&env.tree.instance_file(&pc("PC1")), &Doc::new(working)).expect("instance");
+    let m = env.monitor("PC1");
+    m.force_handoff().expect("force");
+    let id = handoffs(&env)[0].id().expect("id");
+    let state = |env: &Env| {
+        fsio::load::<InstanceStatus>(&env.tree.instance_file(&pc("PC1")))
+            .expect("instance")
+            .value
+    };
+    assert_eq!(state(&env).state, InstanceState::HandoffReady);
+    // Not taken yet: nothing moves.
+    assert!(!credit_monitor::handoff::settle_outgoing(&m).expect("settle"));
+    assert_eq!(state(&env).state, InstanceState::HandoffReady);
+    // PC2's wake-daemon archives it.
+    std::fs::create_dir_all(env.tree.processed_handoff_dir()).expect("dir");
+    std::fs::rename(
+        env.tree.handoff_file(&id),
+        env.tree.processed_handoff_file(&id),
+    )
+    .expect("archive");
+    assert!(credit_monitor::handoff::settle_outgoing(&m).expect("settle"));
+    let after = state(&env);
+    assert_eq!(after.state, InstanceState::Standby);
+    assert!(after.current_work.is_none() && after.claimed_tasks.is_empty());
+    // Once only.
+    assert!(!credit_monitor::handoff::settle_outgoing(&m).expect("settle"));
+}
