@@ -210,6 +210,41 @@ impl World {
         std::fs::write(&path, config).expect("config");
     }
 
+    /// Gives `pc` these `roles` (a top-level key, so it goes at the top of its `trinity.toml`).
+    pub fn set_roles(&self, pc: &str, roles: &[&str]) {
+        let path = self.root().join(pc).join("trinity.toml");
+        let text = std::fs::read_to_string(&path).expect("config");
+        let list: Vec<String> = roles.iter().map(|r| format!("{r:?}")).collect();
+        std::fs::write(&path, format!("roles = [{}]\n{text}", list.join(", "))).expect("config");
+    }
+
+    /// A project for the agents: `project.git` (bare, branch `main`) with one commit of
+    /// `files` (path, contents), cloned into every PC's `project/`. Returns the bare repository.
+    pub fn project(&self, files: &[(&str, &str)]) -> PathBuf {
+        let root = self.root().to_owned();
+        self.git(
+            &root,
+            &["init", "-q", "--bare", "-b", "main", "project.git"],
+        );
+        self.git(&root, &["clone", "-q", "project.git", "seed"]);
+        let seed = root.join("seed");
+        for (path, text) in files {
+            let p = seed.join(path);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, text).expect("write");
+        }
+        self.git(&seed, &["add", "-A"]);
+        self.git(&seed, &["commit", "-q", "-m", "start"]);
+        self.git(&seed, &["push", "-q", "origin", "main"]);
+        for pc in &self.pcs {
+            self.git(
+                &root.join(pc),
+                &["clone", "-q", "../project.git", "project"],
+            );
+        }
+        root.join("project.git")
+    }
+
     /// Starts every daemon of every PC, the coordinator included.
     pub fn start_fleet(&mut self) {
         for pc in self.pcs() {

@@ -28,25 +28,12 @@ fn the_code_in_progress_travels_and_nothing_local_is_lost() {
         "workdir = \"project\"\n[credit]\nclaude_projects_dir = \"\"\npause = \"1s\"\n",
     );
     // The project: a bare repository and a clone on every PC.
+    world.project(&[
+        ("README.md", "# project\n"),
+        ("src/lib.txt", "lib v1\n"),
+        (".gitignore", "*.log\n"),
+    ]);
     let root = world.root().to_owned();
-    world.git(
-        &root,
-        &["init", "-q", "--bare", "-b", "main", "project.git"],
-    );
-    world.git(&root, &["clone", "-q", "project.git", "seed"]);
-    let seed = root.join("seed");
-    write(&seed.join("README.md"), "# project\n");
-    write(&seed.join("src/lib.txt"), "lib v1\n");
-    write(&seed.join(".gitignore"), "*.log\n");
-    world.git(&seed, &["add", "-A"]);
-    world.git(&seed, &["commit", "-q", "-m", "start"]);
-    world.git(&seed, &["push", "-q", "origin", "main"]);
-    for pc in ["PC1", "PC2", "PC3"] {
-        world.git(
-            &root.join(pc),
-            &["clone", "-q", "../project.git", "project"],
-        );
-    }
     world.start_all();
     let trinity = |pc: &str, args: &[&str]| {
         let o = world.output("trinity", pc, args);

@@ -71,16 +71,14 @@ fn verdicts(world: &World, seen_by: &str) -> Vec<Verification> {
 fn the_coordinator_assigns_verifies_reassigns_and_survives_its_leaders_death() {
     let pcs = ["PC1", "PC2", "PC3"];
     let mut world = World::with_agent(&pcs, CONFIG, AGENT);
-    // Roles (top-level keys, so at the top of the file): only PC2 takes `holder` tasks.
+    // Only PC2 takes `holder` tasks.
     for p in pcs {
-        let path = world.root().join(p).join("trinity.toml");
-        let roles = if p == "PC2" {
-            "[\"general\", \"holder\"]"
+        let roles: &[&str] = if p == "PC2" {
+            &["general", "holder"]
         } else {
-            "[\"general\"]"
+            &["general"]
         };
-        let text = std::fs::read_to_string(&path).expect("config");
-        std::fs::write(&path, format!("roles = {roles}\n{text}")).expect("config");
+        world.set_roles(p, roles);
     }
     world.set_env("TRINITY_SYNC__HEARTBEAT_COMMIT_INTERVAL", "0s");
     world.start_fleet();

@@ -50,29 +50,11 @@ fn instance(world: &World) -> Option<InstanceStatus> {
 #[test]
 fn finished_work_is_verified_on_its_own_code_and_denied_work_comes_back_to_fix() {
     let mut world = World::new(&["PC1", "PC2"], CONFIG);
-    for (pc, role) in [("PC1", "writer"), ("PC2", "reviewer")] {
-        let path = world.root().join(pc).join("trinity.toml");
-        let text = std::fs::read_to_string(&path).expect("config");
-        std::fs::write(&path, format!("roles = [\"{role}\"]\n{text}")).expect("config");
-    }
+    world.set_roles("PC1", &["writer"]);
+    world.set_roles("PC2", &["reviewer"]);
     world.set_env("TRINITY_SYNC__HEARTBEAT_COMMIT_INTERVAL", "0s");
+    world.project(&[("README.md", "# project\n")]);
     let root = world.root().to_owned();
-    world.git(
-        &root,
-        &["init", "-q", "--bare", "-b", "main", "project.git"],
-    );
-    world.git(&root, &["clone", "-q", "project.git", "seed"]);
-    let seed = root.join("seed");
-    write(&seed.join("README.md"), "# project\n");
-    world.git(&seed, &["add", "-A"]);
-    world.git(&seed, &["commit", "-q", "-m", "start"]);
-    world.git(&seed, &["push", "-q", "origin", "main"]);
-    for pc in ["PC1", "PC2"] {
-        world.git(
-            &root.join(pc),
-            &["clone", "-q", "../project.git", "project"],
-        );
-    }
     for d in ["git-sync", "wake-daemon"] {
         world.start(d, "PC1");
     }
