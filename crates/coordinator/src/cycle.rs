@@ -758,7 +758,6 @@ impl Coordinator {
             tracing::warn!(error = %e, "cannot write the verification record");
             return None;
         }
-        let local = self.tree.local_dir().join("coordinator");
         let code = h
             .current_work
             .as_ref()
@@ -766,7 +765,7 @@ impl Coordinator {
             .filter(|c| c.pushed && !c.repository.is_empty());
         let workdir = match code {
             Some(code) => Workdir::Snapshot {
-                dir: local.join("checkout"),
+                dir: self.tree.verify_checkout_dir(),
                 code,
             },
             None => Workdir::Plain(self.plain_workdir()),
@@ -786,7 +785,7 @@ impl Coordinator {
             phases,
             workdir,
             env,
-            scratch: local.join("runs").join(id.as_str()),
+            scratch: self.tree.verify_run_dir(id),
         };
         match Running::start(job) {
             Ok(running) => {
@@ -1274,7 +1273,7 @@ pub fn read_pending(tree: &Tree) -> Vec<(HandoffId, Handoff)> {
 
 fn read_verifications(tree: &Tree) -> BTreeMap<HandoffId, Verification> {
     let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir(tree.root().join("verification")) else {
+    let Ok(dir) = std::fs::read_dir(tree.verification_dir()) else {
         return out;
     };
     for entry in dir.flatten() {

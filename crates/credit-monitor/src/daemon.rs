@@ -9,7 +9,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use trinity_core::daemon::{InstanceError, InstanceLock};
+use trinity_core::daemon::{InstanceError, InstanceLock, OperatorAlerts};
 use trinity_core::schema::{CreditLevel, HeartbeatStatus};
 use trinity_core::{DaemonName, pcfiles};
 
@@ -69,7 +69,7 @@ pub async fn run(
     options: Options,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let name = DaemonName::new(NAME).map_err(|e| MonitorError::Handoff(e.to_string()))?;
+    let name = DaemonName::new(NAME).map_err(MonitorError::from)?;
     let _instance = InstanceLock::acquire(monitor.tree(), &name)?;
     let started_at = monitor.now();
     // Fail early on a tree without a usable fleet.
@@ -119,6 +119,7 @@ pub async fn run(
     );
 
     let mut last_level = None;
+    let mut alerts = OperatorAlerts::default();
     loop {
         let wake = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -146,10 +147,17 @@ pub async fn run(
         match result {
             Ok(Some(outcome)) => report(&outcome, &mut last_level),
             Ok(None) => {}
+            Err(e) if e.needs_operator() => {
+                // Retrying cannot help until someone acts: said once, not every tick.
+                if alerts.note(e.to_string()) {
+                    tracing::error!(error = %e, "the credit monitor cannot act until this is fixed; it checks again on each tick");
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "credit monitor step failed; retrying on the next event or tick")
             }
         }
+        alerts.end_pass();
     }
     drop(watcher);
     tracing::info!("credit monitor stopped");

@@ -28,12 +28,51 @@ pub struct PendingHandoff {
     pub handoff: Handoff,
     /// The wake signal's contents.
     pub signal: WakeSignal,
-    /// Steps finished: 1 handoff file (and the conversation before it), 2 wake signal,
-    /// 3 heartbeat, 4 instance state.
-    pub done: u8,
+    /// The last step finished.
+    pub done: HandoffStep,
     /// The agent's session transcript to carry into `conversations/{handoff-id}.jsonl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversation: Option<std::path::PathBuf>,
+}
+
+/// The steps of writing a handoff, in order (stored as their number: 0–4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
+pub enum HandoffStep {
+    /// Planned: nothing of the tree written yet.
+    Planned,
+    /// The handoff file (and the conversation before it) is written.
+    HandoffFile,
+    /// The wake signal is written.
+    WakeSignal,
+    /// The heartbeat says `handoff_initiated`.
+    Heartbeat,
+    /// The instance state is HANDOFF_READY (or was left as it was). The last step.
+    InstanceState,
+}
+
+impl From<HandoffStep> for u8 {
+    fn from(step: HandoffStep) -> u8 {
+        step as u8
+    }
+}
+
+impl TryFrom<u8> for HandoffStep {
+    type Error = String;
+
+    fn try_from(n: u8) -> Result<Self, String> {
+        use HandoffStep as S;
+        [
+            S::Planned,
+            S::HandoffFile,
+            S::WakeSignal,
+            S::Heartbeat,
+            S::InstanceState,
+        ]
+        .get(usize::from(n))
+        .copied()
+        .ok_or_else(|| format!("no handoff step {n} (0 to 4)"))
+    }
 }
 
 /// Decides and writes a handoff for this exhaustion (or an escalation when nobody can take
@@ -89,9 +128,7 @@ pub(crate) fn start(
         authored_by: None,
         leader_epoch: None,
     };
-    let id = handoff
-        .id()
-        .ok_or_else(|| MonitorError::Handoff("cannot name the handoff file".to_owned()))?;
+    let id = handoff.id().ok_or(MonitorError::PendingWithoutId)?;
     let signal = WakeSignal {
         format_version: WakeSignal::FORMAT_VERSION,
         id: SignalId::generate(&m.pc, now, WakeTask::CreditHandoff.as_str()),
@@ -122,7 +159,7 @@ pub(crate) fn start(
     state.pending = Some(PendingHandoff {
         handoff,
         signal,
-        done: 0,
+        done: HandoffStep::Planned,
         conversation,
     });
     // The plan is on disk before the first file of the tree is written.
@@ -213,7 +250,7 @@ fn tolerate_existing(result: Result<(), SaveError>) -> Result<(), MonitorError> 
     match result {
         Ok(()) => Ok(()),
         Err(SaveError::Io(e)) if e.is_already_exists() => Ok(()),
-        Err(e) => Err(MonitorError::Handoff(e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -230,13 +267,11 @@ pub(crate) fn finish(
     let signal = pending.signal.clone();
     let Some(id) = h.id() else {
         state.pending = None;
-        return Err(MonitorError::Handoff(
-            "the pending handoff has no valid id".to_owned(),
-        ));
+        return Err(MonitorError::PendingWithoutId);
     };
     let paused_until = state.paused_until;
     let conversation = pending.conversation.clone();
-    let mut step = |n: u8,
+    let mut step = |n: HandoffStep,
                     state: &mut TriggerState,
                     f: &mut dyn FnMut() -> Result<(), MonitorError>|
      -> Result<(), MonitorError> {
@@ -248,19 +283,19 @@ pub(crate) fn finish(
         }
         Ok(())
     };
-    step(1, state, &mut || {
+    step(HandoffStep::HandoffFile, state, &mut || {
         if let Some(source) = &conversation {
             carry_conversation(m, source, &id);
         }
         tolerate_existing(fsio::create(&m.tree.handoff_file(&id), &h))
     })?;
-    step(2, state, &mut || {
+    step(HandoffStep::WakeSignal, state, &mut || {
         tolerate_existing(fsio::create(
             &m.tree.wake_file(&signal.to_pc, &signal.id),
             &signal,
         ))
     })?;
-    step(3, state, &mut || {
+    step(HandoffStep::Heartbeat, state, &mut || {
         pcfiles::update_heartbeat(&m.tree, &m.pc, now, |hb| {
             hb.status = HeartbeatStatus::HandoffInitiated;
             hb.to_pc = Some(h.to_pc.clone());
@@ -271,9 +306,9 @@ pub(crate) fn finish(
             hb.paused_until = paused_until;
         })
         .map(|_| ())
-        .map_err(|e| MonitorError::Handoff(e.to_string()))
+        .map_err(MonitorError::from)
     })?;
-    step(4, state, &mut || {
+    step(HandoffStep::InstanceState, state, &mut || {
         pcfiles::update_instance(&m.tree, &m.pc, now, |current| {
             let current = current?;
             let from = current.state;
@@ -288,7 +323,7 @@ pub(crate) fn finish(
             Some(next)
         })
         .map(|_| ())
-        .map_err(|e| MonitorError::Handoff(e.to_string()))
+        .map_err(MonitorError::from)
     })?;
     tracing::info!(
         handoff = %id,
@@ -330,8 +365,7 @@ fn no_target(
             "{}-all-exhausted-{}",
             trinity_core::ids::file_timestamp(now),
             m.pc
-        ))
-        .map_err(|e| MonitorError::Handoff(e.to_string()))?;
+        ))?;
         let escalation = Escalation {
             format_version: Escalation::FORMAT_VERSION,
             id: id.clone(),
@@ -353,8 +387,7 @@ fn no_target(
         tolerate_existing(fsio::create(&m.tree.escalation_file(&id), &escalation))?;
         pcfiles::update_heartbeat(&m.tree, &m.pc, now, |hb| {
             hb.status = HeartbeatStatus::Exhausted;
-        })
-        .map_err(|e| MonitorError::Handoff(e.to_string()))?;
+        })?;
         tracing::warn!(escalation = %id, %skipped, retry_at = %retry_at.to_rfc3339(), "out of credit and no PC can take over; escalated");
         state.escalated = true;
     }
@@ -465,8 +498,7 @@ pub fn settle_outgoing(m: &Monitor) -> Result<bool, MonitorError> {
             claimed_tasks: Vec::new(),
             ..current.clone()
         })
-    })
-    .map_err(|e| MonitorError::Handoff(e.to_string()))?;
+    })?;
     if moved {
         tracing::info!(handoff = %id, to = %id.to_pc(), "the next PC took the work over: HANDOFF_READY → HANDOFF_COMPLETE → STANDBY");
     }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -11,6 +11,8 @@ use trinity_core::config::Config;
 use trinity_core::credit::{self, CreditEvent, Evaluation, EventKind, Rules};
 use trinity_core::daemon::{self, FileLock};
 use trinity_core::fsio::{self, IoError};
+use trinity_core::local::{self, LocalError, LocalState};
+use trinity_core::pcfiles::{self, FleetError};
 use trinity_core::rotation::{self, Choice, PeerView};
 use trinity_core::schema::{
     CreditLevel, CreditStatus, Doc, Fleet, HandoffReason, Heartbeat, HeartbeatStatus,
@@ -34,31 +36,46 @@ pub enum MonitorError {
     /// A file could not be read or written.
     #[error(transparent)]
     Io(#[from] IoError),
-    /// `fleet.toml` is missing or invalid: there is nobody to hand off to.
+    /// `fleet.toml` is missing or invalid, or this PC is not in it: there is nobody to hand
+    /// off to.
     #[error("cannot read the fleet: {0}")]
-    Fleet(String),
-    /// A file the handoff needs could not be written.
-    #[error("failed to write the handoff: {0}")]
-    Handoff(String),
-    /// `credit/{PC}.json` could not be written.
+    Fleet(#[from] FleetError),
+    /// A file of the tree could not be written (the handoff, the wake signal, an escalation).
     #[error(transparent)]
     Save(#[from] trinity_core::fsio::SaveError),
-    /// The trigger state is unreadable.
-    #[error("failed to read {}: {message}", path.display())]
-    State {
-        /// `local/credit/state.json`.
-        path: PathBuf,
-        /// Why.
-        message: String,
-    },
+    /// This PC's heartbeat or instance file could not be updated.
+    #[error(transparent)]
+    Update(#[from] pcfiles::UpdateError),
+    /// The trigger state (`local/credit/state.json`) could not be read or written.
+    #[error(transparent)]
+    State(#[from] LocalError),
+    /// A name made from valid parts was refused (a bug): nothing was written.
+    #[error(transparent)]
+    Name(#[from] trinity_core::ids::IdError),
+    /// The pending handoff in the trigger state names no valid handoff file.
+    #[error("the pending handoff in the trigger state has no valid id")]
+    PendingWithoutId,
+}
+
+impl MonitorError {
+    /// True when retrying cannot help until someone changes something (the fleet, a file set
+    /// aside): the daemon says so plainly instead of retrying quietly.
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            MonitorError::Fleet(_)
+                | MonitorError::State(
+                    LocalError::Corrupt { .. }
+                        | LocalError::SetAside { .. }
+                        | LocalError::TooNew { .. }
+                )
+        )
+    }
 }
 
 /// `local/credit/state.json`: what must survive a restart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TriggerState {
-    /// Format version of this local file.
-    #[serde(default = "one")]
-    pub format_version: u32,
     /// True when the next EXHAUSTED evaluation may hand off. Cleared by a handoff, set again
     /// when the level drops below EXHAUSTED or on a reset.
     #[serde(default = "yes")]
@@ -80,10 +97,6 @@ pub struct TriggerState {
     pub pending: Option<PendingHandoff>,
 }
 
-fn one() -> u32 {
-    1
-}
-
 fn yes() -> bool {
     true
 }
@@ -91,7 +104,6 @@ fn yes() -> bool {
 impl Default for TriggerState {
     fn default() -> Self {
         Self {
-            format_version: 1,
             armed: true,
             paused_until: None,
             last_handoff: None,
@@ -100,6 +112,10 @@ impl Default for TriggerState {
             pending: None,
         }
     }
+}
+
+impl LocalState for TriggerState {
+    const NAME: &'static str = "the credit monitor's trigger state";
 }
 
 /// What an evaluation led to.
@@ -376,33 +392,20 @@ impl Monitor {
 
     /// `fleet.toml`.
     pub fn fleet(&self) -> Result<Fleet, MonitorError> {
-        trinity_core::pcfiles::load_member(&self.tree, &self.pc)
-            .map_err(|e| MonitorError::Fleet(e.to_string()))
+        Ok(pcfiles::load_member(&self.tree, &self.pc)?)
     }
 
-    /// The persisted trigger state (defaults when there is none).
+    /// The persisted trigger state (defaults when there is none). A corrupt one is set aside
+    /// and refused until someone has looked at it: guessing could hand off twice.
     pub fn load_state(&self) -> Result<TriggerState, MonitorError> {
-        let path = self.tree.credit_state_file();
-        match fsio::read_bounded(&path, 4 * 1024 * 1024) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| MonitorError::State {
-                path,
-                message: e.to_string(),
-            }),
-            Err(e) if e.is_not_found() => Ok(TriggerState::default()),
-            Err(e) => Err(e.into()),
-        }
+        Ok(local::read_once(&self.tree.credit_state_file())?.unwrap_or_default())
     }
 
     pub(crate) fn save_state(&self, state: &TriggerState) -> Result<(), MonitorError> {
-        let path = self.tree.credit_state_file();
         if self.load_state().ok().as_ref() == Some(state) {
             return Ok(());
         }
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| MonitorError::State {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        fsio::write_atomic(&path, &bytes)?;
+        local::write(&self.tree.credit_state_file(), state)?;
         Ok(())
     }
 

@@ -32,7 +32,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use trinity_core::credit::{CreditEvent, EventKind};
-use trinity_core::fsio;
+use trinity_core::local::{self, LocalError, LocalState};
 
 /// How many response ids are remembered for de-duplication.
 const SEEN_IDS: usize = 10_000;
@@ -54,19 +54,25 @@ pub struct TailState {
     pub started: bool,
 }
 
+impl LocalState for TailState {
+    const NAME: &'static str = "the transcripts' read positions";
+    const MAX_BYTES: usize = 16 * 1024 * 1024;
+}
+
 impl TailState {
-    /// Loads the state, or an empty one.
+    /// Loads the state, or an empty one (a corrupt one is set aside and reported: reading
+    /// starts again at each file's end, so nothing is counted twice).
     pub fn load(path: &Path) -> Self {
-        fsio::read_bounded(path, 16 * 1024 * 1024)
+        local::read(path)
+            .inspect_err(|e| tracing::warn!(error = %e, "starting the transcripts afresh"))
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .flatten()
             .unwrap_or_default()
     }
 
     /// Saves the state atomically.
-    pub fn save(&self, path: &Path) -> Result<(), fsio::IoError> {
-        let bytes = serde_json::to_vec(self).unwrap_or_default();
-        fsio::write_atomic(path, &bytes)
+    pub fn save(&self, path: &Path) -> Result<(), LocalError> {
+        local::write(path, self)
     }
 
     fn remember(&mut self, key: String) -> bool {

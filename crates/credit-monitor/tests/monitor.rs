@@ -426,7 +426,7 @@ fn a_handoff_interrupted_by_a_crash_is_finished_not_repeated() {
     state.pending = Some(credit_monitor::handoff::PendingHandoff {
         handoff: handoff.clone(),
         signal: signal.clone(),
-        done: 1,
+        done: credit_monitor::handoff::HandoffStep::HandoffFile,
         conversation: None,
     });
     std::fs::write(
@@ -446,6 +446,30 @@ fn a_handoff_interrupted_by_a_crash_is_finished_not_repeated() {
         HeartbeatStatus::HandoffInitiated
     );
     assert!(m.load_state().expect("state").pending.is_none());
+}
+
+#[test]
+fn a_corrupt_trigger_state_is_set_aside_and_refused_never_guessed() {
+    let env = Env::new();
+    env.alive("PC2", HeartbeatStatus::Idle, None);
+    env.alive("PC3", HeartbeatStatus::Idle, None);
+    let m = env.monitor("PC1");
+    m.force_handoff().expect("force");
+    assert_eq!(handoffs(&env).len(), 1);
+    // The state saying "handed off, paused, disarmed" is damaged on disk.
+    let path = env.tree.credit_state_file();
+    std::fs::write(&path, b"{\"armed\": fal").expect("corrupt");
+    env.advance(5);
+    let err = m
+        .step()
+        .expect_err("a corrupt state is not taken as absent");
+    assert!(err.needs_operator(), "{err}");
+    assert!(trinity_core::local::was_quarantined(&path));
+    // Still refused on later steps (its default would re-arm a second handoff).
+    env.advance(5);
+    let err = m.step().expect_err("still refused");
+    assert!(err.to_string().contains("set aside as corrupt"), "{err}");
+    assert_eq!(handoffs(&env).len(), 1);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use trinity_core::config::Config;
 use trinity_core::fsio::{self, IoError};
 use trinity_core::gitcmd::{self, Git, GitError};
 use trinity_core::layout::{PathClass, TEMP_SUFFIX};
+use trinity_core::local::{self, LocalError, LocalState};
 use trinity_core::schema::{Escalation, EscalationKind, Fleet, Heartbeat, Lease, Schema};
 use trinity_core::syncstate::SyncState;
 use trinity_core::{PcId, RecordId, SharedClock, Tree, failpoint, validate};
@@ -33,6 +34,9 @@ pub enum SyncError {
     /// A file could not be read or written.
     #[error(transparent)]
     Io(#[from] IoError),
+    /// A state file of this machine could not be read or written.
+    #[error(transparent)]
+    Local(#[from] LocalError),
     /// The remote could not be reached (it is retried with backoff; local commits wait).
     #[error("cannot reach the remote: {0}")]
     Network(String),
@@ -158,6 +162,11 @@ struct PendingCheckout {
     to: String,
 }
 
+impl LocalState for PendingCheckout {
+    const NAME: &'static str = "git-sync's checkout record";
+    const MAX_BYTES: usize = 4096;
+}
+
 /// The sync engine of one tree.
 #[derive(Debug)]
 pub struct Syncer {
@@ -168,6 +177,8 @@ pub struct Syncer {
     store: Store,
     git: Git,
     state: SyncState,
+    /// The state as last written (the file is rewritten only when it changes).
+    saved: Option<SyncState>,
     stats: HashMap<String, (SystemTime, u64, ObjectId)>,
     last_heartbeat_commit: Option<Instant>,
     remote_repo: Option<gix::Repository>,
@@ -246,7 +257,11 @@ impl Syncer {
     ) -> Result<Self, SyncError> {
         let store = Store::open(tree.root(), &config.sync.branch)?;
         let git = Git::in_dir(tree.root());
-        let mut state = SyncState::load(&tree).unwrap_or_default();
+        let saved = SyncState::read(&tree).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "starting with fresh counters");
+            None
+        });
+        let mut state = saved.clone().unwrap_or_default();
         state.pid = std::process::id();
         let remote_url = git
             .run(["config", "--get", "remote.origin.url"])
@@ -260,6 +275,7 @@ impl Syncer {
             store,
             git,
             state,
+            saved,
             stats: HashMap::new(),
             last_heartbeat_commit: None,
             remote_repo: None,
@@ -591,16 +607,18 @@ impl Syncer {
     }
 
     fn save_state(&mut self) -> Result<(), SyncError> {
-        let previous = SyncState::load(&self.tree);
         // The cycle counter alone does not make the file worth rewriting.
-        let mut unchanged = previous.clone().unwrap_or_default();
-        unchanged.updated_at = self.state.updated_at;
-        unchanged.cycles = self.state.cycles;
-        if previous.is_some() && unchanged == self.state {
-            return Ok(());
+        if let Some(saved) = &self.saved {
+            let mut unchanged = saved.clone();
+            unchanged.updated_at = self.state.updated_at;
+            unchanged.cycles = self.state.cycles;
+            if unchanged == self.state {
+                return Ok(());
+            }
         }
         self.state.updated_at = Some(self.now());
         self.state.save(&self.tree)?;
+        self.saved = Some(self.state.clone());
         Ok(())
     }
 
@@ -669,7 +687,8 @@ impl Syncer {
 
     /// True when only a heartbeat's time stamps changed and its last commit is recent.
     fn defer_heartbeat(&self, rel: &str, old: Option<ObjectId>, new: &[u8]) -> bool {
-        if rel != format!("heartbeat/{}.json", self.pc) {
+        let own = self.tree.relative(&self.tree.heartbeat_file(&self.pc));
+        if own.as_deref().ok() != Some(rel) {
             return false;
         }
         let Some(old) = old else {
@@ -918,11 +937,7 @@ impl Syncer {
             from: ours.map(|o| o.to_string()),
             to: new_head.to_string(),
         };
-        let pending_path = self.checkout_file();
-        fsio::write_atomic(
-            &pending_path,
-            &serde_json::to_vec(&pending).unwrap_or_default(),
-        )?;
+        local::write(&self.tree.sync_checkout_file(), &pending)?;
         failpoint::hit("sync:checkout-planned");
         self.store.set_head(new_head, ours, "git-sync: merge")?;
         failpoint::hit("sync:merged");
@@ -1031,13 +1046,13 @@ impl Syncer {
         Ok((commit, Some(msg)))
     }
 
-    fn checkout_file(&self) -> PathBuf {
-        self.tree.sync_state_file().with_file_name("checkout.json")
-    }
-
     /// Whether this PC holds the coordinator lease in `flat` (decides leader-owned files).
     fn holds_lease(&self, flat: &Flat<ObjectId>) -> bool {
-        flat.get("coordinator/lease.json")
+        let lease = self
+            .tree
+            .relative(&self.tree.lease_file())
+            .unwrap_or_default();
+        flat.get(&lease)
             .and_then(|id| self.store.blob(*id).ok())
             .and_then(|b| trinity_core::schema::from_bytes::<Lease>(&b).ok())
             .is_some_and(|l| l.holder == self.pc)
@@ -1045,12 +1060,8 @@ impl Syncer {
 
     /// Finishes a working-tree update recorded in `local/git-sync/checkout.json`.
     fn finish_checkout(&mut self, index_free: bool) -> Result<(), SyncError> {
-        let path = self.checkout_file();
-        let Ok(bytes) = std::fs::read(&path) else {
-            return Ok(());
-        };
-        let Ok(pending) = serde_json::from_slice::<PendingCheckout>(&bytes) else {
-            let _ = std::fs::remove_file(&path);
+        let path = self.tree.sync_checkout_file();
+        let Some(pending) = local::read::<PendingCheckout>(&path)? else {
             return Ok(());
         };
         let to = ObjectId::from_hex(pending.to.as_bytes())

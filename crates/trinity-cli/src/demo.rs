@@ -600,7 +600,7 @@ impl Demo {
     }
 
     fn verdict(&self, task: &str) -> Option<Verification> {
-        let dir = self.tree(&self.pcs[0]).root().join("verification");
+        let dir = self.tree(&self.pcs[0]).verification_dir();
         std::fs::read_dir(dir)
             .ok()?
             .flatten()
@@ -609,7 +609,7 @@ impl Demo {
     }
 
     fn postmortems(&self, seen_by: &str) -> usize {
-        std::fs::read_dir(self.tree(seen_by).root().join("postmortems"))
+        std::fs::read_dir(self.tree(seen_by).postmortem_dir())
             .map(|d| d.count())
             .unwrap_or(0)
     }

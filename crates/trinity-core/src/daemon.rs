@@ -330,6 +330,29 @@ where
     }))
 }
 
+/// Problems only an operator can fix (a fleet file without this PC, a journal record set
+/// aside as corrupt): a loop that meets them on every pass says each one once, and again only
+/// after it went away and came back.
+#[derive(Debug, Default)]
+pub struct OperatorAlerts {
+    last_pass: std::collections::BTreeSet<String>,
+    this_pass: std::collections::BTreeSet<String>,
+}
+
+impl OperatorAlerts {
+    /// Notes a problem met in this pass; true when it is new (so to be logged).
+    pub fn note(&mut self, message: String) -> bool {
+        let new = !self.last_pass.contains(&message);
+        self.this_pass.insert(message);
+        new
+    }
+
+    /// Ends a pass: problems not met in it are forgotten.
+    pub fn end_pass(&mut self) {
+        self.last_pass = std::mem::take(&mut self.this_pass);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,5 +397,21 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 400);
         assert!(lines.iter().all(|l| l.len() > 1000 && l.ends_with('x')));
+    }
+
+    #[test]
+    fn operator_alerts_are_said_once_and_again_after_they_went_away() {
+        let mut alerts = OperatorAlerts::default();
+        assert!(alerts.note("a".to_owned()));
+        assert!(alerts.note("b".to_owned()));
+        alerts.end_pass();
+        assert!(!alerts.note("a".to_owned()));
+        alerts.end_pass();
+        // "b" went away for a pass; "a" is still there.
+        assert!(alerts.note("b".to_owned()));
+        assert!(!alerts.note("a".to_owned()));
+        alerts.end_pass();
+        alerts.end_pass();
+        assert!(alerts.note("a".to_owned()));
     }
 }

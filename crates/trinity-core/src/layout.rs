@@ -367,7 +367,12 @@ impl Tree {
 
     /// `verification/{handoff-id}.json`.
     pub fn verification_file(&self, id: &HandoffId) -> PathBuf {
-        self.root.join("verification").join(format!("{id}.json"))
+        self.verification_dir().join(format!("{id}.json"))
+    }
+
+    /// `verification/`: the leader's verification records.
+    pub fn verification_dir(&self) -> PathBuf {
+        self.root.join("verification")
     }
 
     /// `dashboards/credit_status.json`.
@@ -392,7 +397,12 @@ impl Tree {
 
     /// `postmortems/{id}.md`.
     pub fn postmortem_file(&self, id: &RecordId) -> PathBuf {
-        self.root.join("postmortems").join(format!("{id}.md"))
+        self.postmortem_dir().join(format!("{id}.md"))
+    }
+
+    /// `postmortems/`: what the leader found about each PC that died.
+    pub fn postmortem_dir(&self) -> PathBuf {
+        self.root.join("postmortems")
     }
 
     /// `reports/`.
@@ -449,6 +459,11 @@ impl Tree {
         self.local_dir().join("git-sync").join("state.json")
     }
 
+    /// `local/git-sync/checkout.json`: a working-tree update in progress.
+    pub fn sync_checkout_file(&self) -> PathBuf {
+        self.local_dir().join("git-sync").join("checkout.json")
+    }
+
     /// `local/conflicts/`: the losing side of merges no rule could decide.
     pub fn conflicts_dir(&self) -> PathBuf {
         self.local_dir().join("conflicts")
@@ -459,19 +474,35 @@ impl Tree {
         self.local_dir().join("wake")
     }
 
+    /// `local/wake/signals/`: the wake-daemon's signal records.
+    pub fn wake_signal_journal_dir(&self) -> PathBuf {
+        self.wake_journal_dir().join("signals")
+    }
+
     /// `local/wake/signals/{id}.json`: what the wake-daemon did with a signal (idempotency by
     /// signal id).
     pub fn wake_signal_journal(&self, id: &SignalId) -> PathBuf {
-        self.wake_journal_dir()
-            .join("signals")
-            .join(format!("{id}.json"))
+        self.wake_signal_journal_dir().join(format!("{id}.json"))
+    }
+
+    /// `local/wake/handoffs/`: the acceptances in progress.
+    pub fn wake_handoff_journal_dir(&self) -> PathBuf {
+        self.wake_journal_dir().join("handoffs")
     }
 
     /// `local/wake/handoffs/{id}.json`: how far the acceptance of a handoff has gone.
     pub fn wake_handoff_journal(&self, id: &HandoffId) -> PathBuf {
-        self.wake_journal_dir()
-            .join("handoffs")
-            .join(format!("{id}.json"))
+        self.wake_handoff_journal_dir().join(format!("{id}.json"))
+    }
+
+    /// `local/wake/handoffs/finished/`: the acceptances finished (out of every pass's way).
+    pub fn wake_finished_journal_dir(&self) -> PathBuf {
+        self.wake_handoff_journal_dir().join("finished")
+    }
+
+    /// `local/wake/handoffs/finished/{id}.json`: a finished acceptance.
+    pub fn wake_finished_journal(&self, id: &HandoffId) -> PathBuf {
+        self.wake_finished_journal_dir().join(format!("{id}.json"))
     }
 
     /// `local/wake/tasks/{id}.json`: the tasks handed to the agent for a handoff
@@ -490,6 +521,30 @@ impl Tree {
     /// `local/wake/agent.json`: the agent this daemon launched last (pid, launch id).
     pub fn agent_file(&self) -> PathBuf {
         self.wake_journal_dir().join("agent.json")
+    }
+
+    /// `local/coordinator/checkout/`: where the leader checks out submitted code to verify it.
+    pub fn verify_checkout_dir(&self) -> PathBuf {
+        self.local_dir().join("coordinator").join("checkout")
+    }
+
+    /// `local/coordinator/runs/{id}/`: a verification's scratch space (its phases' output).
+    pub fn verify_run_dir(&self, id: &HandoffId) -> PathBuf {
+        self.local_dir()
+            .join("coordinator")
+            .join("runs")
+            .join(id.as_str())
+    }
+
+    /// `logs/agent.log`: the agent's output (the agents this PC started), never synced.
+    pub fn agent_log_file(&self) -> PathBuf {
+        self.logs_dir().join("agent.log")
+    }
+
+    /// `local/run/{name}.lock`: the lock taken while updating this PC's own `name` file
+    /// ("heartbeat", "instance"), shared by every daemon of the PC.
+    pub fn update_lock_file(&self, name: &str) -> PathBuf {
+        self.local_dir().join("run").join(format!("{name}.lock"))
     }
 
     /// `local/run/{daemon}.lock`: one running instance per daemon and tree.
@@ -778,6 +833,22 @@ mod tests {
             ),
             (tree.credit_events_file(), FileKind::Local, PathClass::Local),
             (tree.sync_state_file(), FileKind::Local, PathClass::Local),
+            (tree.sync_checkout_file(), FileKind::Local, PathClass::Local),
+            (tree.credit_state_file(), FileKind::Local, PathClass::Local),
+            (
+                tree.transcript_state_file(),
+                FileKind::Local,
+                PathClass::Local,
+            ),
+            (tree.wake_epochs_file(), FileKind::Local, PathClass::Local),
+            (tree.agent_file(), FileKind::Local, PathClass::Local),
+            (
+                tree.wake_finished_journal(
+                    &HandoffId::new("handoff_PC1_to_PC2_20251123T163000Z").expect("valid"),
+                ),
+                FileKind::Local,
+                PathClass::Local,
+            ),
             (
                 tree.quarantine_dir().join("x.json"),
                 FileKind::Local,

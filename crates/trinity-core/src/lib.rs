@@ -19,6 +19,7 @@ pub mod fsio;
 pub mod gitcmd;
 pub mod ids;
 pub mod layout;
+pub mod local;
 pub mod logging;
 pub mod pcfiles;
 pub mod program;

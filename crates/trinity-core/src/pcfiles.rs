@@ -25,10 +25,6 @@ pub enum UpdateError {
     Save(#[from] SaveError),
 }
 
-fn local_lock(tree: &Tree, name: &str) -> std::path::PathBuf {
-    tree.local_dir().join("run").join(format!("{name}.lock"))
-}
-
 /// Loads an owned file; a missing file is `None`, and so is an invalid one (it is quarantined
 /// first, so the owner's rewrite never loses it).
 fn load_owned<T: Schema>(tree: &Tree, path: &Path, now: DateTime<Utc>) -> Option<Doc<T>> {
@@ -55,7 +51,7 @@ pub fn update_heartbeat(
     now: DateTime<Utc>,
     change: impl FnOnce(&mut Heartbeat),
 ) -> Result<Heartbeat, UpdateError> {
-    let _lock = FileLock::acquire(&local_lock(tree, "heartbeat"))?;
+    let _lock = FileLock::acquire(&tree.update_lock_file("heartbeat"))?;
     let path = tree.heartbeat_file(pc);
     let mut doc = load_owned::<Heartbeat>(tree, &path, now)
         .unwrap_or_else(|| Doc::new(Heartbeat::new(pc.clone(), HeartbeatStatus::Idle, now)));
@@ -94,7 +90,7 @@ pub fn update_instance(
     now: DateTime<Utc>,
     change: impl FnOnce(Option<&InstanceStatus>) -> Option<InstanceStatus>,
 ) -> Result<Option<InstanceStatus>, UpdateError> {
-    let _lock = FileLock::acquire(&local_lock(tree, "instance"))?;
+    let _lock = FileLock::acquire(&tree.update_lock_file("instance"))?;
     let path = tree.instance_file(pc);
     let current = load_owned::<InstanceStatus>(tree, &path, now);
     let Some(next) = change(current.as_ref().map(|d| &d.value)) else {

@@ -8,15 +8,12 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::fsio;
 use crate::layout::Tree;
+use crate::local::{self, LocalError, LocalState};
 
-/// The state file's contents.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The state file's contents (its `format_version` is written by [`crate::local`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SyncState {
-    /// Format version of this local file.
-    #[serde(default = "one")]
-    pub format_version: u32,
     /// The process that writes it.
     #[serde(default)]
     pub pid: u32,
@@ -73,47 +70,30 @@ pub struct SyncState {
     pub last_compaction: Option<DateTime<Utc>>,
 }
 
-fn one() -> u32 {
-    1
-}
-
-impl Default for SyncState {
-    fn default() -> Self {
-        Self {
-            format_version: one(),
-            pid: 0,
-            updated_at: None,
-            in_sync_at: None,
-            last_fetch: None,
-            last_push: None,
-            remote_head: None,
-            local_head: None,
-            commits_ahead: 0,
-            last_error: None,
-            push_races: 0,
-            conflicts: 0,
-            quarantined: 0,
-            cycles: 0,
-            reopens: 0,
-            maintenance_runs: 0,
-            last_maintenance: None,
-            compactions: 0,
-            last_compaction: None,
-        }
-    }
+impl LocalState for SyncState {
+    const NAME: &'static str = "git-sync's state";
+    const MAX_BYTES: usize = 1024 * 1024;
 }
 
 impl SyncState {
-    /// The state, or `None` when git-sync has not written one (or it is unreadable).
+    /// The state, `None` when git-sync has not written one. A corrupt file is moved aside and
+    /// reported (git-sync writes a new one on its next cycle).
+    pub fn read(tree: &Tree) -> Result<Option<Self>, LocalError> {
+        local::read(&tree.sync_state_file())
+    }
+
+    /// [`SyncState::read`] for the daemons that wait on it: an unreadable state is logged and
+    /// taken as "nothing known to be in sync", the safe answer.
     pub fn load(tree: &Tree) -> Option<Self> {
-        let bytes = fsio::read_bounded(&tree.sync_state_file(), 1024 * 1024).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        Self::read(tree)
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot read git-sync's state"))
+            .ok()
+            .flatten()
     }
 
     /// Writes it atomically.
-    pub fn save(&self, tree: &Tree) -> Result<(), fsio::IoError> {
-        let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
-        fsio::write_atomic(&tree.sync_state_file(), &bytes)
+    pub fn save(&self, tree: &Tree) -> Result<(), LocalError> {
+        local::write(&tree.sync_state_file(), self)
     }
 
     /// True when a change made at `written_at` has reached the remote.

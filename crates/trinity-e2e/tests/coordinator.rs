@@ -58,7 +58,7 @@ fn instance(world: &World, pc: &str) -> Option<InstanceStatus> {
 }
 
 fn verdicts(world: &World, seen_by: &str) -> Vec<Verification> {
-    std::fs::read_dir(world.tree(seen_by).root().join("verification"))
+    std::fs::read_dir(world.tree(seen_by).verification_dir())
         .into_iter()
         .flatten()
         .flatten()
@@ -162,7 +162,7 @@ fn the_coordinator_assigns_verifies_reassigns_and_survives_its_leaders_death() {
             .any(|l| l.pc != "PC2" && l.var("TRINITY_TASK_ID") == Some("hold-1"))
     });
     let reassigned_after = silent.elapsed();
-    let postmortems = std::fs::read_dir(world.tree("PC3").root().join("postmortems"))
+    let postmortems = std::fs::read_dir(world.tree("PC3").postmortem_dir())
         .expect("postmortems")
         .count();
     assert_eq!(postmortems, 1);

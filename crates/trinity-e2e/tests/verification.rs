@@ -29,7 +29,7 @@ critical = true
 "#;
 
 fn verdict(world: &World, task: &str) -> Option<Verification> {
-    std::fs::read_dir(world.tree("PC1").root().join("verification"))
+    std::fs::read_dir(world.tree("PC1").verification_dir())
         .into_iter()
         .flatten()
         .flatten()
@@ -168,7 +168,7 @@ fn finished_work_is_verified_on_its_own_code_and_denied_work_comes_back_to_fix()
     let out = trinity(&["work", "done", "--summary", "chapter two, fixed"]);
     assert!(out.contains("submitted for verification"), "{out}");
     world.wait("the fix approved", || {
-        std::fs::read_dir(world.tree("PC1").root().join("verification"))
+        std::fs::read_dir(world.tree("PC1").verification_dir())
             .into_iter()
             .flatten()
             .flatten()

@@ -7,7 +7,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use trinity_core::daemon::{InstanceError, InstanceLock};
+use trinity_core::daemon::{InstanceError, InstanceLock, OperatorAlerts};
 use trinity_core::{DaemonName, pcfiles};
 
 use crate::receive::{Receiver, WakeError};
@@ -46,7 +46,7 @@ pub async fn run(
     poll_interval: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let name = DaemonName::new(NAME).map_err(|e| WakeError::Fleet(e.to_string()))?;
+    let name = DaemonName::new(NAME).map_err(WakeError::from)?;
     let _instance = InstanceLock::acquire(receiver.tree(), &name)?;
     receiver.fleet()?;
     let started_at = chrono::Utc::now();
@@ -98,6 +98,7 @@ pub async fn run(
     let mut beat = tokio::time::interval(BEAT_INTERVAL);
     beat.set_missed_tick_behavior(MissedTickBehavior::Skip);
     tracing::info!(pc = %receiver.pc(), dir = %dir.display(), "wake-daemon started");
+    let mut alerts = OperatorAlerts::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -113,24 +114,35 @@ pub async fn run(
                 while rx.try_recv().is_ok() {}
             }
         }
-        pass(&receiver);
+        pass(&receiver, &mut alerts);
     }
     drop(watcher);
     tracing::info!("wake-daemon stopped");
     Ok(())
 }
 
-fn pass(receiver: &Receiver) {
+fn pass(receiver: &Receiver, alerts: &mut OperatorAlerts) {
     match receiver.process() {
         Ok(report) => {
             for (signal, reason) in &report.refused {
                 tracing::debug!(%signal, %reason, "refused");
+            }
+            for problem in report.held {
+                if alerts.note(problem.clone()) {
+                    tracing::error!(error = %problem, "a signal is held until this is fixed; the others go on");
+                }
+            }
+        }
+        Err(e) if e.needs_operator() => {
+            if alerts.note(e.to_string()) {
+                tracing::error!(error = %e, "the wake-daemon cannot act until this is fixed; it checks again on each poll");
             }
         }
         Err(e) => {
             tracing::error!(error = %e, "wake pass failed; retrying on the next event or poll")
         }
     }
+    alerts.end_pass();
 }
 
 /// The directory watched, for messages.

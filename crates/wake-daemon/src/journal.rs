@@ -6,7 +6,8 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use trinity_core::fsio::{self, IoError};
+use trinity_core::fsio::IoError;
+use trinity_core::local::{self, LocalError, LocalState};
 use trinity_core::{HandoffId, SignalId, TaskId, Tree};
 
 /// What became of a signal.
@@ -122,31 +123,36 @@ pub struct AgentRecord {
     pub tasks_file: std::path::PathBuf,
 }
 
-/// The newest work epoch seen per task (`local/wake/epochs.json`).
-pub type Epochs = BTreeMap<TaskId, u64>;
+/// The newest work epoch seen per task (`local/wake/epochs.json`, a plain map).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Epochs(pub BTreeMap<TaskId, u64>);
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, IoError> {
-    match fsio::read_bounded(path, 4 * 1024 * 1024) {
-        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e),
+impl LocalState for SignalRecord {
+    const NAME: &'static str = "the wake journal's signal record";
+}
+
+impl LocalState for HandoffRecord {
+    const NAME: &'static str = "the wake journal's handoff record";
+}
+
+impl LocalState for AgentRecord {
+    const NAME: &'static str = "the wake journal's agent record";
+}
+
+impl LocalState for Epochs {
+    const NAME: &'static str = "the wake journal's work epochs";
+    const VERSION: Option<u32> = None;
+}
+
+/// Every record in `dir`; a corrupt one is set aside and logged (reading it again later
+/// finds it refused by [`local::read_once`], never redone).
+fn read_all<T: LocalState>(dir: &Path) -> Vec<T> {
+    let (found, problems) = local::read_dir(dir);
+    for e in problems {
+        tracing::error!(error = %e, "a wake journal record is unreadable");
     }
-}
-
-/// Every readable JSON record in `dir` (unreadable ones are skipped).
-fn read_all<T: serde::de::DeserializeOwned>(dir: &Path) -> Vec<T> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| read_json(&e.path()).ok().flatten())
-        .collect()
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), IoError> {
-    let bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
-    fsio::write_atomic(path, &bytes)
+    found
 }
 
 /// Reads and writes the journal of one tree.
@@ -162,39 +168,29 @@ impl Journal {
     }
 
     /// What was done with a signal, if anything.
-    pub fn signal(&self, id: &SignalId) -> Result<Option<SignalRecord>, IoError> {
-        read_json(&self.tree.wake_signal_journal(id))
+    pub fn signal(&self, id: &SignalId) -> Result<Option<SignalRecord>, LocalError> {
+        local::read_once(&self.tree.wake_signal_journal(id))
     }
 
     /// Records what was done with a signal.
-    pub fn record_signal(&self, record: &SignalRecord) -> Result<(), IoError> {
-        write_json(&self.tree.wake_signal_journal(&record.id), record)
-    }
-
-    /// Where a finished handoff's record is kept (out of the way of every pass).
-    fn finished_path(&self, id: &HandoffId) -> std::path::PathBuf {
-        let active = self.tree.wake_handoff_journal(id);
-        let name = active
-            .file_name()
-            .map(ToOwned::to_owned)
-            .unwrap_or_default();
-        active.with_file_name("finished").join(name)
+    pub fn record_signal(&self, record: &SignalRecord) -> Result<(), LocalError> {
+        local::write(&self.tree.wake_signal_journal(&record.id), record)
     }
 
     /// A handoff's progress, if it was started.
-    pub fn handoff(&self, id: &HandoffId) -> Result<Option<HandoffRecord>, IoError> {
-        match read_json(&self.tree.wake_handoff_journal(id))? {
+    pub fn handoff(&self, id: &HandoffId) -> Result<Option<HandoffRecord>, LocalError> {
+        match local::read_once(&self.tree.wake_handoff_journal(id))? {
             Some(r) => Ok(Some(r)),
-            None => read_json(&self.finished_path(id)),
+            None => local::read_once(&self.tree.wake_finished_journal(id)),
         }
     }
 
     /// Saves a handoff's progress. A finished record moves to `handoffs/finished/`, so each pass
     /// reads only the unfinished ones.
-    pub fn save_handoff(&self, record: &HandoffRecord) -> Result<(), IoError> {
+    pub fn save_handoff(&self, record: &HandoffRecord) -> Result<(), LocalError> {
         let active = self.tree.wake_handoff_journal(&record.id);
         if record.is_final() {
-            write_json(&self.finished_path(&record.id), record)?;
+            local::write(&self.tree.wake_finished_journal(&record.id), record)?;
             match std::fs::remove_file(&active) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -202,16 +198,17 @@ impl Journal {
                     action: "remove",
                     path: active,
                     source,
-                }),
+                }
+                .into()),
             }
         } else {
-            write_json(&active, record)
+            local::write(&active, record)
         }
     }
 
     /// The unfinished handoff records, oldest first.
     pub fn unfinished(&self) -> Vec<HandoffRecord> {
-        let mut out = self.records_in(&self.tree.wake_journal_dir().join("handoffs"));
+        let mut out = self.records_in(&self.tree.wake_handoff_journal_dir());
         // A finished record left behind by a crash while it was being moved.
         for done in out.iter().filter(|r| r.is_final()) {
             let _ = self.save_handoff(done);
@@ -222,9 +219,9 @@ impl Journal {
 
     /// Every handoff record, finished or not, oldest first.
     pub fn handoffs(&self) -> Vec<HandoffRecord> {
-        let dir = self.tree.wake_journal_dir().join("handoffs");
+        let dir = self.tree.wake_handoff_journal_dir();
         let mut all = self.records_in(&dir);
-        all.extend(self.records_in(&dir.join("finished")));
+        all.extend(self.records_in(&self.tree.wake_finished_journal_dir()));
         all.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
         all
     }
@@ -237,29 +234,29 @@ impl Journal {
 
     /// Recent signal records, newest first.
     pub fn signals(&self, limit: usize) -> Vec<SignalRecord> {
-        let mut out: Vec<SignalRecord> = read_all(&self.tree.wake_journal_dir().join("signals"));
+        let mut out: Vec<SignalRecord> = read_all(&self.tree.wake_signal_journal_dir());
         out.sort_by(|a, b| (b.at, &b.id).cmp(&(a.at, &a.id)));
         out.truncate(limit);
         out
     }
 
     /// The newest epoch seen per task.
-    pub fn epochs(&self) -> Result<Epochs, IoError> {
-        Ok(read_json(&self.tree.wake_epochs_file())?.unwrap_or_default())
+    pub fn epochs(&self) -> Result<Epochs, LocalError> {
+        local::read_or_default(&self.tree.wake_epochs_file())
     }
 
     /// Saves the epochs.
-    pub fn save_epochs(&self, epochs: &Epochs) -> Result<(), IoError> {
-        write_json(&self.tree.wake_epochs_file(), epochs)
+    pub fn save_epochs(&self, epochs: &Epochs) -> Result<(), LocalError> {
+        local::write(&self.tree.wake_epochs_file(), epochs)
     }
 
     /// The agent started last, if any.
-    pub fn agent(&self) -> Result<Option<AgentRecord>, IoError> {
-        read_json(&self.tree.agent_file())
+    pub fn agent(&self) -> Result<Option<AgentRecord>, LocalError> {
+        local::read(&self.tree.agent_file())
     }
 
     /// Records the agent started.
-    pub fn save_agent(&self, record: &AgentRecord) -> Result<(), IoError> {
-        write_json(&self.tree.agent_file(), record)
+    pub fn save_agent(&self, record: &AgentRecord) -> Result<(), LocalError> {
+        local::write(&self.tree.agent_file(), record)
     }
 }

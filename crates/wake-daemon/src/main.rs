@@ -142,7 +142,10 @@ fn once(receiver: &Receiver, config: &Config) -> anyhow::Result<ExitCode> {
     for pid in &launched {
         println!("started the agent (pid {pid})");
     }
-    if report.all_handled() {
+    for problem in &report.held {
+        println!("held: {problem}");
+    }
+    if report.all_handled() && report.held.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
         for h in &report.waiting {

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use trinity_core::config::{Config, SyncMode};
 use trinity_core::credit::{CreditEvent, EventKind};
-use trinity_core::fsio::{self, IoError, SaveError};
+use trinity_core::fsio::{self, IoError, LoadError, SaveError};
+use trinity_core::local::{self, LocalError, TasksFile};
+use trinity_core::pcfiles::FleetError;
 use trinity_core::schema::{
     Claim, Doc, Fleet, Handoff, HandoffReason, HeartbeatStatus, InstanceStatus, TaskRef,
     WakeSignal, WakeTask,
@@ -27,18 +29,46 @@ pub enum WakeError {
     /// A file could not be read or written.
     #[error(transparent)]
     Io(#[from] IoError),
-    /// `fleet.toml` is missing or invalid.
+    /// `fleet.toml` is missing or invalid, or this PC is not in it.
     #[error("cannot read the fleet: {0}")]
-    Fleet(String),
+    Fleet(#[from] FleetError),
+    /// A file of the tree could not be read.
+    #[error(transparent)]
+    Load(#[from] LoadError),
     /// A file of the tree could not be written.
     #[error(transparent)]
     Save(#[from] SaveError),
     /// An owned file could not be updated.
     #[error(transparent)]
     Update(#[from] pcfiles::UpdateError),
+    /// The journal or the agent's tasks file could not be read or written.
+    #[error(transparent)]
+    Journal(#[from] LocalError),
+    /// A name made from valid parts was refused (a bug).
+    #[error(transparent)]
+    Name(#[from] trinity_core::ids::IdError),
+    /// The handoff's journal record vanished while it was being accepted.
+    #[error("the journal record of {0} disappeared")]
+    RecordGone(HandoffId),
     /// The agent could not be started.
     #[error(transparent)]
     Launch(#[from] agent::LaunchError),
+}
+
+impl WakeError {
+    /// True when retrying cannot help until someone changes something (the fleet, a journal
+    /// record set aside): said once, not on every pass.
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            WakeError::Fleet(_)
+                | WakeError::Journal(
+                    LocalError::Corrupt { .. }
+                        | LocalError::SetAside { .. }
+                        | LocalError::TooNew { .. }
+                )
+        )
+    }
 }
 
 /// What one pass did.
@@ -54,6 +84,8 @@ pub struct Report {
     pub waiting: Vec<HandoffId>,
     /// Agents started (pids).
     pub launched: Vec<u32>,
+    /// Signals held until an operator acts (their journal record was set aside as corrupt).
+    pub held: Vec<String>,
 }
 
 impl Report {
@@ -122,7 +154,7 @@ impl Receiver {
 
     /// `fleet.toml`, with this PC in it.
     pub fn fleet(&self) -> Result<Fleet, WakeError> {
-        pcfiles::load_member(&self.tree, &self.pc).map_err(|e| WakeError::Fleet(e.to_string()))
+        Ok(pcfiles::load_member(&self.tree, &self.pc)?)
     }
 
     /// The signal files waiting in `wake/{PC}/`.
@@ -160,7 +192,11 @@ impl Receiver {
             .collect();
         signals.sort();
         for (_, path) in signals {
-            self.handle_signal(&path, &fleet, &mut report)?;
+            match self.handle_signal(&path, &fleet, &mut report) {
+                // One signal that needs an operator does not hold up the others.
+                Err(e) if e.needs_operator() => report.held.push(e.to_string()),
+                other => other?,
+            }
         }
         Ok(report)
     }
@@ -468,9 +504,7 @@ impl Receiver {
     /// The handoff's contents, from `handoff/processed/` once archived.
     fn handoff(&self, id: &HandoffId) -> Result<Handoff, WakeError> {
         let path = self.tree.processed_handoff_file(id);
-        fsio::load::<Handoff>(&path)
-            .map(|d| d.value)
-            .map_err(|e| WakeError::Fleet(format!("the archived handoff is unreadable: {e}")))
+        Ok(fsio::load::<Handoff>(&path)?.value)
     }
 
     /// Validates the handoff file and moves it to `handoff/processed/`. `Ok(Err(reason))`
@@ -517,7 +551,7 @@ impl Receiver {
         let tasks = task_ids(&h);
         if let Some((task, newest)) = tasks
             .iter()
-            .filter_map(|t| epochs.get(t).map(|e| (t, *e)))
+            .filter_map(|t| epochs.0.get(t).map(|e| (t, *e)))
             .find(|(_, e)| *e > epoch)
         {
             return Ok(Err(format!(
@@ -538,7 +572,7 @@ impl Receiver {
             })?;
         }
         for t in tasks {
-            let e = epochs.entry(t).or_insert(epoch);
+            let e = epochs.0.entry(t).or_insert(epoch);
             *e = (*e).max(epoch);
         }
         self.journal.save_epochs(&epochs)?;
@@ -787,16 +821,13 @@ impl Receiver {
             && running.handoff != id
             && agent::is_running(running.pid, &running.launch_id)
         {
-            let mut queued: Vec<TaskRef> = fsio::read_bounded(&running.tasks_file, 1024 * 1024)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
+            let TasksFile(mut queued) = local::read_or_default(&running.tasks_file)?;
             for t in &tasks {
                 if !queued.iter().any(|q| q.id == t.id) {
                     queued.push(t.clone());
                 }
             }
-            write_tasks(&running.tasks_file, &queued)?;
+            local::write(&running.tasks_file, &TasksFile(queued))?;
             tracing::info!(
                 pid = running.pid,
                 tasks = tasks.len(),
@@ -808,7 +839,7 @@ impl Receiver {
             });
         }
         let tasks_file = self.tree.wake_tasks_file(&id);
-        write_tasks(&tasks_file, &tasks)?;
+        local::write(&tasks_file, &TasksFile(tasks))?;
         let launch_id = match launch_id {
             Some(l) => l,
             None => {
@@ -816,7 +847,7 @@ impl Receiver {
                 let mut record = self
                     .journal
                     .handoff(&id)?
-                    .ok_or_else(|| WakeError::Fleet(format!("the journal of {id} disappeared")))?;
+                    .ok_or_else(|| WakeError::RecordGone(id.clone()))?;
                 record.step = Step::Launching {
                     launch_id: l.clone(),
                 };
@@ -857,7 +888,7 @@ impl Receiver {
             command,
             workdir: agent::workdir(&self.config.agent.workdir, self.config_dir.as_deref()),
             env,
-            log: self.tree.logs_dir().join("agent.log"),
+            log: self.tree.agent_log_file(),
             new_console: self.config.agent.new_console,
         };
         let pid = agent::spawn(&launch)?;
@@ -875,11 +906,6 @@ impl Receiver {
             how: "started".to_owned(),
         })
     }
-}
-
-fn write_tasks(path: &Path, tasks: &[TaskRef]) -> Result<(), IoError> {
-    let bytes = serde_json::to_vec_pretty(tasks).unwrap_or_default();
-    fsio::write_atomic(path, &bytes)
 }
 
 fn absolute(p: &Path) -> PathBuf {

@@ -359,6 +359,59 @@ fn two_signals_for_one_handoff_start_one_agent() {
 }
 
 #[test]
+fn a_corrupt_journal_record_is_set_aside_and_its_handoff_never_redone() {
+    let env = Env::new("");
+    let at = now();
+    let first = env.write_handoff("PC1", at, &["task-a"], None);
+    env.write_signal("sig-a", "PC1", at, Some(&first));
+    assert!(env.run(&["--once"]).status.success());
+    env.wait_launches(1);
+    // The finished record of the accepted handoff is damaged on disk.
+    let record = env.tree().wake_finished_journal(&first);
+    std::fs::write(&record, b"{\"id\": ").expect("corrupt");
+    // A second signal for the same handoff, and one for another handoff.
+    let later = at + chrono::Duration::seconds(1);
+    let second = env.write_handoff("PC3", later, &["task-b"], None);
+    env.write_signal("sig-a2", "PC1", later, Some(&first));
+    env.write_signal("sig-b", "PC3", later, Some(&second));
+    let o = env.run(&["--once"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("held:") && out.contains("unreadable"), "{out}");
+    // The damaged record is kept beside where it was; the other handoff went ahead.
+    assert_eq!(
+        std::fs::read(trinity_core::local::quarantine_path(&record)).expect("kept"),
+        b"{\"id\": "
+    );
+    let launches = env.wait_launches(2);
+    assert!(
+        launches
+            .iter()
+            .any(|l| l["TRINITY_HANDOFF_FILE"].contains(second.as_str())),
+        "{launches:?}"
+    );
+    // Run again: still held, still not redone, said again by this run.
+    let o = env.run(&["--once"]);
+    assert!(
+        !o.status.success() && text(&o).contains("held:"),
+        "{}",
+        text(&o)
+    );
+    let journal = wake_daemon::journal::Journal::new(env.tree());
+    assert!(
+        journal
+            .handoff(&second)
+            .expect("read")
+            .is_some_and(|r| r.is_final())
+    );
+    assert_eq!(
+        env.launches().len(),
+        2,
+        "the first handoff was started again"
+    );
+}
+
+#[test]
 fn a_handoff_older_than_the_newest_epoch_is_ignored() {
     let env = Env::new("");
     let at = now();
