@@ -13,7 +13,7 @@ use trinity_core::daemon::{InstanceError, InstanceLock, OperatorAlerts};
 use trinity_core::schema::{CreditLevel, HeartbeatStatus};
 use trinity_core::{DaemonName, pcfiles};
 
-use crate::monitor::{Action, Monitor, MonitorError, Outcome};
+use crate::monitor::{Action, Monitor, MonitorError, StepReport};
 use crate::transcripts::{self, TailState};
 
 /// The daemon's name, for its log and lock files and the heartbeat.
@@ -169,7 +169,7 @@ fn read_transcripts(
     options: &Options,
     tail: &mut TailState,
     tail_path: &Path,
-) -> Result<Option<Outcome>, MonitorError> {
+) -> Result<Option<StepReport>, MonitorError> {
     let Some(dir) = &options.transcripts else {
         return Ok(None);
     };
@@ -187,7 +187,7 @@ fn read_transcripts(
     Ok(outcome)
 }
 
-fn report(outcome: &Outcome, last_level: &mut Option<CreditLevel>) {
+fn report(outcome: &StepReport, last_level: &mut Option<CreditLevel>) {
     let e = &outcome.evaluation;
     if *last_level != Some(e.level) {
         let rule = e.rule.unwrap_or("-");
@@ -215,7 +215,7 @@ fn refresh_heartbeat(
     monitor: &Monitor,
     name: &DaemonName,
     started_at: DateTime<Utc>,
-    outcome: &Outcome,
+    outcome: &StepReport,
 ) {
     let now = monitor.now();
     let pause_over = outcome.state.paused_until.is_none_or(|u| u <= now);

@@ -17,4 +17,4 @@ pub mod handoff;
 pub mod monitor;
 pub mod transcripts;
 
-pub use monitor::{Action, Monitor, MonitorError, Outcome, TriggerState};
+pub use monitor::{Action, Monitor, MonitorError, StepReport, TriggerState};

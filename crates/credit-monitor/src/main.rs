@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use clap::{ArgGroup, Parser, Subcommand};
 use credit_monitor::daemon::{self, Options};
 use credit_monitor::transcripts::expand_home;
-use credit_monitor::{Action, Monitor, Outcome};
+use credit_monitor::{Action, Monitor, StepReport};
 use trinity_core::config::Config;
 use trinity_core::credit::{self, CreditEvent, EventKind, ReplayLine, Rules};
 use trinity_core::daemon::Start;
@@ -325,14 +325,14 @@ fn wrap(monitor: &Monitor, command: &[std::ffi::OsString]) -> anyhow::Result<Exi
     ))
 }
 
-fn print_outcome(monitor: &Monitor, outcome: &Outcome, forced: bool) {
+fn print_outcome(monitor: &Monitor, outcome: &StepReport, forced: bool) {
     if let Some(text) = outcome_text(monitor, outcome, forced) {
         println!("{text}");
     }
 }
 
 /// What an outcome is worth saying, if anything.
-fn outcome_text(monitor: &Monitor, outcome: &Outcome, forced: bool) -> Option<String> {
+fn outcome_text(monitor: &Monitor, outcome: &StepReport, forced: bool) -> Option<String> {
     let e = &outcome.evaluation;
     let pc = monitor.pc();
     Some(match &outcome.action {
@@ -373,7 +373,7 @@ fn outcome_text(monitor: &Monitor, outcome: &Outcome, forced: bool) -> Option<St
     })
 }
 
-fn print_status(monitor: &Monitor, outcome: &Outcome, json: bool) -> anyhow::Result<()> {
+fn print_status(monitor: &Monitor, outcome: &StepReport, json: bool) -> anyhow::Result<()> {
     let e = &outcome.evaluation;
     let s = &outcome.state;
     if json {

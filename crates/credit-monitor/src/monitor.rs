@@ -147,7 +147,7 @@ pub enum Action {
 
 /// The result of one step.
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub struct StepReport {
     /// The rules' verdict.
     pub evaluation: Evaluation,
     /// What was done about it.
@@ -200,14 +200,14 @@ impl Monitor {
     }
 
     /// Appends `event` and acts on the new evaluation, all under the credit lock.
-    pub fn record(&self, event: &CreditEvent) -> Result<Outcome, MonitorError> {
+    pub fn record(&self, event: &CreditEvent) -> Result<StepReport, MonitorError> {
         let _lock = self.lock()?;
         daemon::append_line_locked(&self.tree.credit_events_file(), &event.to_line())?;
         self.step_locked(false)
     }
 
     /// Appends several events (from a transcript) and acts once.
-    pub fn record_many(&self, events: &[CreditEvent]) -> Result<Outcome, MonitorError> {
+    pub fn record_many(&self, events: &[CreditEvent]) -> Result<StepReport, MonitorError> {
         let _lock = self.lock()?;
         for e in events {
             daemon::append_line_locked(&self.tree.credit_events_file(), &e.to_line())?;
@@ -216,20 +216,20 @@ impl Monitor {
     }
 
     /// Evaluates and acts without a new event (the daemon's tick).
-    pub fn step(&self) -> Result<Outcome, MonitorError> {
+    pub fn step(&self) -> Result<StepReport, MonitorError> {
         let _lock = self.lock()?;
         self.step_locked(false)
     }
 
     /// Hands off now, whatever the rules say (still once: not during a pause).
-    pub fn force_handoff(&self) -> Result<Outcome, MonitorError> {
+    pub fn force_handoff(&self) -> Result<StepReport, MonitorError> {
         let _lock = self.lock()?;
         self.step_locked(true)
     }
 
     /// Starts every window afresh and ends any pause (`--reset`, and the wake-daemon's `reset`
     /// event when this PC accepts work).
-    pub fn reset(&self) -> Result<Outcome, MonitorError> {
+    pub fn reset(&self) -> Result<StepReport, MonitorError> {
         let _lock = self.lock()?;
         let now = self.now();
         daemon::append_line_locked(
@@ -246,13 +246,13 @@ impl Monitor {
     }
 
     /// Evaluates without writing anything (for `--status`).
-    pub fn peek(&self) -> Result<Outcome, MonitorError> {
+    pub fn peek(&self) -> Result<StepReport, MonitorError> {
         let now = self.now();
         let (monitor, bad_lines, _) = self.load_events(now)?;
         let evaluation = monitor.evaluate(now);
         let state = self.load_state()?;
         let next_pc = self.choose(now).ok().and_then(|c| c.next);
-        Ok(Outcome {
+        Ok(StepReport {
             evaluation,
             action: Action::None,
             next_pc,
@@ -261,7 +261,7 @@ impl Monitor {
         })
     }
 
-    pub(crate) fn step_locked(&self, force: bool) -> Result<Outcome, MonitorError> {
+    pub(crate) fn step_locked(&self, force: bool) -> Result<StepReport, MonitorError> {
         let now = self.now();
         let mut state = self.load_state()?;
         // A handoff interrupted by a crash is finished before anything else.
@@ -307,7 +307,7 @@ impl Monitor {
         };
         self.save_state(&state)?;
         self.write_status(&evaluation, next_pc.as_ref(), &state, now)?;
-        Ok(Outcome {
+        Ok(StepReport {
             evaluation,
             action,
             next_pc,
@@ -318,9 +318,9 @@ impl Monitor {
 
     /// Reads the events file into a fresh rule monitor. Returns it, the number of unreadable
     /// lines, and the file's size.
-    fn load_events(&self, _now: DateTime<Utc>) -> Result<(credit::Monitor, usize, u64), IoError> {
+    fn load_events(&self, _now: DateTime<Utc>) -> Result<(credit::Tracker, usize, u64), IoError> {
         let path = self.tree.credit_events_file();
-        let mut monitor = credit::Monitor::new(Rules::from(&self.config.credit));
+        let mut monitor = credit::Tracker::new(Rules::from(&self.config.credit));
         let bytes = match fsio::read_bounded(&path, MAX_EVENTS_BYTES) {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Ok((monitor, 0, 0)),

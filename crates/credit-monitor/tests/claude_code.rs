@@ -56,7 +56,7 @@ fn kinds(events: &[CreditEvent]) -> Vec<EventKind> {
 }
 
 fn evaluate(events: &[CreditEvent]) -> credit::Evaluation {
-    let mut m = credit::Monitor::new(Rules::from(&CreditConfig::default()));
+    let mut m = credit::Tracker::new(Rules::from(&CreditConfig::default()));
     for e in events {
         m.ingest(e);
     }

@@ -1,7 +1,7 @@
 //! Credit exhaustion: the event format and the rules that turn events into a level.
 //!
 //! The credit monitor appends one [`CreditEvent`] per line to `local/credit/events.jsonl`
-//! (the format is documented in docs/protocol.md). A [`Monitor`] ingests events in order and
+//! (the format is documented in docs/protocol.md). A [`Tracker`] ingests events in order and
 //! evaluates the rules at any moment; it keeps only what its windows need, so evaluation costs
 //! the same after ten events or ten million, and replaying a trace is linear.
 //!
@@ -365,7 +365,7 @@ struct Call {
 
 /// Ingests events in order and evaluates the rules. Memory is bounded by the windows.
 #[derive(Debug, Clone)]
-pub struct Monitor {
+pub struct Tracker {
     rules: Rules,
     /// Rate limits: when, and until when the provider asked us to wait.
     rate_limits: VecDeque<(DateTime<Utc>, Option<DateTime<Utc>>)>,
@@ -410,7 +410,7 @@ fn later(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<
     }
 }
 
-impl Monitor {
+impl Tracker {
     /// A monitor with empty windows.
     pub fn new(rules: Rules) -> Self {
         Self {
@@ -461,7 +461,7 @@ impl Monitor {
             EventKind::Reset => {
                 let rules = self.rules.clone();
                 let seen = self.events_seen;
-                *self = Monitor::new(rules);
+                *self = Tracker::new(rules);
                 self.events_seen = seen;
                 self.last_reset = Some(e.ts);
             }
@@ -543,160 +543,17 @@ impl Monitor {
 
     /// Evaluates every rule at `now`.
     pub fn evaluate(&self, now: DateTime<Utc>) -> Evaluation {
-        let r = &self.rules;
-        let mut results = Vec::with_capacity(rule::ALL.len());
-
-        // Rate limits in the window.
-        let window_start =
-            now - chrono::Duration::from_std(r.rate_limit_window).unwrap_or(chrono::Duration::MAX);
-        let in_window: Vec<&(DateTime<Utc>, Option<DateTime<Utc>>)> = self
-            .rate_limits
-            .iter()
-            .filter(|(t, _)| *t > window_start && *t <= now)
-            .collect();
-        let count = in_window.len() as u32;
-        let threshold = r.rate_limit_threshold;
-        let rl_level = r.counted_level(count, threshold);
-        let rl_until = if rl_level == CreditLevel::Exhausted {
-            // The rule stops firing when the oldest of the last `threshold` leaves the window,
-            // or when the provider said to retry, whichever is later.
-            let nth = in_window[in_window.len() - threshold as usize].0;
-            let asked = in_window.iter().filter_map(|(_, u)| *u).max();
-            later(Some(add(nth, r.rate_limit_window)), asked)
-        } else {
-            None
-        };
-        results.push(RuleResult {
-            rule: rule::RATE_LIMIT,
-            level: rl_level,
-            fraction: f64::from(count) / f64::from(threshold),
-            reason: format!(
-                "{count} rate limit{} in the last {} (threshold {threshold})",
-                plural(count),
-                humantime::format_duration(r.rate_limit_window)
-            ),
-            until: rl_until,
-        });
-
-        // Consecutive slow responses.
-        let run = self.slow_run;
-        results.push(RuleResult {
-            rule: rule::SLOW_RESPONSES,
-            level: r.counted_level(run, r.slow_threshold),
-            fraction: f64::from(run) / f64::from(r.slow_threshold),
-            reason: format!(
-                "{run} consecutive response{} slower than {}s (threshold {})",
-                plural(run),
-                r.slow_response_s,
-                r.slow_threshold
-            ),
-            until: None,
-        });
-
-        // Error rate.
-        let calls = self.calls.len() as u32;
-        let errors = self.calls.iter().filter(|c| c.failed).count() as u32;
-        let error_rate = if calls == 0 {
-            0.0
-        } else {
-            f64::from(errors) / f64::from(calls)
-        };
-        let counts = calls >= r.error_min_calls && calls > 0;
-        // While the window fills, the rate of a few calls is mostly noise: judge the lower
-        // bound of its 95% confidence interval instead, so only an overwhelming error rate
-        // fires before the window is full (see docs/credit-monitor.md for the numbers).
-        let filling = calls < r.error_window_calls;
-        let judged = if filling {
-            wilson_lower_bound(errors, calls)
-        } else {
-            error_rate
-        };
-        let (er_fraction, er_level) = if counts && r.error_rate_threshold > 0.0 {
-            let f = judged / r.error_rate_threshold;
-            (f, r.continuous_level(f, judged > r.error_rate_threshold))
-        } else {
-            (0.0, CreditLevel::Healthy)
-        };
-        results.push(RuleResult {
-            rule: rule::ERROR_RATE,
-            level: er_level,
-            fraction: er_fraction,
-            reason: if counts && filling {
-                format!(
-                    "{errors} error{} in the first {calls} calls ({:.0}%; at least {:.0}% with 95% confidence, limit {:.0}%)",
-                    plural(errors),
-                    error_rate * 100.0,
-                    judged * 100.0,
-                    r.error_rate_threshold * 100.0
-                )
-            } else if counts {
-                format!(
-                    "{errors} error{} in the last {calls} calls ({:.0}%, limit {:.0}%)",
-                    plural(errors),
-                    error_rate * 100.0,
-                    r.error_rate_threshold * 100.0
-                )
-            } else {
-                format!(
-                    "{calls} call{} so far, the error rate counts from {}",
-                    plural(calls),
-                    r.error_min_calls
-                )
-            },
-            until: None,
-        });
-
-        // Usage and spend limits.
-        for (name, until, what) in [
-            (rule::USAGE_LIMIT, self.usage_until, "usage limit"),
-            (rule::SPEND_LIMIT, self.spend_until, "spend limit"),
-        ] {
-            let active = until.is_some_and(|u| now < u);
-            results.push(RuleResult {
-                rule: name,
-                level: if active {
-                    CreditLevel::Exhausted
-                } else {
-                    CreditLevel::Healthy
-                },
-                fraction: if active { 1.0 } else { 0.0 },
-                reason: match until {
-                    Some(u) if active => format!("{what} reached; it resets at {}", u.to_rfc3339()),
-                    _ => format!("no {what} reported"),
-                },
-                until: until.filter(|_| active),
-            });
-        }
-
-        // Utilization now and projected.
-        let latest = self.utilization.back().copied().filter(|(t, _)| *t <= now);
-        let (u_fraction, u_level, u_reason) = match latest {
-            Some((_, u)) if r.utilization_threshold > 0.0 => {
-                let f = u / r.utilization_threshold;
-                (
-                    f,
-                    r.continuous_level(f, u >= r.utilization_threshold),
-                    format!(
-                        "utilization {:.0}% (limit {:.0}%)",
-                        u * 100.0,
-                        r.utilization_threshold * 100.0
-                    ),
-                )
-            }
-            _ => (
-                0.0,
-                CreditLevel::Healthy,
-                "no utilization reported".to_owned(),
-            ),
-        };
-        results.push(RuleResult {
-            rule: rule::UTILIZATION,
-            level: u_level,
-            fraction: u_fraction,
-            reason: u_reason,
-            until: None,
-        });
-        results.push(self.predict(now));
+        let (rate_limits, count) = self.rate_limit_rule(now);
+        let (errors, error_rate) = self.error_rate_rule();
+        let results = vec![
+            rate_limits,
+            self.slow_rule(),
+            errors,
+            self.limit_rule(rule::USAGE_LIMIT, self.usage_until, "usage limit", now),
+            self.limit_rule(rule::SPEND_LIMIT, self.spend_until, "spend limit", now),
+            self.utilization_rule(now),
+            self.predict(now),
+        ];
 
         let decided = results
             .iter()
@@ -729,6 +586,182 @@ impl Monitor {
             avg_response_time: round4(avg),
             exhausted_until,
             rules: results,
+        }
+    }
+
+    /// The rate limits recorded in the window ending at `now`, oldest first.
+    fn rate_limits_in_window(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Vec<&(DateTime<Utc>, Option<DateTime<Utc>>)> {
+        let window_start = now
+            - chrono::Duration::from_std(self.rules.rate_limit_window)
+                .unwrap_or(chrono::Duration::MAX);
+        self.rate_limits
+            .iter()
+            .filter(|(t, _)| *t > window_start && *t <= now)
+            .collect()
+    }
+
+    /// Rate limits in the window, and how many there are.
+    fn rate_limit_rule(&self, now: DateTime<Utc>) -> (RuleResult, u32) {
+        let r = &self.rules;
+        let in_window = self.rate_limits_in_window(now);
+        let count = in_window.len() as u32;
+        let threshold = r.rate_limit_threshold;
+        let rl_level = r.counted_level(count, threshold);
+        let rl_until = if rl_level == CreditLevel::Exhausted {
+            // The rule stops firing when the oldest of the last `threshold` leaves the window,
+            // or when the provider said to retry, whichever is later.
+            let nth = in_window[in_window.len() - threshold as usize].0;
+            let asked = in_window.iter().filter_map(|(_, u)| *u).max();
+            later(Some(add(nth, r.rate_limit_window)), asked)
+        } else {
+            None
+        };
+        let result = RuleResult {
+            rule: rule::RATE_LIMIT,
+            level: rl_level,
+            fraction: f64::from(count) / f64::from(threshold),
+            reason: format!(
+                "{count} rate limit{} in the last {} (threshold {threshold})",
+                plural(count),
+                humantime::format_duration(r.rate_limit_window)
+            ),
+            until: rl_until,
+        };
+        (result, count)
+    }
+
+    /// Consecutive slow responses.
+    fn slow_rule(&self) -> RuleResult {
+        let r = &self.rules;
+        let run = self.slow_run;
+        RuleResult {
+            rule: rule::SLOW_RESPONSES,
+            level: r.counted_level(run, r.slow_threshold),
+            fraction: f64::from(run) / f64::from(r.slow_threshold),
+            reason: format!(
+                "{run} consecutive response{} slower than {}s (threshold {})",
+                plural(run),
+                r.slow_response_s,
+                r.slow_threshold
+            ),
+            until: None,
+        }
+    }
+
+    /// The error rate of the last calls, and the rate itself.
+    fn error_rate_rule(&self) -> (RuleResult, f64) {
+        let r = &self.rules;
+        let calls = self.calls.len() as u32;
+        let errors = self.calls.iter().filter(|c| c.failed).count() as u32;
+        let error_rate = if calls == 0 {
+            0.0
+        } else {
+            f64::from(errors) / f64::from(calls)
+        };
+        let counts = calls >= r.error_min_calls && calls > 0;
+        // While the window fills, the rate of a few calls is mostly noise: judge the lower
+        // bound of its 95% confidence interval instead, so only an overwhelming error rate
+        // fires before the window is full (see docs/credit-monitor.md for the numbers).
+        let filling = calls < r.error_window_calls;
+        let judged = if filling {
+            wilson_lower_bound(errors, calls)
+        } else {
+            error_rate
+        };
+        let (er_fraction, er_level) = if counts && r.error_rate_threshold > 0.0 {
+            let f = judged / r.error_rate_threshold;
+            (f, r.continuous_level(f, judged > r.error_rate_threshold))
+        } else {
+            (0.0, CreditLevel::Healthy)
+        };
+        let result = RuleResult {
+            rule: rule::ERROR_RATE,
+            level: er_level,
+            fraction: er_fraction,
+            reason: if counts && filling {
+                format!(
+                    "{errors} error{} in the first {calls} calls ({:.0}%; at least {:.0}% with 95% confidence, limit {:.0}%)",
+                    plural(errors),
+                    error_rate * 100.0,
+                    judged * 100.0,
+                    r.error_rate_threshold * 100.0
+                )
+            } else if counts {
+                format!(
+                    "{errors} error{} in the last {calls} calls ({:.0}%, limit {:.0}%)",
+                    plural(errors),
+                    error_rate * 100.0,
+                    r.error_rate_threshold * 100.0
+                )
+            } else {
+                format!(
+                    "{calls} call{} so far, the error rate counts from {}",
+                    plural(calls),
+                    r.error_min_calls
+                )
+            },
+            until: None,
+        };
+        (result, error_rate)
+    }
+
+    /// A usage or spend limit the provider reported, active until it resets.
+    fn limit_rule(
+        &self,
+        name: &'static str,
+        until: Option<DateTime<Utc>>,
+        what: &str,
+        now: DateTime<Utc>,
+    ) -> RuleResult {
+        let active = until.is_some_and(|u| now < u);
+        RuleResult {
+            rule: name,
+            level: if active {
+                CreditLevel::Exhausted
+            } else {
+                CreditLevel::Healthy
+            },
+            fraction: if active { 1.0 } else { 0.0 },
+            reason: match until {
+                Some(u) if active => format!("{what} reached; it resets at {}", u.to_rfc3339()),
+                _ => format!("no {what} reported"),
+            },
+            until: until.filter(|_| active),
+        }
+    }
+
+    /// The latest utilization reading against its limit.
+    fn utilization_rule(&self, now: DateTime<Utc>) -> RuleResult {
+        let r = &self.rules;
+        let latest = self.utilization.back().copied().filter(|(t, _)| *t <= now);
+        let (u_fraction, u_level, u_reason) = match latest {
+            Some((_, u)) if r.utilization_threshold > 0.0 => {
+                let f = u / r.utilization_threshold;
+                (
+                    f,
+                    r.continuous_level(f, u >= r.utilization_threshold),
+                    format!(
+                        "utilization {:.0}% (limit {:.0}%)",
+                        u * 100.0,
+                        r.utilization_threshold * 100.0
+                    ),
+                )
+            }
+            _ => (
+                0.0,
+                CreditLevel::Healthy,
+                "no utilization reported".to_owned(),
+            ),
+        };
+        RuleResult {
+            rule: rule::UTILIZATION,
+            level: u_level,
+            fraction: u_fraction,
+            reason: u_reason,
+            until: None,
         }
     }
 
@@ -842,7 +875,7 @@ pub fn replay<'a>(
     events: impl IntoIterator<Item = &'a CreditEvent>,
     mut out: impl FnMut(ReplayLine),
 ) -> u64 {
-    let mut monitor = Monitor::new(rules);
+    let mut monitor = Tracker::new(rules);
     let mut level = CreditLevel::Healthy;
     let mut armed = true;
     let mut n = 0;

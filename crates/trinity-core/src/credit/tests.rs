@@ -28,7 +28,7 @@ fn util(secs: i64, u: f64) -> CreditEvent {
 }
 
 fn run(events: &[CreditEvent], now: i64) -> Evaluation {
-    let mut m = Monitor::new(Rules::default());
+    let mut m = Tracker::new(Rules::default());
     for e in events {
         m.ingest(e);
     }
