@@ -104,6 +104,31 @@ impl Env {
         out
     }
 
+    /// Waits until no agent of this environment runs any more: each writes its record before
+    /// it exits, so the launches counted afterwards are all there are (no grace period).
+    fn wait_agents_exited(&self) {
+        let marker = format!("AGENT_OUT={}", self.root().join("agent-out").display());
+        let start = Instant::now();
+        loop {
+            let running = std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|p| {
+                    std::fs::read(p.path().join("environ"))
+                        .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()))
+                });
+            if !running {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "agents still running"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn wait_launches(&self, n: usize) -> Vec<BTreeMap<String, String>> {
         let start = Instant::now();
         loop {
@@ -308,8 +333,8 @@ fn killed_at_every_journaled_step_the_agent_still_starts_exactly_once() {
         let o = env.run(&["--once"]);
         assert!(o.status.success(), "{step}: {}", text(&o));
         let launches = env.wait_launches(1);
-        // Give a second launch, if there were one, the time to show up.
-        std::thread::sleep(Duration::from_millis(100));
+        // A second launch, if there were one, has written its record once every agent exited.
+        env.wait_agents_exited();
         assert_eq!(env.launches().len(), 1, "{step}: {launches:?}");
         let hb = env.heartbeat();
         assert_eq!(hb.status, HeartbeatStatus::HandoffAccepted, "{step}");
@@ -346,7 +371,7 @@ fn two_signals_for_one_handoff_start_one_agent() {
     let o = env.run(&["--once"]);
     assert!(o.status.success(), "{}", text(&o));
     env.wait_launches(1);
-    std::thread::sleep(Duration::from_millis(100));
+    env.wait_agents_exited();
     assert_eq!(env.launches().len(), 1);
     assert!(
         env.tree()
@@ -435,7 +460,7 @@ fn a_handoff_older_than_the_newest_epoch_is_ignored() {
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("older than epoch 2"), "{}", text(&o));
-    std::thread::sleep(Duration::from_millis(100));
+    env.wait_agents_exited();
     assert_eq!(env.launches().len(), 1);
 }
 
@@ -548,7 +573,7 @@ fn new_work_is_queued_for_an_agent_that_still_runs() {
         .expect("run");
     assert!(o.status.success(), "{}", text(&o));
     std::fs::write(&hold, "go").expect("release");
-    std::thread::sleep(Duration::from_millis(100));
+    env.wait_agents_exited();
     assert_eq!(env.launches().len(), 1, "no second agent");
     let tasks: Vec<TaskRef> =
         serde_json::from_slice(&std::fs::read(&launches[0]["TRINITY_TASKS_FILE"]).expect("tasks"))
@@ -723,15 +748,12 @@ fn the_daemon_picks_up_a_signal_within_moments_and_stops_cleanly() {
         .expect("daemon");
     let tree = env.tree();
     let start = Instant::now();
-    while !tree.wake_dir(&pc("PC2")).is_dir()
-        || !tree
-            .log_file(&trinity_core::DaemonName::new("wake-daemon").expect("valid"))
-            .is_file()
-    {
+    // "started" is logged once the watcher is in place.
+    let log = tree.log_file(&trinity_core::DaemonName::new("wake-daemon").expect("valid"));
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("wake-daemon started")) {
         assert!(start.elapsed() < Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(200));
     let at = now();
     let id = env.write_handoff("PC1", at, &["task-a"], None);
     env.write_signal("sig-live", "PC1", at, Some(&id));
