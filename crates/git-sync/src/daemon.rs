@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
+use std::time::Instant;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use trinity_core::DaemonName;
 use trinity_core::daemon::{InstanceError, InstanceLock};
@@ -86,6 +87,120 @@ impl Backoff {
     }
 }
 
+/// What wakes the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A synced file changed (the watcher).
+    TreeChanged,
+    /// The remote's branch moved (a remote on this machine, watched).
+    RemoteMoved,
+    /// The debounce after the last file change is over.
+    QuietPeriodOver,
+    /// `pull_interval` passed.
+    PullTick,
+}
+
+/// A cycle to run now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cycle {
+    /// Scan the working tree for local changes (otherwise only the remote is looked at).
+    pub scan: bool,
+    /// The remote is in backoff: commit locally only.
+    pub offline: bool,
+}
+
+/// The daemon's timing — debounce, scan cadence, backoff — with no I/O: the loop feeds it
+/// events and the time, tests feed it synthetic ones.
+#[derive(Debug)]
+pub struct Schedule {
+    debounce: Duration,
+    watching: bool,
+    backoff: Backoff,
+    quiet_until: Option<Instant>,
+    resume_at: Option<Instant>,
+    ticks: u32,
+    scan_next: bool,
+    heartbeat_waiting: bool,
+}
+
+impl Schedule {
+    /// A schedule whose first cycle scans (whatever changed while the daemon was not running).
+    /// `watching` is false when there is no file watcher: every tick scans then.
+    pub fn new(config: &trinity_core::config::SyncConfig, watching: bool) -> Self {
+        Self {
+            debounce: config.debounce,
+            watching,
+            backoff: Backoff::new(config.backoff_max),
+            quiet_until: None,
+            resume_at: None,
+            ticks: 0,
+            scan_next: true,
+            heartbeat_waiting: false,
+        }
+    }
+
+    /// When the debounce ends, if a change is waiting for it.
+    pub fn quiet_until(&self) -> Option<Instant> {
+        self.quiet_until
+    }
+
+    /// What to do about `event` at `now`. `heartbeat_due`: a heartbeat refresh held back by
+    /// `heartbeat_commit_interval` may be committed now.
+    pub fn on(&mut self, event: Event, now: Instant, heartbeat_due: bool) -> Option<Cycle> {
+        let scan = match event {
+            Event::TreeChanged => {
+                self.quiet_until = Some(now + self.debounce);
+                return None;
+            }
+            Event::RemoteMoved => false,
+            Event::QuietPeriodOver => {
+                self.quiet_until = None;
+                true
+            }
+            Event::PullTick => {
+                self.ticks = self.ticks.wrapping_add(1);
+                std::mem::take(&mut self.scan_next)
+                    || !self.watching
+                    || self.ticks.is_multiple_of(SCAN_EVERY_TICKS)
+                    || (self.heartbeat_waiting && heartbeat_due)
+            }
+        };
+        let offline = self.resume_at.is_some_and(|t| now < t);
+        Some(Cycle { scan, offline })
+    }
+
+    /// Takes a cycle's result. `Ok(heartbeat_deferred)`, or the error; returns the wait before
+    /// the remote is tried again after a failure (zero: at the next tick, with a scan).
+    pub fn after(
+        &mut self,
+        cycle: Cycle,
+        result: Result<bool, &SyncError>,
+        now: Instant,
+    ) -> Duration {
+        match result {
+            Ok(heartbeat_deferred) => {
+                self.heartbeat_waiting = heartbeat_deferred;
+                if !cycle.offline {
+                    if self.resume_at.take().is_some() {
+                        tracing::info!("the remote is reachable again");
+                    }
+                    self.backoff.succeed();
+                }
+                Duration::ZERO
+            }
+            Err(e) => {
+                let wait = self.backoff.fail(e);
+                if wait.is_zero() {
+                    self.scan_next = true;
+                } else {
+                    self.resume_at = Some(now + wait);
+                }
+                wait
+            }
+        }
+    }
+}
+
 /// Runs until `shutdown` is cancelled.
 pub async fn run(
     mut syncer: Syncer,
@@ -123,87 +238,60 @@ pub async fn run(
     if let Some(Err(e)) = &remote_watcher {
         tracing::info!(error = %e, "cannot watch the remote's branches; checking every pull_interval");
     }
-    let watching = match &watcher {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the tree; scanning on every remote check instead");
-            false
-        }
-    };
+    if let Err(e) = &watcher {
+        tracing::warn!(error = %e, "cannot watch the tree; scanning on every remote check instead");
+    }
+    let mut schedule = Schedule::new(&config, watcher.is_ok());
     let mut pull = tokio::time::interval(config.pull_interval);
     pull.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut backoff = Backoff::new(config.backoff_max);
-    let mut quiet_until: Option<Instant> = None;
-    let mut resume_at: Option<Instant> = None;
-    let mut ticks: u32 = 0;
-    let mut heartbeat_waiting = false;
     tracing::info!(tree = %root.display(), branch = %config.branch, "git-sync started");
-    // A first full cycle picks up whatever changed while it was not running.
-    let mut scan_next = true;
     loop {
+        let quiet_until = schedule.quiet_until();
         let debounce = async {
             match quiet_until {
-                Some(t) => tokio::time::sleep_until(t).await,
+                Some(t) => tokio::time::sleep_until(t.into()).await,
                 None => std::future::pending().await,
             }
         };
-        let scan = tokio::select! {
+        let event = tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(()) = rx.recv() => {
-                quiet_until = Some(Instant::now() + config.debounce);
-                continue;
-            }
+            Some(()) = rx.recv() => Event::TreeChanged,
             Some(()) = remote_rx.recv() => {
                 while remote_rx.try_recv().is_ok() {}
-                false
+                Event::RemoteMoved
             }
-            _ = debounce => {
-                quiet_until = None;
-                true
-            }
-            _ = pull.tick() => {
-                ticks = ticks.wrapping_add(1);
-                std::mem::take(&mut scan_next)
-                    || !watching
-                    || ticks.is_multiple_of(SCAN_EVERY_TICKS)
-                    || (heartbeat_waiting && syncer.heartbeat_due())
-            }
+            _ = debounce => Event::QuietPeriodOver,
+            _ = pull.tick() => Event::PullTick,
         };
-        let offline = resume_at.is_some_and(|t| Instant::now() < t);
+        let Some(cycle) = schedule.on(event, Instant::now(), syncer.heartbeat_due()) else {
+            continue;
+        };
         // The cycle blocks the daemon's one thread on purpose: nothing else runs meanwhile
         // (file events queue in their channels), and no thread is started or handed over per
         // cycle, which kept memory creeping up over hours (docs/benchmarks.md).
-        let result = if offline {
-            syncer.cycle_local(scan)
+        let result = if cycle.offline {
+            syncer.cycle_local(cycle.scan)
         } else {
-            syncer.cycle(scan)
+            syncer.cycle(cycle.scan)
         };
-        match result {
-            Ok(report) => {
-                heartbeat_waiting = report.heartbeat_deferred;
-                if !offline {
-                    if resume_at.take().is_some() {
-                        tracing::info!("the remote is reachable again");
-                    }
-                    backoff.succeed();
-                }
-                // Between two cycles: every fetch adds a pack file, every commit loose objects.
-                if report.touched_objects() {
-                    let maintained = syncer.maintain_if_due();
-                    if let Err(e) = maintained {
-                        tracing::warn!(error = %e, "repository maintenance failed; trying again after the next change");
-                    }
+        let wait = schedule.after(
+            cycle,
+            result.as_ref().map(|r| r.heartbeat_deferred),
+            Instant::now(),
+        );
+        match &result {
+            // Between two cycles: every fetch adds a pack file, every commit loose objects.
+            Ok(report) if report.touched_objects() => {
+                if let Err(e) = syncer.maintain_if_due() {
+                    tracing::warn!(error = %e, "repository maintenance failed; trying again after the next change");
                 }
             }
+            Ok(_) => {}
+            Err(e) if wait.is_zero() => {
+                tracing::error!(error = %e, "sync cycle failed; retrying on the next tick")
+            }
             Err(e) => {
-                let wait = backoff.fail(&e);
-                if wait.is_zero() {
-                    tracing::error!(error = %e, "sync cycle failed; retrying on the next tick");
-                    scan_next = true;
-                } else {
-                    tracing::error!(error = %e, retry_in = %humantime::format_duration(wait), "sync cycle failed; local commits wait");
-                    resume_at = Some(Instant::now() + wait);
-                }
+                tracing::error!(error = %e, retry_in = %humantime::format_duration(wait), "sync cycle failed; local commits wait")
             }
         }
     }
@@ -263,5 +351,79 @@ mod tests {
         assert_eq!(b.fail(&SyncError::Auth("no".into())), max);
         b.succeed();
         assert_eq!(b.fail(&SyncError::Push("hook".into())), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_schedule_debounces_scans_on_its_cadence_and_backs_off() {
+        let config = trinity_core::config::SyncConfig {
+            debounce: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(8),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut s = Schedule::new(&config, true);
+        let c = |scan, offline| Some(Cycle { scan, offline });
+        // The first tick scans: whatever changed while the daemon was not running.
+        assert_eq!(s.on(Event::PullTick, at(0), false), c(true, false));
+        // A burst of changes moves the end of the quiet period; nothing runs meanwhile.
+        assert_eq!(s.on(Event::TreeChanged, at(100), false), None);
+        assert_eq!(s.on(Event::TreeChanged, at(300), false), None);
+        assert_eq!(s.quiet_until(), Some(at(800)));
+        assert_eq!(s.on(Event::QuietPeriodOver, at(800), false), c(true, false));
+        assert_eq!(s.quiet_until(), None);
+        // Ticks look at the remote only; every tenth scans too, as does a due heartbeat.
+        let scans: Vec<bool> = (1..=SCAN_EVERY_TICKS + 1)
+            .map(|i| {
+                s.on(Event::PullTick, at(1000 * u64::from(i)), false)
+                    .expect("cycle")
+                    .scan
+            })
+            .collect();
+        assert_eq!(scans.iter().filter(|x| **x).count(), 1, "{scans:?}");
+        assert_eq!(
+            s.after(c(false, false).expect("c"), Ok(true), at(20_000)),
+            Duration::ZERO
+        );
+        assert_eq!(s.on(Event::PullTick, at(21_000), true), c(true, false));
+        assert_eq!(s.on(Event::RemoteMoved, at(21_500), true), c(false, false));
+        // The network fails: local-only cycles until the backoff ends, doubling each time.
+        let net = SyncError::Network("down".into());
+        let cycle = c(false, false).expect("c");
+        assert_eq!(
+            s.after(cycle, Err(&net), at(22_000)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(s.on(Event::PullTick, at(22_500), false), c(false, true));
+        assert_eq!(s.on(Event::PullTick, at(23_000), false), c(false, false));
+        assert_eq!(
+            s.after(cycle, Err(&net), at(23_000)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(s.on(Event::PullTick, at(24_999), false), c(false, true));
+        // An offline cycle's success does not end the backoff; a real one does.
+        assert_eq!(
+            s.after(c(false, true).expect("c"), Ok(false), at(25_000)),
+            Duration::ZERO
+        );
+        assert_eq!(s.on(Event::RemoteMoved, at(25_000), false), c(false, false));
+        assert_eq!(s.after(cycle, Ok(false), at(25_100)), Duration::ZERO);
+        assert_eq!(
+            s.after(cycle, Err(&net), at(26_000)),
+            Duration::from_secs(1)
+        );
+        // A local failure retries at the next tick, with a scan.
+        s.after(cycle, Ok(false), at(30_000));
+        let local = SyncError::Maintenance("x".into());
+        assert_eq!(s.after(cycle, Err(&local), at(31_000)), Duration::ZERO);
+        assert_eq!(s.on(Event::PullTick, at(32_000), false), c(true, false));
+        // Without a watcher every tick scans.
+        let mut blind = Schedule::new(&config, false);
+        for i in 0..3 {
+            assert_eq!(
+                blind.on(Event::PullTick, at(i * 1000), false),
+                c(true, false)
+            );
+        }
     }
 }
