@@ -169,7 +169,8 @@ impl Coordinator {
         !self.runs.is_empty()
     }
 
-    fn now(&self) -> DateTime<Utc> {
+    /// The time by the coordinator's clock (injected; the system clock in the daemon).
+    pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
 

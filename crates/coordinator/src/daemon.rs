@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use trinity_core::daemon::{InstanceError, InstanceLock};
-use trinity_core::{DaemonName, pcfiles};
+use trinity_core::{DaemonName, Tree, pcfiles};
 
 use crate::cycle::{Coordinator, CycleError};
 use crate::leader::Standing;
@@ -30,16 +30,20 @@ pub enum DaemonError {
     Cycle(#[from] CycleError),
 }
 
-/// The directories whose changes start a cycle at once (relative to the tree).
-pub const WATCHED: &[&str] = &[
-    "handoff",
-    "done",
-    "claims",
-    "instances",
-    "spawn_queue",
-    "coordinator",
-    "local/git-sync",
-];
+/// The directories whose changes start a cycle at once: the work and its handoffs, the
+/// lease, and git-sync's state (a sync that confirms a lease).
+pub fn watched(tree: &Tree) -> Vec<std::path::PathBuf> {
+    let parent = |p: std::path::PathBuf| p.parent().map(ToOwned::to_owned).unwrap_or_default();
+    vec![
+        tree.handoff_dir(),
+        tree.done_dir(),
+        tree.claims_dir(),
+        tree.instance_dir(),
+        tree.spawn_queue_dir(),
+        parent(tree.lease_file()),
+        parent(tree.sync_state_file()),
+    ]
+}
 
 fn is_interesting(event: &notify::Event) -> bool {
     use notify::EventKind;
@@ -59,7 +63,7 @@ pub async fn run(mut coord: Coordinator, shutdown: CancellationToken) -> Result<
     let name = DaemonName::new(NAME).map_err(|e| CycleError::Fleet(e.to_string()))?;
     let _instance = InstanceLock::acquire(coord.tree(), &name)?;
     coord.fleet()?;
-    let started_at = chrono::Utc::now();
+    let started_at = coord.now();
     let interval = coord.config_interval();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -70,8 +74,7 @@ pub async fn run(mut coord: Coordinator, shutdown: CancellationToken) -> Result<
         }
     })
     .and_then(|mut w| {
-        for d in WATCHED {
-            let dir = coord.tree().root().join(d);
+        for dir in watched(coord.tree()) {
             let _ = std::fs::create_dir_all(&dir);
             w.watch(&dir, RecursiveMode::NonRecursive)?;
         }
@@ -93,7 +96,7 @@ pub async fn run(mut coord: Coordinator, shutdown: CancellationToken) -> Result<
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = beat.tick() => {
-                if let Err(e) = pcfiles::beat(coord.tree(), coord.pc(), &name, started_at, chrono::Utc::now()) {
+                if let Err(e) = pcfiles::beat(coord.tree(), coord.pc(), &name, started_at, coord.now()) {
                     tracing::warn!(error = %e, "cannot update the heartbeat");
                 }
                 continue;

@@ -58,7 +58,7 @@ fn run(
     let Start {
         config, pc, tree, ..
     } = trinity_core::daemon::start(daemon::NAME, cli.config.as_deref())?;
-    if !tree.root().join(".git").exists() {
+    if !tree.git_dir().exists() {
         bail!(
             "{} is not a git clone of the state repository: run `trinity init` first",
             tree.root().display()

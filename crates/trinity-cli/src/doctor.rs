@@ -238,7 +238,7 @@ fn state_tree(r: &mut Report, config: &Config, tree: &Tree, pc: &PcId) -> bool {
             return false;
         }
     }
-    let git_dir = root.join(".git");
+    let git_dir = tree.git_dir();
     for stuck in ["MERGE_HEAD", "rebase-merge", "rebase-apply"] {
         if git_dir.join(stuck).exists() {
             r.fail(

@@ -422,6 +422,11 @@ impl Tree {
             .join(format!("{pc}-{}.md", day.format("%Y%m%d")))
     }
 
+    /// `.git/`: the tree's own repository (git-sync's business alone).
+    pub fn git_dir(&self) -> PathBuf {
+        self.root.join(".git")
+    }
+
     /// `local/`: per-machine state, never synced.
     pub fn local_dir(&self) -> PathBuf {
         self.root.join("local")

@@ -49,7 +49,7 @@ pub async fn run(
     let name = DaemonName::new(NAME).map_err(WakeError::from)?;
     let _instance = InstanceLock::acquire(receiver.tree(), &name)?;
     receiver.fleet()?;
-    let started_at = chrono::Utc::now();
+    let started_at = receiver.now();
     // The coordinator gives work by role: say which this PC takes.
     let roles = receiver.config.roles.clone();
     if let Err(e) = pcfiles::update_heartbeat(receiver.tree(), receiver.pc(), started_at, |hb| {
@@ -103,7 +103,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = beat.tick() => {
-                let now = chrono::Utc::now();
+                let now = receiver.now();
                 if let Err(e) = pcfiles::beat(receiver.tree(), receiver.pc(), &name, started_at, now) {
                     tracing::warn!(error = %e, "cannot update the heartbeat");
                 }

@@ -148,7 +148,8 @@ impl Receiver {
         &self.journal
     }
 
-    pub(crate) fn now(&self) -> DateTime<Utc> {
+    /// The time by this receiver's clock (injected; the system clock in the daemon).
+    pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
 
