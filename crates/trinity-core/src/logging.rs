@@ -156,6 +156,25 @@ pub fn init(
     )
 }
 
+/// Log lines waiting for the writer thread, at most. The queue is a ring allocated whole and
+/// touched slot by slot as lines go round it, so its size is memory a long-running daemon ends
+/// up holding: tracing-appender's default of 128,000 lines grew each daemon's resident memory
+/// by up to 4 MB over its first hours (docs/benchmarks.md). Beyond this many, a line waits
+/// for room instead of being dropped.
+pub const LOG_BUFFER_LINES: usize = 2048;
+
+fn file_writer<W: io::Write + Send + 'static>(
+    w: W,
+) -> (
+    tracing_appender::non_blocking::NonBlocking,
+    tracing_appender::non_blocking::WorkerGuard,
+) {
+    tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .lossy(false)
+        .finish(w)
+}
+
 /// [`init`] with the filter given instead of read from `TRINITY_LOG` (`None`: `cfg.level`).
 pub fn init_with_filter(
     daemon: &DaemonName,
@@ -178,7 +197,7 @@ pub fn init_with_filter(
     })?;
     let rolling = RollingFile::new(logs_dir, daemon, cfg.max_file_bytes, cfg.max_files);
     let file = rolling.current_path();
-    let (writer, worker) = tracing_appender::non_blocking(rolling);
+    let (writer, worker) = file_writer(rolling);
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
@@ -249,6 +268,26 @@ mod tests {
         assert_eq!(
             fs::read_to_string(log.current_path()).expect("read"),
             "old\nnew\n"
+        );
+    }
+
+    #[test]
+    fn a_burst_larger_than_the_buffer_loses_no_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let daemon = DaemonName::new("git-sync").expect("valid");
+        let rolling = RollingFile::new(dir.path(), &daemon, 1 << 30, 2);
+        let path = rolling.current_path();
+        let (mut writer, guard) = file_writer(rolling);
+        let lines = LOG_BUFFER_LINES * 10;
+        for i in 0..lines {
+            io::Write::write_all(&mut writer, format!("line {i}\n").as_bytes()).expect("write");
+        }
+        drop(guard);
+        let text = fs::read_to_string(&path).expect("log");
+        assert_eq!(text.lines().count(), lines);
+        assert_eq!(
+            text.lines().last(),
+            Some(format!("line {}", lines - 1).as_str())
         );
     }
 }

@@ -195,11 +195,18 @@ impl World {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
-    /// Starts a daemon of `pc` (replacing the record of an earlier, dead one).
+    /// Starts a daemon of `pc` (replacing the record of an earlier, dead one). When it is
+    /// still running (two restarts in a row), it is left as it is: a second process would only
+    /// be refused by its instance lock, and the running one would be lost track of.
     pub fn start(&mut self, program: &str, pc: &str) {
+        let key = (pc.to_owned(), program.to_owned());
+        if let Some(running) = self.daemons.get_mut(&key)
+            && matches!(running.try_wait(), Ok(None))
+        {
+            return;
+        }
         let child = self.cmd(program, pc).spawn().expect("daemon");
-        self.daemons
-            .insert((pc.to_owned(), program.to_owned()), child);
+        self.daemons.insert(key, child);
     }
 
     /// Appends `text` to one PC's `trinity.toml`.
