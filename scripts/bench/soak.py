@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Soak: a whole fleet of three PCs, every daemon running, for a given wall time, with churn.
 
-Usage: scripts/bench/soak.py [--minutes M] [--churn-per-second R] [--handoff-every S] [--keep]
+Usage: scripts/bench/soak.py [--minutes M] [--idle-minutes I] [--churn-per-second R]
+                             [--handoff-every S] [--bin-dir DIR] [--wrap PC:DAEMON=CMD] [--keep]
        (builds nothing: run `cargo build --release --workspace` first)
 
 Three PCs share one local bare repository, each set up by `trinity init` and running
@@ -15,10 +16,14 @@ commit, so an hour carries more commits than a real fleet's day: 3 PCs x 1 heart
 minute = 4320 a day), the oldest deleted again so the tree stays the size of a real one; and a
 forced handoff (three recorded rate limits) every `--handoff-every` seconds, round the ring.
 
-Every minute it samples, for each PC: every daemon's RSS and CPU time, the pack count, loose
-objects and size of `.git`, the commits on the remote, the latency of a probe file written on
-PC1 until it is in PC2's tree, and ERROR lines in the logs. At the end it prints the table (as
-Markdown) and a verdict: zero sync errors, packs bounded, idle RSS within 20 % of the start.
+The churn runs for `--minutes`, between two idle phases of `--idle-minutes` (no churn, no
+forced handoffs: the fleet as it is most of the time). Every minute it samples, for each PC:
+every daemon's RSS (and anonymous RSS) and CPU time, the pack count, loose objects and size of
+`.git`, the commits on the remote, the latency of a probe file written on PC1 until it is in
+PC2's tree, and ERROR lines in the logs. At the end it prints the tables (as Markdown) and a
+verdict: zero sync errors and lost probes, packs bounded, no daemon exited, remote fsck clean,
+and each daemon idling after the churn as before it — idle RSS within 20 %, idle CPU a minute
+within 50 % or 0.2 s (the last sample of each idle phase compared).
 """
 import argparse, json, os, random, signal, statistics, subprocess, sys, tempfile, time
 from datetime import datetime, timezone
@@ -38,12 +43,15 @@ ap.add_argument("--handoff-every", type=float, default=180)
 ap.add_argument("--sample-every", type=float, default=60)
 ap.add_argument("--keep", action="store_true")
 ap.add_argument("--seed", type=int, default=1)
+ap.add_argument("--bin-dir", default=REL,
+                help="where the release binaries are (a copy keeps a long soak apart from builds)")
 ap.add_argument("--idle-minutes", type=float, default=3,
                 help="idle phases (no churn, no handoffs) before and after the churn, whose "
                      "RSS and CPU are compared")
 ap.add_argument("--wrap", action="append", default=[], metavar="PC:DAEMON=COMMAND",
                 help="run one daemon under a profiler, e.g. PC1:git-sync='heaptrack -o /tmp/h'")
 args = ap.parse_args()
+REL = os.path.abspath(args.bin_dir)
 rng = random.Random(args.seed)
 
 for b in ["trinity"] + DAEMONS:
