@@ -13,7 +13,8 @@ use trinity_core::daemon::{InstanceError, InstanceLock, OperatorAlerts};
 use trinity_core::schema::{CreditLevel, HeartbeatStatus};
 use trinity_core::{DaemonName, pcfiles};
 
-use crate::monitor::{Action, Monitor, MonitorError, StepReport};
+use crate::monitor::{Monitor, StepReport};
+use crate::state::{Action, MonitorError};
 use crate::transcripts::{self, TailState};
 
 /// The daemon's name, for its log and lock files and the heartbeat.
@@ -137,7 +138,7 @@ pub async fn run(
                 if let Ok(outcome) = &r {
                     refresh_heartbeat(&monitor, &name, started_at, outcome);
                 }
-                if let Err(e) = crate::handoff::settle_outgoing(&monitor) {
+                if let Err(e) = monitor.settle_outgoing() {
                     tracing::warn!(error = %e, "cannot record that the handoff is complete");
                 }
                 r.map(Some)

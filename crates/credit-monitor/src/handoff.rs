@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use chrono::{DateTime, Timelike, Utc};
-use serde::{Deserialize, Serialize};
+use trinity_core::config::Config;
 use trinity_core::credit::Evaluation;
 use trinity_core::fsio::{self, SaveError};
 use trinity_core::rotation::Choice;
@@ -19,66 +19,25 @@ use trinity_core::schema::{
 use trinity_core::validate::files_under;
 use trinity_core::{InstanceState, PcId, RecordId, SignalId, TaskId, Tree, pcfiles, state};
 
-use crate::monitor::{Action, Monitor, MonitorError, TriggerState};
+use crate::state::{
+    self as trigger, Action, HandoffStep, MonitorError, PendingHandoff, TriggerState,
+};
 
-/// A handoff being written.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PendingHandoff {
-    /// The handoff file's contents.
-    pub handoff: Handoff,
-    /// The wake signal's contents.
-    pub signal: WakeSignal,
-    /// The last step finished.
-    pub done: HandoffStep,
-    /// The agent's session transcript to carry into `conversations/{handoff-id}.jsonl`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conversation: Option<std::path::PathBuf>,
-}
-
-/// The steps of writing a handoff, in order (stored as their number: 0–4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(into = "u8", try_from = "u8")]
-pub enum HandoffStep {
-    /// Planned: nothing of the tree written yet.
-    Planned,
-    /// The handoff file (and the conversation before it) is written.
-    HandoffFile,
-    /// The wake signal is written.
-    WakeSignal,
-    /// The heartbeat says `handoff_initiated`.
-    Heartbeat,
-    /// The instance state is HANDOFF_READY (or was left as it was). The last step.
-    InstanceState,
-}
-
-impl From<HandoffStep> for u8 {
-    fn from(step: HandoffStep) -> u8 {
-        step as u8
-    }
-}
-
-impl TryFrom<u8> for HandoffStep {
-    type Error = String;
-
-    fn try_from(n: u8) -> Result<Self, String> {
-        use HandoffStep as S;
-        [
-            S::Planned,
-            S::HandoffFile,
-            S::WakeSignal,
-            S::Heartbeat,
-            S::InstanceState,
-        ]
-        .get(usize::from(n))
-        .copied()
-        .ok_or_else(|| format!("no handoff step {n} (0 to 4)"))
-    }
+/// The PC whose handoff is written: its tree, its name and its configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Station<'a> {
+    /// The state tree.
+    pub tree: &'a Tree,
+    /// This PC.
+    pub pc: &'a PcId,
+    /// Its configuration.
+    pub config: &'a Config,
 }
 
 /// Decides and writes a handoff for this exhaustion (or an escalation when nobody can take
 /// over). The caller holds the credit lock and saves `state` afterwards.
 pub(crate) fn start(
-    m: &Monitor,
+    m: &Station<'_>,
     state: &mut TriggerState,
     evaluation: &Evaluation,
     choice: &Choice,
@@ -96,7 +55,7 @@ pub(crate) fn start(
     if choice.next_unknown {
         tracing::warn!(pc = %to, "handing off to a PC that has never sent a heartbeat");
     }
-    let instance = fsio::load::<InstanceStatus>(&m.tree.instance_file(&m.pc))
+    let instance = fsio::load::<InstanceStatus>(&m.tree.instance_file(m.pc))
         .ok()
         .map(|d| d.value);
     let mut current_work = instance.as_ref().and_then(|i| i.current_work.clone());
@@ -108,7 +67,7 @@ pub(crate) fn start(
             conversation = Some(path);
         }
     }
-    let task_queue = task_queue(&m.tree, &m.pc, current_work.as_ref().map(|w| &w.task_id));
+    let task_queue = task_queue(m.tree, m.pc, current_work.as_ref().map(|w| &w.task_id));
     let handoff = Handoff {
         format_version: Handoff::FORMAT_VERSION,
         from_pc: m.pc.clone(),
@@ -131,7 +90,7 @@ pub(crate) fn start(
     let id = handoff.id().ok_or(MonitorError::PendingWithoutId)?;
     let signal = WakeSignal {
         format_version: WakeSignal::FORMAT_VERSION,
-        id: SignalId::generate(&m.pc, now, WakeTask::CreditHandoff.as_str()),
+        id: SignalId::generate(m.pc, now, WakeTask::CreditHandoff.as_str()),
         from_pc: m.pc.clone(),
         to_pc: to.clone(),
         timestamp: now,
@@ -163,7 +122,7 @@ pub(crate) fn start(
         conversation,
     });
     // The plan is on disk before the first file of the tree is written.
-    m.save_state(state)?;
+    trigger::save(m.tree, state)?;
     finish(m, state, now)?;
     Ok(Action::HandedOff { handoff: id, to })
 }
@@ -171,7 +130,7 @@ pub(crate) fn start(
 /// The agent's code in progress, when `agent.workdir` is a git repository: committed aside and
 /// pushed to the project's remote, so the next PC continues from it. Never stops the handoff.
 fn snapshot_code(
-    m: &Monitor,
+    m: &Station<'_>,
     task: &trinity_core::TaskId,
 ) -> Option<trinity_core::schema::CodeSnapshot> {
     let workdir = m.config.agent.workdir.trim();
@@ -181,7 +140,7 @@ fn snapshot_code(
     match trinity_core::code::snapshot(
         std::path::Path::new(workdir),
         task,
-        &m.pc,
+        m.pc,
         &m.config.work.remote,
     ) {
         Ok(snap) => {
@@ -202,7 +161,10 @@ fn snapshot_code(
 /// The agent's Claude Code session to carry, when `work.carry_conversation` is on, the agent
 /// is Claude Code and its workdir has a session: (session id, transcript). A transcript over
 /// `work.conversation_max_bytes` stays behind.
-fn conversation_to_carry(m: &Monitor, known: Option<&str>) -> Option<(String, std::path::PathBuf)> {
+fn conversation_to_carry(
+    m: &Station<'_>,
+    known: Option<&str>,
+) -> Option<(String, std::path::PathBuf)> {
     let work = &m.config.work;
     let workdir = m.config.agent.workdir.trim();
     if !work.carry_conversation
@@ -230,7 +192,7 @@ fn conversation_to_carry(m: &Monitor, known: Option<&str>) -> Option<(String, st
 }
 
 /// Copies the transcript into the tree before the handoff file, so the next PC finds both.
-fn carry_conversation(m: &Monitor, source: &std::path::Path, id: &trinity_core::HandoffId) {
+fn carry_conversation(m: &Station<'_>, source: &std::path::Path, id: &trinity_core::HandoffId) {
     let target = m.tree.conversation_file(id);
     match std::fs::read(source) {
         Ok(bytes) => match fsio::write_new(&target, &bytes) {
@@ -256,7 +218,7 @@ fn tolerate_existing(result: Result<(), SaveError>) -> Result<(), MonitorError> 
 
 /// Writes whatever steps of the pending handoff are not done yet.
 pub(crate) fn finish(
-    m: &Monitor,
+    m: &Station<'_>,
     state: &mut TriggerState,
     now: DateTime<Utc>,
 ) -> Result<(), MonitorError> {
@@ -279,7 +241,7 @@ pub(crate) fn finish(
             f()?;
             pending.done = n;
             state.pending = Some(pending.clone());
-            m.save_state(state)?;
+            trigger::save(m.tree, state)?;
         }
         Ok(())
     };
@@ -296,7 +258,7 @@ pub(crate) fn finish(
         ))
     })?;
     step(HandoffStep::Heartbeat, state, &mut || {
-        pcfiles::update_heartbeat(&m.tree, &m.pc, now, |hb| {
+        pcfiles::update_heartbeat(m.tree, m.pc, now, |hb| {
             hb.status = HeartbeatStatus::HandoffInitiated;
             hb.to_pc = Some(h.to_pc.clone());
             hb.from_pc = None;
@@ -309,7 +271,7 @@ pub(crate) fn finish(
         .map_err(MonitorError::from)
     })?;
     step(HandoffStep::InstanceState, state, &mut || {
-        pcfiles::update_instance(&m.tree, &m.pc, now, |current| {
+        pcfiles::update_instance(m.tree, m.pc, now, |current| {
             let current = current?;
             let from = current.state;
             if state::transition(from, InstanceState::HandoffReady).is_err() {
@@ -337,14 +299,14 @@ pub(crate) fn finish(
         h.reason.describe()
     );
     state.pending = None;
-    m.save_state(state)?;
+    trigger::save(m.tree, state)?;
     Ok(())
 }
 
 /// Every PC is out of credit or unavailable: write an escalation (once per exhaustion), wake
 /// nobody, and wait until the earliest moment one might take over.
 fn no_target(
-    m: &Monitor,
+    m: &Station<'_>,
     state: &mut TriggerState,
     evaluation: &Evaluation,
     choice: &Choice,
@@ -385,7 +347,7 @@ fn no_target(
             )),
         };
         tolerate_existing(fsio::create(&m.tree.escalation_file(&id), &escalation))?;
-        pcfiles::update_heartbeat(&m.tree, &m.pc, now, |hb| {
+        pcfiles::update_heartbeat(m.tree, m.pc, now, |hb| {
             hb.status = HeartbeatStatus::Exhausted;
         })?;
         tracing::warn!(escalation = %id, %skipped, retry_at = %retry_at.to_rfc3339(), "out of credit and no PC can take over; escalated");
@@ -467,8 +429,8 @@ fn ids_in<T: Schema>(_tree: &Tree, dir: &std::path::Path) -> Vec<T> {
 
 /// After the next PC accepted this PC's handoff (archived it into `handoff/processed/`), this
 /// PC's part is over: HANDOFF_READY → HANDOFF_COMPLETE → STANDBY. Returns whether it moved.
-pub fn settle_outgoing(m: &Monitor) -> Result<bool, MonitorError> {
-    let Ok(doc) = trinity_core::fsio::load::<InstanceStatus>(&m.tree.instance_file(&m.pc)) else {
+pub fn settle_outgoing(m: &Station<'_>, now: DateTime<Utc>) -> Result<bool, MonitorError> {
+    let Ok(doc) = trinity_core::fsio::load::<InstanceStatus>(&m.tree.instance_file(m.pc)) else {
         return Ok(false);
     };
     let inst = doc.value;
@@ -476,16 +438,15 @@ pub fn settle_outgoing(m: &Monitor) -> Result<bool, MonitorError> {
         return Ok(false);
     };
     if inst.state != InstanceState::HandoffReady
-        || id.from_pc() != &m.pc
-        || id.to_pc() == &m.pc
+        || id.from_pc() != m.pc
+        || id.to_pc() == m.pc
         || m.tree.handoff_file(&id).exists()
         || !m.tree.processed_handoff_file(&id).exists()
     {
         return Ok(false);
     }
-    let now = m.now();
     let mut moved = false;
-    pcfiles::update_instance(&m.tree, &m.pc, now, |current| {
+    pcfiles::update_instance(m.tree, m.pc, now, |current| {
         let current = current?;
         if current.state != InstanceState::HandoffReady || current.handoff.as_ref() != Some(&id) {
             return None;

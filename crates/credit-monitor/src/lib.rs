@@ -5,6 +5,8 @@
 //! * [`Monitor::record`] is what `credit-monitor --record-…` runs: append the event, evaluate at
 //!   once, act. The whole step holds `local/credit/credit.lock`, so twenty recorders and the
 //!   daemon seeing the same exhaustion trigger one handoff between them.
+//! * [`state`] holds what both use: the trigger state in `local/credit/state.json`, the
+//!   handoff being written, what a step decided, the errors.
 //! * [`handoff`] writes the handoff, the wake signal, the heartbeat and the instance state;
 //!   its progress is persisted in `local/credit/state.json` before the first file is written,
 //!   so a crash in the middle is finished on the next run, never repeated.
@@ -15,6 +17,8 @@ pub mod claude_output;
 pub mod daemon;
 pub mod handoff;
 pub mod monitor;
+pub mod state;
 pub mod transcripts;
 
-pub use monitor::{Action, Monitor, MonitorError, StepReport, TriggerState};
+pub use monitor::{Monitor, StepReport};
+pub use state::{Action, MonitorError, TriggerState};

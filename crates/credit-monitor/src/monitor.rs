@@ -6,20 +6,19 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use trinity_core::config::Config;
 use trinity_core::credit::{self, CreditEvent, Evaluation, EventKind, Rules};
 use trinity_core::daemon::{self, FileLock};
 use trinity_core::fsio::{self, IoError};
-use trinity_core::local::{self, LocalError, LocalState};
-use trinity_core::pcfiles::{self, FleetError};
+use trinity_core::pcfiles;
 use trinity_core::rotation::{self, Choice, PeerView};
 use trinity_core::schema::{
     CreditLevel, CreditStatus, Doc, Fleet, HandoffReason, Heartbeat, HeartbeatStatus,
 };
-use trinity_core::{HandoffId, PcId, SharedClock, Tree};
+use trinity_core::{PcId, SharedClock, Tree};
 
-use crate::handoff::{self, PendingHandoff};
+use crate::handoff::{self, Station};
+use crate::state::{self, Action, MonitorError, TriggerState};
 
 /// The events file is compacted when it grows past this.
 pub const COMPACT_AT_BYTES: u64 = 512 * 1024;
@@ -29,121 +28,6 @@ pub const KEEP_EVENTS_FOR: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The largest events file read (compaction keeps it far below).
 const MAX_EVENTS_BYTES: usize = 64 * 1024 * 1024;
-
-/// Why the monitor could not do its work.
-#[derive(Debug, thiserror::Error)]
-pub enum MonitorError {
-    /// A file could not be read or written.
-    #[error(transparent)]
-    Io(#[from] IoError),
-    /// `fleet.toml` is missing or invalid, or this PC is not in it: there is nobody to hand
-    /// off to.
-    #[error("cannot read the fleet: {0}")]
-    Fleet(#[from] FleetError),
-    /// A file of the tree could not be written (the handoff, the wake signal, an escalation).
-    #[error(transparent)]
-    Save(#[from] trinity_core::fsio::SaveError),
-    /// This PC's heartbeat or instance file could not be updated.
-    #[error(transparent)]
-    Update(#[from] pcfiles::UpdateError),
-    /// The trigger state (`local/credit/state.json`) could not be read or written.
-    #[error(transparent)]
-    State(#[from] LocalError),
-    /// A name made from valid parts was refused (a bug): nothing was written.
-    #[error(transparent)]
-    Name(#[from] trinity_core::ids::IdError),
-    /// The pending handoff in the trigger state names no valid handoff file.
-    #[error("the pending handoff in the trigger state has no valid id")]
-    PendingWithoutId,
-}
-
-impl MonitorError {
-    /// True when retrying cannot help until someone changes something (the fleet, a file set
-    /// aside): the daemon says so plainly instead of retrying quietly.
-    pub fn needs_operator(&self) -> bool {
-        matches!(
-            self,
-            MonitorError::Fleet(_)
-                | MonitorError::State(
-                    LocalError::Corrupt { .. }
-                        | LocalError::SetAside { .. }
-                        | LocalError::TooNew { .. }
-                )
-        )
-    }
-}
-
-/// `local/credit/state.json`: what must survive a restart.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TriggerState {
-    /// True when the next EXHAUSTED evaluation may hand off. Cleared by a handoff, set again
-    /// when the level drops below EXHAUSTED or on a reset.
-    #[serde(default = "yes")]
-    pub armed: bool,
-    /// The pause after the last handoff.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub paused_until: Option<DateTime<Utc>>,
-    /// The last handoff sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_handoff: Option<HandoffId>,
-    /// When nobody could take over: do not try again before this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub no_target_until: Option<DateTime<Utc>>,
-    /// True once the "every PC is exhausted" escalation was written for this exhaustion.
-    #[serde(default)]
-    pub escalated: bool,
-    /// A handoff being written (finished on the next run after a crash).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending: Option<PendingHandoff>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl Default for TriggerState {
-    fn default() -> Self {
-        Self {
-            armed: true,
-            paused_until: None,
-            last_handoff: None,
-            no_target_until: None,
-            escalated: false,
-            pending: None,
-        }
-    }
-}
-
-impl LocalState for TriggerState {
-    const NAME: &'static str = "the credit monitor's trigger state";
-}
-
-/// What an evaluation led to.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    /// Nothing to do.
-    None,
-    /// A handoff was written.
-    HandedOff {
-        /// Its id.
-        handoff: HandoffId,
-        /// The PC woken.
-        to: PcId,
-    },
-    /// Out of credit, but nobody can take over; an escalation was written (once).
-    NoTarget {
-        /// Why each PC was passed over.
-        skipped: String,
-        /// When to try again.
-        retry_at: DateTime<Utc>,
-    },
-    /// Out of credit, but this exhaustion was already handed off.
-    AlreadyHandedOff,
-    /// Out of credit while pausing after a handoff.
-    Paused(DateTime<Utc>),
-    /// Out of credit; waiting until `retry_at` before looking for a PC again.
-    Waiting(DateTime<Utc>),
-}
 
 /// The result of one step.
 #[derive(Debug, Clone)]
@@ -266,7 +150,7 @@ impl Monitor {
         let mut state = self.load_state()?;
         // A handoff interrupted by a crash is finished before anything else.
         if state.pending.is_some() {
-            handoff::finish(self, &mut state, now)?;
+            handoff::finish(&self.station(), &mut state, now)?;
         }
         let (monitor, bad_lines, size) = self.load_events(now)?;
         if size > COMPACT_AT_BYTES {
@@ -299,7 +183,14 @@ impl Monitor {
             } else {
                 evaluation.handoff_reason()
             };
-            let action = handoff::start(self, &mut state, &evaluation, &choice, reason, now)?;
+            let action = handoff::start(
+                &self.station(),
+                &mut state,
+                &evaluation,
+                &choice,
+                reason,
+                now,
+            )?;
             if matches!(action, Action::HandedOff { .. }) {
                 next_pc = self.choose(now).ok().and_then(|c| c.next);
             }
@@ -395,18 +286,28 @@ impl Monitor {
         Ok(pcfiles::load_member(&self.tree, &self.pc)?)
     }
 
-    /// The persisted trigger state (defaults when there is none). A corrupt one is set aside
-    /// and refused until someone has looked at it: guessing could hand off twice.
+    /// The persisted trigger state (defaults when there is none).
     pub fn load_state(&self) -> Result<TriggerState, MonitorError> {
-        Ok(local::read_once(&self.tree.credit_state_file())?.unwrap_or_default())
+        state::load(&self.tree)
     }
 
     pub(crate) fn save_state(&self, state: &TriggerState) -> Result<(), MonitorError> {
-        if self.load_state().ok().as_ref() == Some(state) {
-            return Ok(());
+        state::save(&self.tree, state)
+    }
+
+    /// Once the next PC accepted this PC's handoff: HANDOFF_READY → HANDOFF_COMPLETE →
+    /// STANDBY ([`handoff::settle_outgoing`]). Returns whether it moved.
+    pub fn settle_outgoing(&self) -> Result<bool, MonitorError> {
+        handoff::settle_outgoing(&self.station(), self.now())
+    }
+
+    /// What the handoff writer needs of this monitor.
+    pub(crate) fn station(&self) -> Station<'_> {
+        Station {
+            tree: &self.tree,
+            pc: &self.pc,
+            config: &self.config,
         }
-        local::write(&self.tree.credit_state_file(), state)?;
-        Ok(())
     }
 
     /// Writes `credit/{PC}.json` when anything but its time changed.

@@ -423,10 +423,10 @@ fn a_handoff_interrupted_by_a_crash_is_finished_not_repeated() {
     std::fs::remove_file(env.tree.wake_file(&pc("PC2"), &signal.id)).expect("remove");
     std::fs::remove_file(env.tree.heartbeat_file(&pc("PC1"))).expect("remove");
     let mut state = m.load_state().expect("state");
-    state.pending = Some(credit_monitor::handoff::PendingHandoff {
+    state.pending = Some(credit_monitor::state::PendingHandoff {
         handoff: handoff.clone(),
         signal: signal.clone(),
-        done: credit_monitor::handoff::HandoffStep::HandoffFile,
+        done: credit_monitor::state::HandoffStep::HandoffFile,
         conversation: None,
     });
     std::fs::write(
@@ -604,7 +604,7 @@ fn the_outgoing_pc_goes_to_standby_once_the_next_pc_took_its_handoff() {
     };
     assert_eq!(state(&env).state, InstanceState::HandoffReady);
     // Not taken yet: nothing moves.
-    assert!(!credit_monitor::handoff::settle_outgoing(&m).expect("settle"));
+    assert!(!m.settle_outgoing().expect("settle"));
     assert_eq!(state(&env).state, InstanceState::HandoffReady);
     // PC2's wake-daemon archives it.
     std::fs::create_dir_all(env.tree.processed_handoff_dir()).expect("dir");
@@ -613,10 +613,10 @@ fn the_outgoing_pc_goes_to_standby_once_the_next_pc_took_its_handoff() {
         env.tree.processed_handoff_file(&id),
     )
     .expect("archive");
-    assert!(credit_monitor::handoff::settle_outgoing(&m).expect("settle"));
+    assert!(m.settle_outgoing().expect("settle"));
     let after = state(&env);
     assert_eq!(after.state, InstanceState::Standby);
     assert!(after.current_work.is_none() && after.claimed_tasks.is_empty());
     // Once only.
-    assert!(!credit_monitor::handoff::settle_outgoing(&m).expect("settle"));
+    assert!(!m.settle_outgoing().expect("settle"));
 }
