@@ -114,18 +114,8 @@ impl Monitor {
     /// Starts every window afresh and ends any pause (`--reset`, and the wake-daemon's `reset`
     /// event when this PC accepts work).
     pub fn reset(&self) -> Result<StepReport, MonitorError> {
+        credit::request_reset(&self.tree, self.now())?;
         let _lock = self.lock()?;
-        let now = self.now();
-        daemon::append_line_locked(
-            &self.tree.credit_events_file(),
-            &CreditEvent::new(now, EventKind::Reset).to_line(),
-        )?;
-        let mut state = self.load_state()?;
-        state.paused_until = None;
-        state.armed = true;
-        state.no_target_until = None;
-        state.escalated = false;
-        self.save_state(&state)?;
         self.step_locked(false)
     }
 
@@ -155,6 +145,9 @@ impl Monitor {
         let (monitor, bad_lines, size) = self.load_events(now)?;
         if size > COMPACT_AT_BYTES {
             self.compact(now)?;
+        }
+        if state.take_reset(monitor.last_reset().filter(|r| *r <= now)) {
+            tracing::info!("credit reset: every window starts afresh, any pause ends");
         }
         let evaluation = monitor.evaluate(now);
         let exhausted = evaluation.level == CreditLevel::Exhausted;

@@ -76,6 +76,39 @@ pub struct TriggerState {
     /// A handoff being written (finished on the next run after a crash).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<PendingHandoff>,
+    /// The newest reset request (a `reset` event) taken; the epoch when none was yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_applied: Option<DateTime<Utc>>,
+}
+
+impl TriggerState {
+    /// What a reset request means, owned here: every window starts afresh (the rules see the
+    /// `reset` event), any pause ends, the trigger is armed again. `requested` is the newest
+    /// `reset` event; it acts once, when newer than the last one taken. Returns whether it
+    /// acted.
+    pub fn take_reset(&mut self, requested: Option<DateTime<Utc>>) -> bool {
+        let fresh = match (requested, self.reset_applied) {
+            (None, _) => false,
+            (Some(at), Some(seen)) => at > seen,
+            // A state written before requests were tracked: a reset no newer than its last
+            // handoff was spent before that handoff (never undo a pause it set).
+            (Some(at), None) => self
+                .last_handoff
+                .as_ref()
+                .is_none_or(|h| at > h.created_at() + chrono::Duration::seconds(1)),
+        };
+        // From now on requests are tracked (the epoch: none taken yet).
+        self.reset_applied = requested
+            .max(self.reset_applied)
+            .or(Some(DateTime::UNIX_EPOCH));
+        if fresh {
+            self.paused_until = None;
+            self.armed = true;
+            self.no_target_until = None;
+            self.escalated = false;
+        }
+        fresh
+    }
 }
 
 fn yes() -> bool {
@@ -91,6 +124,7 @@ impl Default for TriggerState {
             no_target_until: None,
             escalated: false,
             pending: None,
+            reset_applied: None,
         }
     }
 }

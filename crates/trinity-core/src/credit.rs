@@ -126,6 +126,21 @@ pub enum EventError {
     Invalid(String),
 }
 
+/// Asks this PC's credit monitor to start afresh: appends a `reset` event to its events file
+/// (under its lock). What a reset means — every window restarts, any pause ends, the trigger is
+/// armed again — is the credit monitor's to apply when it next steps. The wake-daemon asks
+/// when this PC takes work over from one out of credit; `credit-monitor --reset` asks too.
+pub fn request_reset(
+    tree: &crate::layout::Tree,
+    now: DateTime<Utc>,
+) -> Result<(), crate::fsio::IoError> {
+    crate::daemon::append_line(
+        &tree.credit_events_file(),
+        &CreditEvent::new(now, EventKind::Reset).to_line(),
+        &tree.credit_lock_file(),
+    )
+}
+
 impl CreditEvent {
     /// An event with only `ts` and `kind`.
     pub fn new(ts: DateTime<Utc>, kind: EventKind) -> Self {

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use trinity_core::config::{Config, SyncMode};
-use trinity_core::credit::{CreditEvent, EventKind};
 use trinity_core::fsio::{self, IoError, LoadError, SaveError};
 use trinity_core::local::{self, LocalError, TasksFile};
 use trinity_core::pcfiles::FleetError;
@@ -16,8 +15,8 @@ use trinity_core::schema::{
 };
 use trinity_core::syncstate::SyncState;
 use trinity_core::{
-    HandoffId, InstanceState, PcId, SharedClock, SignalId, TaskId, Tree, daemon, failpoint,
-    pcfiles, state, validate,
+    HandoffId, InstanceState, PcId, SharedClock, SignalId, TaskId, Tree, failpoint, pcfiles, state,
+    validate,
 };
 
 use crate::agent::{self, LAUNCH_ID_VAR, Launch};

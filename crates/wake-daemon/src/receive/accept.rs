@@ -61,12 +61,7 @@ impl Receiver {
                         h.reason,
                         HandoffReason::Assignment | HandoffReason::Remediation
                     ) {
-                        let reset = CreditEvent::new(self.now(), EventKind::Reset);
-                        daemon::append_line(
-                            &self.tree.credit_events_file(),
-                            &reset.to_line(),
-                            &self.tree.credit_lock_file(),
-                        )?;
+                        trinity_core::credit::request_reset(&self.tree, self.now())?;
                     }
                     Step::CreditReset
                 }
