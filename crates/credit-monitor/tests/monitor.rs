@@ -515,7 +515,11 @@ fn a_reset_requested_by_another_daemon_means_what_the_monitor_says_once() {
     assert_eq!(handoffs(&env).len(), 1);
     env.advance(5);
     let o = m.step().expect("step");
-    assert!(o.state.paused_until.is_some() && !o.state.armed, "{:?}", o.state);
+    assert!(
+        o.state.paused_until.is_some() && !o.state.armed,
+        "{:?}",
+        o.state
+    );
     // The wake-daemon takes work over on this PC: it asks for a reset; the next step acts on it.
     env.advance(5);
     trinity_core::credit::request_reset(&env.tree, env.now()).expect("request");
@@ -531,7 +535,11 @@ fn a_reset_requested_by_another_daemon_means_what_the_monitor_says_once() {
     assert_eq!(handoffs(&env).len(), 2);
     env.advance(5);
     let o = m.step().expect("step");
-    assert!(o.state.paused_until.is_some() && !o.state.armed, "{:?}", o.state);
+    assert!(
+        o.state.paused_until.is_some() && !o.state.armed,
+        "{:?}",
+        o.state
+    );
 }
 
 fn fixtures() -> PathBuf {

@@ -28,7 +28,7 @@ mod remote;
 
 pub use commit::STALE_TEMP_FILE;
 pub use maintain::COMPACTION_CHECK_EVERY;
-pub use remote::{Failure, classify_failure};
+pub use trinity_core::gitcmd::{Failure, classify_failure};
 
 /// Why a cycle failed.
 #[derive(Debug, thiserror::Error)]

@@ -355,15 +355,10 @@ fn ensure_clone(
     Ok((outcome, fleet))
 }
 
+/// Another PC created the remote's branch first (or pushed to it meanwhile).
 fn is_race(stderr: &str) -> bool {
-    [
-        "fetch first",
-        "non-fast-forward",
-        "failed to update ref",
-        "already exists",
-    ]
-    .iter()
-    .any(|m| stderr.contains(m))
+    use trinity_core::gitcmd::{Failure, classify_failure};
+    classify_failure(stderr) == Failure::Race || stderr.contains("already exists")
 }
 
 fn new_fleet(args: &InitArgs) -> anyhow::Result<Fleet> {

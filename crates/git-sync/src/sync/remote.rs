@@ -3,64 +3,6 @@
 
 use super::*;
 
-/// What a failed push or fetch means.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// Somebody pushed first: a lost compare-and-swap.
-    Race,
-    /// The remote is unreachable.
-    Network,
-    /// Credentials refused.
-    Auth,
-    /// Anything else.
-    Other,
-}
-
-/// Classifies git's (or gix's) error text.
-pub fn classify_failure(stderr: &str) -> Failure {
-    let s = stderr.to_ascii_lowercase();
-    let any = |needles: &[&str]| needles.iter().any(|n| s.contains(n));
-    if any(&[
-        "fetch first",
-        "non-fast-forward",
-        "updates were rejected",
-        "failed to update ref",
-        "[rejected]",
-        "cannot lock ref",
-        "stale info",
-    ]) {
-        Failure::Race
-    } else if any(&[
-        "authentication failed",
-        "permission denied",
-        "terminal prompts disabled",
-        "could not read username",
-        "access denied",
-        "403",
-        "401",
-    ]) {
-        Failure::Auth
-    } else if any(&[
-        "could not read from remote",
-        "does not appear to be a git repository",
-        "unable to access",
-        "could not resolve host",
-        "connection refused",
-        "connection timed out",
-        "network is unreachable",
-        "no such file or directory",
-        "not a git repository",
-        "failed to connect",
-        "could not open",
-        "repository not found",
-        "does not exist",
-    ]) {
-        Failure::Network
-    } else {
-        Failure::Other
-    }
-}
-
 fn remote_error(e: &GitError) -> SyncError {
     let text = format!("{} {e}", e.stderr());
     match classify_failure(&text) {
@@ -233,47 +175,6 @@ impl Syncer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn push_and_fetch_failures_are_told_apart() {
-        for (text, want) in [
-            (
-                " ! [rejected]        trinity -> trinity (fetch first)",
-                Failure::Race,
-            ),
-            (
-                "! [rejected] trinity -> trinity (non-fast-forward)",
-                Failure::Race,
-            ),
-            (
-                "! [remote rejected] trinity -> trinity (failed to update ref)",
-                Failure::Race,
-            ),
-            (
-                "fatal: '/srv/x.git' does not appear to be a git repository\nfatal: Could not read from remote repository.",
-                Failure::Network,
-            ),
-            (
-                "ssh: connect to host example.com port 22: Connection refused",
-                Failure::Network,
-            ),
-            (
-                "fatal: unable to access 'https://example.com/x.git/': Could not resolve host: example.com",
-                Failure::Network,
-            ),
-            (
-                "git@github.com: Permission denied (publickey).",
-                Failure::Auth,
-            ),
-            (
-                "fatal: could not read Username for 'https://example.com': terminal prompts disabled",
-                Failure::Auth,
-            ),
-            ("remote: hook declined", Failure::Other),
-        ] {
-            assert_eq!(classify_failure(text), want, "{text}");
-        }
-    }
 
     #[test]
     fn jitter_stays_small() {
