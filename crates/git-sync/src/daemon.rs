@@ -38,19 +38,13 @@ pub fn is_tree_change(event: &notify::Event, root: &Path) -> bool {
     if matches!(event.kind, K::Access(_)) {
         return false;
     }
+    let tree = trinity_core::Tree::new(root);
     event.paths.iter().any(|p| {
-        let Ok(rel) = p.strip_prefix(root) else {
-            return false;
-        };
-        let first = rel
-            .components()
-            .next()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-            n.ends_with(trinity_core::layout::TEMP_SUFFIX) || n.ends_with(".lock")
-        });
-        !rel.as_os_str().is_empty() && !matches!(first.as_str(), ".git" | "local" | "logs") && !temp
+        let lock = p.extension().is_some_and(|x| x == "lock");
+        !lock
+            && tree
+                .relative(p)
+                .is_ok_and(|rel| trinity_core::layout::is_synced(&rel))
     })
 }
 

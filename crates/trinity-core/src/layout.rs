@@ -200,6 +200,19 @@ pub enum LayoutError {
 /// Where the temporary files of atomic writes start: `.{name}.{pid}.{n}.tmp`.
 pub const TEMP_SUFFIX: &str = ".tmp";
 
+/// The directories at a tree's root that are never synced: git's own, and this machine's.
+pub const UNSYNCED_DIRS: &[&str] = &[".git", "local", "logs"];
+
+/// Whether a path relative to the tree's root (`/`-separated) is synced: not the root itself,
+/// not under [`UNSYNCED_DIRS`], not an atomic write's temporary file. The one answer used by
+/// classification, the validators' walk and git-sync's watcher.
+pub fn is_synced(rel: &str) -> bool {
+    let first = rel.split('/').next().unwrap_or_default();
+    // Temporary files are git-ignored (`*.tmp`, see [`GITIGNORE`]), whatever their name.
+    let temp = rel.ends_with(TEMP_SUFFIX);
+    !(rel.is_empty() || UNSYNCED_DIRS.contains(&first) || temp)
+}
+
 /// The directories synced to every PC, in the order `trinity status` reads them.
 pub const SYNCED_DIRS: &[&str] = &[
     "heartbeat",
@@ -607,12 +620,10 @@ impl Tree {
             why: e.to_string(),
         };
         let parts: Vec<&str> = rel.split('/').collect();
-        let file = *parts.last().unwrap_or(&"");
-        if file.starts_with('.') && file.ends_with(TEMP_SUFFIX) {
+        if parts.len() > 1 && !is_synced(rel) && parts[0] != ".git" {
             return Ok(FileKind::Local);
         }
         match parts.as_slice() {
-            ["local" | "logs", _, ..] => Ok(FileKind::Local),
             ["fleet.toml"] => Ok(FileKind::Fleet),
             [".gitignore"] => Ok(FileKind::GitIgnore),
             ["heartbeat", f] | ["credit", f] | ["instances", f] => {
@@ -876,6 +887,28 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert_eq!(got, kind, "{}", path.display());
             assert_eq!(got.class(), class, "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn one_answer_to_what_is_synced() {
+        for rel in [
+            "fleet.toml",
+            "heartbeat/PC1.json",
+            "handoff/processed/h.json",
+            ".gitignore",
+        ] {
+            assert!(is_synced(rel), "{rel}");
+        }
+        for rel in [
+            "",
+            ".git/index",
+            "local/credit/state.json",
+            "logs/git-sync.log",
+            "claims/.x.json.1.0.tmp",
+            "spawn_queue/t.json.soak.tmp",
+        ] {
+            assert!(!is_synced(rel), "{rel}");
         }
     }
 

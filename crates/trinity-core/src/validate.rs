@@ -211,10 +211,8 @@ fn load_message(e: LoadError) -> String {
 pub fn synced_files(tree: &Tree) -> Result<Vec<PathBuf>, fsio::IoError> {
     let mut out = Vec::new();
     walk(tree.root(), &mut out, &|path: &Path| {
-        matches!(
-            tree.relative(path).unwrap_or_default().as_str(),
-            ".git" | "local" | "logs"
-        )
+        let rel = tree.relative(path).unwrap_or_default();
+        crate::layout::UNSYNCED_DIRS.contains(&rel.as_str())
     })?;
     out.sort();
     Ok(out)
@@ -230,7 +228,7 @@ pub fn files_under(dir: &Path) -> Result<Vec<PathBuf>, fsio::IoError> {
         let at_tree_root = path
             .parent()
             .is_some_and(|p| p.join("fleet.toml").is_file());
-        name == ".git" || (at_tree_root && (name == "local" || name == "logs"))
+        name == ".git" || (at_tree_root && crate::layout::UNSYNCED_DIRS.iter().any(|d| name == *d))
     })?;
     out.sort();
     Ok(out)
