@@ -11,39 +11,29 @@ use trinity_core::{PcId, Tree, validate};
 const BIN: &str = env!("CARGO_BIN_EXE_credit-monitor");
 
 struct Env {
-    dir: tempfile::TempDir,
+    t: trinity_testkit::TestTree,
 }
 
 impl Env {
     fn new(extra_config: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let tree = dir.path().join(".trinity");
-        std::fs::create_dir_all(&tree).expect("mkdir");
-        std::fs::write(
-            tree.join("fleet.toml"),
-            "format_version = 1\npcs = [\"PC1\", \"PC2\", \"PC3\"]\ncoordinator = \"PC3\"\n",
-        )
-        .expect("fleet");
-        std::fs::write(
-            dir.path().join("trinity.toml"),
-            format!(
-                "pc = \"PC1\"\nstate_dir = \".trinity\"\n[sync]\nmode = \"none\"\n[credit]\nclaude_projects_dir = \"\"\n{extra_config}"
-            ),
-        )
-        .expect("config");
-        Self { dir }
+        let t = trinity_testkit::TestTree::builder()
+            .config(&format!(
+                "[credit]\nclaude_projects_dir = \"\"\n{extra_config}"
+            ))
+            .build();
+        Self { t }
+    }
+
+    fn root(&self) -> &Path {
+        self.t.root()
     }
 
     fn tree(&self) -> Tree {
-        Tree::new(self.dir.path().join(".trinity"))
+        Tree::new(self.t.state_dir())
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::new(BIN);
-        trinity_testkit::hermetic(&mut c, self.dir.path())
-            .current_dir(self.dir.path())
-            .env("TRINITY_CONFIG", self.dir.path().join("trinity.toml"));
-        c
+        self.t.command(BIN)
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -213,7 +203,7 @@ fn bad_input_is_refused_with_a_clear_message() {
     // No pc in the config, and a missing tree.
     let no_pc = Env::new("");
     std::fs::write(
-        no_pc.dir.path().join("trinity.toml"),
+        no_pc.root().join("trinity.toml"),
         "state_dir = \".trinity\"\n",
     )
     .expect("config");
@@ -297,7 +287,7 @@ fn replay_finds_no_handoff_in_a_healthy_day_and_the_right_ones_in_an_exhaustion(
     assert_eq!(last_exhausted["rule"], "slow_responses");
 
     // A broken trace names the line.
-    let bad = env.dir.path().join("bad.jsonl");
+    let bad = env.root().join("bad.jsonl");
     std::fs::write(
         &bad,
         "{\"ts\":\"2026-11-21T10:00:00Z\",\"kind\":\"success\"}\nnot json\n",
@@ -316,9 +306,9 @@ fn replay_finds_no_handoff_in_a_healthy_day_and_the_right_ones_in_an_exhaustion(
 #[test]
 fn the_daemon_reads_transcripts_hands_off_and_stops_cleanly() {
     let env = Env::new("");
-    let projects = env.dir.path().join("projects");
+    let projects = env.root().join("projects");
     std::fs::create_dir_all(projects.join("p")).expect("mkdir");
-    let config = env.dir.path().join("trinity.toml");
+    let config = env.root().join("trinity.toml");
     let mut text_cfg = std::fs::read_to_string(&config).expect("config");
     text_cfg = text_cfg.replace(
         "claude_projects_dir = \"\"",

@@ -5,6 +5,8 @@
 //! * [`wait_for`] polls a condition until a deadline — never a blind sleep.
 //! * [`stop`] asks a daemon to stop (SIGTERM) and waits for it with a deadline.
 //! * [`describe`] formats a finished command's status and output for assertion messages.
+//! * [`TestTree`] is a temporary directory with a state tree and one PC's `trinity.toml`:
+//!   what a daemon's tests start from.
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -76,4 +78,120 @@ pub fn describe(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// A temporary directory holding a state tree (`.trinity/` with its `fleet.toml`) and the
+/// `trinity.toml` of one PC of the fleet, for tests that run a program against it.
+#[derive(Debug)]
+pub struct TestTree {
+    dir: tempfile::TempDir,
+}
+
+/// How a [`TestTree`] is made: the fleet PC1, PC2, PC3 (coordinator PC3) seen from PC1, with
+/// `sync.mode = "none"` (no git), unless told otherwise.
+#[derive(Debug, Clone)]
+pub struct TestTreeBuilder {
+    pcs: Vec<String>,
+    coordinator: String,
+    pc: String,
+    config: String,
+    sync_none: bool,
+}
+
+impl TestTree {
+    /// Starts a builder with the defaults.
+    pub fn builder() -> TestTreeBuilder {
+        TestTreeBuilder {
+            pcs: ["PC1", "PC2", "PC3"].map(str::to_owned).to_vec(),
+            coordinator: "PC3".to_owned(),
+            pc: "PC1".to_owned(),
+            config: String::new(),
+            sync_none: true,
+        }
+    }
+
+    /// The temporary directory (the PC's working directory; `trinity.toml` is here).
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The state tree's root: `{root}/.trinity`.
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        self.root().join(".trinity")
+    }
+
+    /// The PC's `trinity.toml`.
+    pub fn config_file(&self) -> std::path::PathBuf {
+        self.root().join("trinity.toml")
+    }
+
+    /// Appends `text` to `trinity.toml`.
+    pub fn append_config(&self, text: &str) {
+        let mut config = std::fs::read_to_string(self.config_file()).expect("config");
+        config.push_str(text);
+        std::fs::write(self.config_file(), config).expect("config");
+    }
+
+    /// A hermetic command for `program`, run in [`TestTree::root`] with `TRINITY_CONFIG` set.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        hermetic(&mut c, self.root())
+            .current_dir(self.root())
+            .env("TRINITY_CONFIG", self.config_file());
+        c
+    }
+}
+
+impl TestTreeBuilder {
+    /// The fleet's PCs and its coordinator.
+    pub fn fleet(mut self, pcs: &[&str], coordinator: &str) -> Self {
+        self.pcs = pcs.iter().map(|p| (*p).to_owned()).collect();
+        self.coordinator = coordinator.to_owned();
+        self
+    }
+
+    /// The PC whose `trinity.toml` this is.
+    pub fn pc(mut self, pc: &str) -> Self {
+        self.pc = pc.to_owned();
+        self
+    }
+
+    /// Text appended to `trinity.toml` (tables like `[agent]`). A `[sync]` table in it
+    /// replaces the default `mode = "none"`.
+    pub fn config(mut self, text: &str) -> Self {
+        self.sync_none &= !text.contains("[sync]");
+        self.config.push_str(text);
+        self
+    }
+
+    /// Writes the files.
+    pub fn build(self) -> TestTree {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = dir.path().join(".trinity");
+        std::fs::create_dir_all(&state).expect("mkdir");
+        let pcs: Vec<String> = self.pcs.iter().map(|p| format!("{p:?}")).collect();
+        std::fs::write(
+            state.join("fleet.toml"),
+            format!(
+                "format_version = 1\npcs = [{}]\ncoordinator = {:?}\n",
+                pcs.join(", "),
+                self.coordinator
+            ),
+        )
+        .expect("fleet");
+        let sync = if self.sync_none {
+            "[sync]\nmode = \"none\"\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            dir.path().join("trinity.toml"),
+            format!(
+                "pc = {:?}\nstate_dir = \".trinity\"\n{sync}{}",
+                self.pc, self.config
+            ),
+        )
+        .expect("config");
+        TestTree { dir }
+    }
 }

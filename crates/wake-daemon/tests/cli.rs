@@ -31,53 +31,37 @@ fn pc(s: &str) -> PcId {
 }
 
 struct Env {
-    dir: tempfile::TempDir,
+    t: trinity_testkit::TestTree,
 }
 
 impl Env {
     fn new(extra_config: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let root = dir.path();
-        std::fs::create_dir_all(root.join(".trinity")).expect("mkdir");
-        std::fs::create_dir_all(root.join("agent-out")).expect("mkdir");
-        std::fs::write(
-            root.join(".trinity/fleet.toml"),
-            "format_version = 1\npcs = [\"PC1\", \"PC2\", \"PC3\"]\ncoordinator = \"PC3\"\n",
-        )
-        .expect("fleet");
-        std::fs::write(root.join("agent.sh"), AGENT).expect("agent");
-        let agent = root.join("agent.sh");
-        let mode = if extra_config.contains("[sync]") {
-            String::new()
-        } else {
-            "[sync]\nmode = \"none\"\n".to_owned()
-        };
-        std::fs::write(
-            root.join("trinity.toml"),
-            format!(
-                "pc = \"PC2\"\nstate_dir = \".trinity\"\n{mode}[agent]\ncommand = [\"/bin/sh\", {:?}]\nnew_console = false\n{extra_config}",
-                agent.display().to_string()
-            ),
-        )
-        .expect("config");
-        Self { dir }
+        // PC2 of the fleet; its agent is a script that records its environment.
+        let t = trinity_testkit::TestTree::builder()
+            .pc("PC2")
+            .config(extra_config)
+            .build();
+        std::fs::create_dir_all(t.root().join("agent-out")).expect("mkdir");
+        let agent = t.root().join("agent.sh");
+        std::fs::write(&agent, AGENT).expect("agent");
+        t.append_config(&format!(
+            "[agent]\ncommand = [\"/bin/sh\", {:?}]\nnew_console = false\n",
+            agent.display().to_string()
+        ));
+        Self { t }
     }
 
     fn root(&self) -> &Path {
-        self.dir.path()
+        self.t.root()
     }
 
     fn tree(&self) -> Tree {
-        Tree::new(self.root().join(".trinity"))
+        Tree::new(self.t.state_dir())
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::new(BIN);
-        trinity_testkit::hermetic(&mut c, self.root())
-            .current_dir(self.root())
-            .env("TRINITY_CONFIG", self.root().join("trinity.toml"))
-            .env("AGENT_OUT", self.root().join("agent-out"))
-            .stdin(Stdio::null());
+        let mut c = self.t.command(BIN);
+        c.env("AGENT_OUT", self.root().join("agent-out"));
         c
     }
 
