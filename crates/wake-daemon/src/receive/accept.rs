@@ -36,7 +36,9 @@ impl Receiver {
                             record.warned_slow_sync = true;
                             self.journal.save_handoff(&record)?;
                         }
-                        report.waiting.push(id.clone());
+                        if !report.waiting.contains(&id) {
+                            report.waiting.push(id.clone());
+                        }
                         return Ok(Progress::Waiting);
                     }
                     let h = self.handoff(&id)?;
