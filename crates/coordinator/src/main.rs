@@ -1,6 +1,5 @@
 //! `coordinator`: leads the fleet when it holds the lease; follows, ready to take over, when not.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -10,6 +9,7 @@ use coordinator::{Coordinator, daemon};
 use trinity_core::daemon::Start;
 use trinity_core::fsio;
 use trinity_core::schema::{Lease, MultiInstanceStatus};
+use trinity_core::service::DaemonArgs;
 use trinity_core::{DaemonName, SystemClock, logging};
 
 /// Keep the fleet honest: assign work, verify finished work, catch silent PCs, report.
@@ -26,14 +26,8 @@ use trinity_core::{DaemonName, SystemClock, logging};
 #[derive(Debug, Parser)]
 #[command(name = "coordinator", version, propagate_version = true)]
 struct Cli {
-    /// The configuration file [default: ./trinity.toml]
-    #[arg(long, env = "TRINITY_CONFIG", value_name = "PATH")]
-    config: Option<PathBuf>,
-
-    /// Run as a Windows service (the service control manager starts it so; see
-    /// deploy/windows/trinity-orchestrator.bat)
-    #[arg(long, hide = true)]
-    service: bool,
+    #[command(flatten)]
+    daemon: DaemonArgs,
 
     /// Run one cycle and exit (waits for a running verification to finish)
     #[arg(long, conflicts_with = "status")]
@@ -49,9 +43,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let as_service = cli.service;
-    trinity_core::service::program_main("coordinator", as_service, move |token| run(cli, token))
+    trinity_core::service::daemon_main("coordinator", |c: &Cli| &c.daemon, run)
 }
 
 fn run(
@@ -63,7 +55,7 @@ fn run(
         config_dir,
         pc,
         tree,
-    } = trinity_core::daemon::start(daemon::NAME, cli.config.as_deref())?;
+    } = trinity_core::daemon::start(daemon::NAME, cli.daemon.config.as_deref())?;
     if cli.status {
         return print_status(&tree, cli.json);
     }

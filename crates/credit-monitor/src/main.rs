@@ -15,6 +15,7 @@ use trinity_core::config::Config;
 use trinity_core::credit::{self, CreditEvent, EventKind, ReplayLine, Rules};
 use trinity_core::daemon::Start;
 use trinity_core::schema::CreditLevel;
+use trinity_core::service::DaemonArgs;
 use trinity_core::{DaemonName, SystemClock, logging};
 
 /// Watch this PC's API credit and hand the work to the next PC before it runs out.
@@ -31,14 +32,8 @@ use trinity_core::{DaemonName, SystemClock, logging};
     "force_handoff", "status", "reset",
 ])))]
 struct Cli {
-    /// The configuration file [default: ./trinity.toml]
-    #[arg(long, global = true, env = "TRINITY_CONFIG", value_name = "PATH")]
-    config: Option<PathBuf>,
-
-    /// Run as a Windows service (the service control manager starts it so; see
-    /// deploy/windows/trinity-orchestrator.bat)
-    #[arg(long, hide = true)]
-    service: bool,
+    #[command(flatten)]
+    daemon: DaemonArgs,
 
     /// Daemon: re-evaluate at least this often [default: credit.interval, 1m]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -153,9 +148,7 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let as_service = cli.service;
-    trinity_core::service::program_main("credit-monitor", as_service, move |token| run(cli, token))
+    trinity_core::service::daemon_main("credit-monitor", |c: &Cli| &c.daemon, run)
 }
 
 fn event_from(cli: &Cli, now: DateTime<Utc>) -> anyhow::Result<Option<CreditEvent>> {
@@ -199,12 +192,12 @@ fn run(
     service_token: Option<tokio_util::sync::CancellationToken>,
 ) -> anyhow::Result<ExitCode> {
     if let Some(Command::Replay { trace }) = &cli.command {
-        let config = trinity_core::daemon::load_config(daemon::NAME, cli.config.as_deref())?;
+        let config = trinity_core::daemon::load_config(daemon::NAME, cli.daemon.config.as_deref())?;
         return replay(&config.config, trace, cli.json);
     }
     let Start {
         config, pc, tree, ..
-    } = trinity_core::daemon::start(daemon::NAME, cli.config.as_deref())?;
+    } = trinity_core::daemon::start(daemon::NAME, cli.daemon.config.as_deref())?;
     let name = DaemonName::new(daemon::NAME)?;
     let _log = logging::init(&name, &config.logging, &tree.logs_dir())?;
     let monitor = Monitor::new(tree, pc, config.clone(), SystemClock::shared());

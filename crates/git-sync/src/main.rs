@@ -1,6 +1,5 @@
 //! `git-sync`: keeps this PC's `.trinity/` tree in step with the fleet through git.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -9,6 +8,7 @@ use git_sync::daemon;
 use git_sync::sync::Syncer;
 use trinity_core::config::SyncMode;
 use trinity_core::daemon::Start;
+use trinity_core::service::DaemonArgs;
 use trinity_core::syncstate::SyncState;
 use trinity_core::{DaemonName, SystemClock, logging};
 
@@ -22,14 +22,8 @@ use trinity_core::{DaemonName, SystemClock, logging};
 #[derive(Debug, Parser)]
 #[command(name = "git-sync", version, propagate_version = true)]
 struct Cli {
-    /// The configuration file [default: ./trinity.toml]
-    #[arg(long, env = "TRINITY_CONFIG", value_name = "PATH")]
-    config: Option<PathBuf>,
-
-    /// Run as a Windows service (the service control manager starts it so; see
-    /// deploy/windows/trinity-orchestrator.bat)
-    #[arg(long, hide = true)]
-    service: bool,
+    #[command(flatten)]
+    daemon: DaemonArgs,
 
     /// Run one full cycle (commit, fetch, merge, push) and exit: 0 on success, 1 with the
     /// reason otherwise
@@ -46,9 +40,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let as_service = cli.service;
-    trinity_core::service::program_main("git-sync", as_service, move |token| run(cli, token))
+    trinity_core::service::daemon_main("git-sync", |c: &Cli| &c.daemon, run)
 }
 
 fn run(
@@ -57,7 +49,7 @@ fn run(
 ) -> anyhow::Result<ExitCode> {
     let Start {
         config, pc, tree, ..
-    } = trinity_core::daemon::start(daemon::NAME, cli.config.as_deref())?;
+    } = trinity_core::daemon::start(daemon::NAME, cli.daemon.config.as_deref())?;
     if !tree.git_dir().exists() {
         bail!(
             "{} is not a git clone of the state repository: run `trinity init` first",

@@ -7,9 +7,39 @@
 //! status goes back to the manager (a failure triggers the recovery actions the orchestrator
 //! sets: restart after 5 s). Everywhere else `--service` is refused with a message.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
+
+/// The options every daemon takes (flattened into its command line).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DaemonArgs {
+    /// The configuration file [default: ./trinity.toml]
+    #[arg(long, global = true, env = "TRINITY_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Run as a Windows service (the service control manager starts it so; see
+    /// deploy/windows/trinity-orchestrator.bat)
+    #[arg(long, hide = true)]
+    pub service: bool,
+}
+
+/// A daemon program's `main`: parses its command line `C` (which flattens [`DaemonArgs`],
+/// found by `args`), then runs as [`program_main`] says.
+pub fn daemon_main<C, E>(
+    program: &'static str,
+    args: fn(&C) -> &DaemonArgs,
+    run: fn(C, Option<CancellationToken>) -> Result<ExitCode, E>,
+) -> ExitCode
+where
+    C: clap::Parser + Send + 'static,
+    E: std::fmt::Display + 'static,
+{
+    let cli = C::parse();
+    let as_service = args(&cli).service;
+    program_main(program, as_service, move |token| run(cli, token))
+}
 
 /// A daemon program's `main`: runs `run` in the console (no token: Ctrl-C stops it) or, with
 /// `as_service`, under the Windows service control manager (its Stop request cancels the
