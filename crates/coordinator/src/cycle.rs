@@ -30,7 +30,10 @@ use crate::verify::{self, Running, Workdir};
 pub enum CycleError {
     /// `fleet.toml` is missing or invalid, or this PC is not in it.
     #[error("cannot read the fleet: {0}")]
-    Fleet(String),
+    Fleet(#[from] trinity_core::pcfiles::FleetError),
+    /// A name made from valid parts was refused (a bug).
+    #[error(transparent)]
+    Name(#[from] trinity_core::ids::IdError),
 }
 
 /// What one cycle did.
@@ -176,8 +179,7 @@ impl Coordinator {
 
     /// Loads the fleet and checks this PC is a member.
     pub fn fleet(&self) -> Result<Fleet, CycleError> {
-        trinity_core::pcfiles::load_member(&self.tree, &self.pc)
-            .map_err(|e| CycleError::Fleet(e.to_string()))
+        Ok(trinity_core::pcfiles::load_member(&self.tree, &self.pc)?)
     }
 
     /// Stops every verification in progress (on shutdown or when the lease is lost).

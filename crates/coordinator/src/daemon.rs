@@ -60,7 +60,7 @@ fn is_interesting(event: &notify::Event) -> bool {
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(mut coord: Coordinator, shutdown: CancellationToken) -> Result<(), DaemonError> {
-    let name = DaemonName::new(NAME).map_err(|e| CycleError::Fleet(e.to_string()))?;
+    let name = DaemonName::new(NAME).map_err(CycleError::from)?;
     let _instance = InstanceLock::acquire(coord.tree(), &name)?;
     coord.fleet()?;
     let started_at = coord.now();

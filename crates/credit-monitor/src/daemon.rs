@@ -82,11 +82,11 @@ pub async fn run(
         .map(Path::to_owned)
         .unwrap_or_else(|| monitor.tree().local_dir());
     std::fs::create_dir_all(&events_dir).map_err(|source| {
-        MonitorError::Io(trinity_core::fsio::IoError {
-            action: "create directory",
-            path: events_dir.clone(),
+        MonitorError::Io(trinity_core::fsio::IoError::new(
+            "create directory",
+            &events_dir,
             source,
-        })
+        ))
     })?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let watched = events_file.clone();

@@ -202,7 +202,7 @@ pub async fn run(
     config: trinity_core::config::SyncConfig,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let name = DaemonName::new(NAME).map_err(|e| SyncError::Push(e.to_string()))?;
+    let name = DaemonName::new(NAME).map_err(SyncError::from)?;
     let tree = trinity_core::Tree::new(&root);
     let _instance = InstanceLock::acquire(&tree, &name)?;
     let (tx, mut rx) = mpsc::unbounded_channel();

@@ -46,6 +46,9 @@ pub enum SyncError {
     /// A state file of this machine could not be read or written.
     #[error(transparent)]
     Local(#[from] LocalError),
+    /// A name made from valid parts was refused (a bug).
+    #[error(transparent)]
+    Name(#[from] trinity_core::ids::IdError),
     /// The remote could not be reached (it is retried with backoff; local commits wait).
     #[error("cannot reach the remote: {0}")]
     Network(String),
@@ -132,14 +135,6 @@ pub struct Syncer {
 /// The remote-tracking branch as it was before the latest fetch: the newest remote state the
 /// local branch holds, and so the merge base when the remote's history was compacted.
 pub const LAST_TRACKING: &str = "refs/trinity/last-tracking";
-
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> IoError + 'a {
-    move |source| IoError {
-        action,
-        path: path.to_owned(),
-        source,
-    }
-}
 
 impl Syncer {
     /// Opens the tree's repository.

@@ -26,11 +26,7 @@ pub struct FileLock {
 
 fn open_lock_file(path: &Path) -> Result<File, IoError> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|source| IoError {
-            action: "create directory",
-            path: dir.to_owned(),
-            source,
-        })?;
+        fs::create_dir_all(dir).map_err(IoError::at("create directory", dir))?;
     }
     OpenOptions::new()
         .read(true)
@@ -38,22 +34,14 @@ fn open_lock_file(path: &Path) -> Result<File, IoError> {
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|source| IoError {
-            action: "open lock file",
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(IoError::at("open lock file", path))
 }
 
 impl FileLock {
     /// Waits for the lock.
     pub fn acquire(path: &Path) -> Result<Self, IoError> {
         let file = open_lock_file(path)?;
-        file.lock().map_err(|source| IoError {
-            action: "lock",
-            path: path.to_owned(),
-            source,
-        })?;
+        file.lock().map_err(IoError::at("lock", path))?;
         Ok(Self {
             _file: file,
             path: path.to_owned(),
@@ -69,11 +57,7 @@ impl FileLock {
                 path: path.to_owned(),
             })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(source)) => Err(IoError {
-                action: "lock",
-                path: path.to_owned(),
-                source,
-            }),
+            Err(std::fs::TryLockError::Error(source)) => Err(IoError::new("lock", path, source)),
         }
     }
 
@@ -162,29 +146,17 @@ pub fn append_line(path: &Path, line: &str, lock: &Path) -> Result<(), IoError> 
 /// [`append_line`] for a caller that already holds the lock.
 pub fn append_line_locked(path: &Path, line: &str) -> Result<(), IoError> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|source| IoError {
-            action: "create directory",
-            path: dir.to_owned(),
-            source,
-        })?;
+        fs::create_dir_all(dir).map_err(IoError::at("create directory", dir))?;
     }
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|source| IoError {
-            action: "open for appending",
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(IoError::at("open for appending", path))?;
     let mut bytes = Vec::with_capacity(line.len() + 1);
     bytes.extend_from_slice(line.as_bytes());
     bytes.push(b'\n');
-    f.write_all(&bytes).map_err(|source| IoError {
-        action: "append to",
-        path: path.to_owned(),
-        source,
-    })
+    f.write_all(&bytes).map_err(IoError::at("append to", path))
 }
 
 /// A token cancelled on Ctrl-C, SIGTERM (Unix) or Ctrl-Break (Windows). Call inside a tokio

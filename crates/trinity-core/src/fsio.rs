@@ -31,12 +31,18 @@ pub struct IoError {
 }
 
 impl IoError {
-    fn new(action: &'static str, path: &Path, source: io::Error) -> Self {
+    /// The failure to `action` the file at `path`.
+    pub fn new(action: &'static str, path: &Path, source: io::Error) -> Self {
         Self {
             action,
             path: path.to_owned(),
             source,
         }
+    }
+
+    /// For `map_err`: the failure to `action` the file at `path`.
+    pub fn at<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> Self + 'p {
+        move |source| Self::new(action, path, source)
     }
 
     /// True when the file was not there.

@@ -224,11 +224,7 @@ fn set_aside<T: LocalState>(path: &Path, reason: String) -> LocalError {
             moved_to,
             reason,
         },
-        Err(source) => LocalError::Io(IoError {
-            action: "move aside the corrupt file",
-            path: path.to_owned(),
-            source,
-        }),
+        Err(source) => LocalError::Io(IoError::new("move aside the corrupt file", path, source)),
     }
 }
 

@@ -242,15 +242,17 @@ fn walk(
     out: &mut Vec<PathBuf>,
     skip: &dyn Fn(&Path) -> bool,
 ) -> Result<(), fsio::IoError> {
-    for entry in fs::read_dir(dir).map_err(|e| io_error("list", dir, e))? {
-        let path = entry.map_err(|e| io_error("list", dir, e))?.path();
+    for entry in fs::read_dir(dir).map_err(|e| fsio::IoError::new("list", dir, e))? {
+        let path = entry
+            .map_err(|e| fsio::IoError::new("list", dir, e))?
+            .path();
         if skip(&path) {
             continue;
         }
         let meta = match fs::symlink_metadata(&path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_error("inspect", &path, e)),
+            Err(e) => return Err(fsio::IoError::new("inspect", &path, e)),
         };
         if meta.is_dir() {
             match walk(&path, out, skip) {
@@ -262,14 +264,6 @@ fn walk(
         }
     }
     Ok(())
-}
-
-fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> fsio::IoError {
-    fsio::IoError {
-        action,
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// Validates every synced file of the tree, reading `fleet.toml` first for membership checks.

@@ -57,11 +57,10 @@ impl Receiver {
                 Err(e) if e.is_already_exists() => {}
                 Err(e) => return Err(e.into()),
             }
-            std::fs::remove_file(&pending).map_err(|source| fsio::IoError {
-                action: "remove the archived submission",
-                path: pending.clone(),
-                source,
-            })?;
+            std::fs::remove_file(&pending).map_err(fsio::IoError::at(
+                "remove the archived submission",
+                &pending,
+            ))?;
         }
         let target = match verdict {
             Verdict::Approve => InstanceState::Standby,

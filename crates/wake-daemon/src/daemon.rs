@@ -59,11 +59,11 @@ pub async fn run(
     }
     let dir = receiver.tree().wake_dir(receiver.pc());
     std::fs::create_dir_all(&dir).map_err(|source| {
-        WakeError::Io(trinity_core::fsio::IoError {
-            action: "create directory",
-            path: dir.clone(),
+        WakeError::Io(trinity_core::fsio::IoError::new(
+            "create directory",
+            &dir,
             source,
-        })
+        ))
     })?;
     let sync_dir = receiver
         .tree()

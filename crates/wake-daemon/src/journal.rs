@@ -194,12 +194,7 @@ impl Journal {
             match std::fs::remove_file(&active) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(source) => Err(IoError {
-                    action: "remove",
-                    path: active,
-                    source,
-                }
-                .into()),
+                Err(source) => Err(IoError::new("remove", &active, source).into()),
             }
         } else {
             local::write(&active, record)

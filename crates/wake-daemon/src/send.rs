@@ -13,7 +13,7 @@ use trinity_core::{HandoffId, PcId, SignalId, Tree};
 pub enum SendError {
     /// `fleet.toml` is missing or invalid.
     #[error("cannot read the fleet: {0}")]
-    Fleet(String),
+    Fleet(#[from] fsio::LoadError),
     /// The addressee is not in the fleet, or is this PC.
     #[error("{0}")]
     Addressee(String),
@@ -44,9 +44,7 @@ pub fn send(
     out: &Outgoing,
     now: DateTime<Utc>,
 ) -> Result<PathBuf, SendError> {
-    let fleet = fsio::load::<Fleet>(&tree.fleet_file())
-        .map_err(|e| SendError::Fleet(e.to_string()))?
-        .value;
+    let fleet = fsio::load::<Fleet>(&tree.fleet_file())?.value;
     if !fleet.contains(&out.to) {
         return Err(SendError::Addressee(format!(
             "{} is not a member of the fleet ({})",

@@ -202,7 +202,7 @@ impl Syncer {
         if index_free {
             self.store.write_index(to_tree)?;
         }
-        std::fs::remove_file(&path).map_err(io("remove", &path))?;
+        std::fs::remove_file(&path).map_err(IoError::at("remove", &path))?;
         Ok(())
     }
 
@@ -243,7 +243,7 @@ impl Syncer {
                 None => match std::fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(io("remove", &path)(e).into()),
+                    Err(e) => return Err(IoError::at("remove", &path)(e).into()),
                 },
             }
         }
@@ -264,8 +264,7 @@ impl Syncer {
         let id = RecordId::new(format!(
             "{stamp}-merge-{}-{}",
             self.pc, self.state.conflicts
-        ))
-        .map_err(|e| SyncError::Push(e.to_string()))?;
+        ))?;
         let escalation = Escalation {
             format_version: Escalation::FORMAT_VERSION,
             id: id.clone(),

@@ -205,7 +205,7 @@ impl Syncer {
             let bytes = match std::fs::read(&path) {
                 Ok(bytes) => bytes,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io("read", &path)(e).into()),
+                Err(e) => return Err(IoError::at("read", &path)(e).into()),
             };
             if self.defer_heartbeat(rel, old, &bytes) {
                 report.heartbeat_deferred = true;

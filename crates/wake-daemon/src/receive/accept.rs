@@ -196,11 +196,8 @@ impl Receiver {
                 Err(e) if e.is_already_exists() => {}
                 Err(e) => return Err(e.into()),
             }
-            std::fs::remove_file(&pending).map_err(|source| IoError {
-                action: "remove the archived handoff",
-                path: pending.clone(),
-                source,
-            })?;
+            std::fs::remove_file(&pending)
+                .map_err(IoError::at("remove the archived handoff", &pending))?;
         }
         for t in tasks {
             let e = epochs.0.entry(t).or_insert(epoch);
