@@ -60,13 +60,6 @@ pub enum SyncError {
     Push(String),
 }
 
-impl SyncError {
-    /// Network and authentication failures back off; the others are retried at once.
-    pub fn backs_off(&self) -> bool {
-        matches!(self, SyncError::Network(_) | SyncError::Auth(_))
-    }
-}
-
 /// What one cycle did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {

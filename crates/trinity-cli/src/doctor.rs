@@ -129,6 +129,7 @@ pub(crate) fn run(args: DoctorArgs, config_path: Option<&Path>) -> anyhow::Resul
     waiting(&mut r, &tree, &pc);
     agent(&mut r, &config);
     credit(&mut r, &tree, &pc);
+    local_state(&mut r, &tree);
     print(&r, Some(&pc));
     Ok(if r.findings.iter().any(|f| f.level == Level::Fail) {
         ExitCode::FAILURE
@@ -570,6 +571,29 @@ fn credit(r: &mut Report, tree: &Tree, pc: &PcId) {
             }
         }
         Err(_) => r.warn("credit", "no credit status yet", "start the credit-monitor"),
+    }
+}
+
+/// Per-machine state files set aside as corrupt (`{file}.corrupt`): a journal record or the
+/// credit trigger state stays refused until someone has looked at it.
+fn local_state(r: &mut Report, tree: &Tree) {
+    let set_aside: Vec<String> = trinity_core::validate::files_under(&tree.local_dir())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".corrupt"))
+        .map(|p| {
+            tree.relative(&p)
+                .unwrap_or_else(|_| p.display().to_string())
+        })
+        .collect();
+    if set_aside.is_empty() {
+        r.ok("local state", "no file set aside as corrupt");
+    } else {
+        r.fail(
+            "local state",
+            format!("set aside as corrupt: {}", set_aside.join(", ")),
+            "look at each (the logs say what it held); what it recorded is not done again until you remove it",
+        );
     }
 }
 

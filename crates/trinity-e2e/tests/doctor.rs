@@ -41,5 +41,24 @@ fn doctor_passes_a_healthy_pc_and_names_what_is_wrong() {
         "{text}"
     );
     assert!(text.contains("start it"), "it says how to fix it:\n{text}");
+
+    // A per-machine state file set aside as corrupt is named, with what to do.
+    let tree = world.tree("PC1");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("ok") && l.contains("local state")),
+        "{text}"
+    );
+    std::fs::write(tree.credit_state_file(), b"{\"armed\": ").expect("corrupt");
+    // The next step of the credit monitor meets it and sets it aside.
+    world.output("credit-monitor", "PC1", &["--record-success"]);
+    let (code, text) = doctor(&world);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains("FAIL")
+            && l.contains("local state")
+            && l.contains("local/credit/state.json.corrupt")),
+        "{text}"
+    );
     world.stop_all();
 }
