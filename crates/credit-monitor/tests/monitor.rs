@@ -506,20 +506,24 @@ fn a_reset_requested_by_another_daemon_means_what_the_monitor_says_once() {
     env.alive("PC2", HeartbeatStatus::Idle, None);
     env.alive("PC3", HeartbeatStatus::Idle, None);
     let m = env.monitor("PC1");
+    // Three rate limits: the n-th handoff, and a step later the PC is paused and disarmed.
+    let run_out = |n: usize| {
+        env.advance(5);
+        for _ in 0..3 {
+            m.record(&env.event(EventKind::RateLimit)).expect("record");
+        }
+        assert_eq!(handoffs(&env).len(), n);
+        env.advance(5);
+        let o = m.step().expect("step");
+        assert!(
+            o.state.paused_until.is_some() && !o.state.armed,
+            "{:?}",
+            o.state
+        );
+    };
     // A reset from long ago (this PC once took work over), then a handoff: still paused.
     trinity_core::credit::request_reset(&env.tree, env.now()).expect("request");
-    env.advance(5);
-    for _ in 0..3 {
-        m.record(&env.event(EventKind::RateLimit)).expect("record");
-    }
-    assert_eq!(handoffs(&env).len(), 1);
-    env.advance(5);
-    let o = m.step().expect("step");
-    assert!(
-        o.state.paused_until.is_some() && !o.state.armed,
-        "{:?}",
-        o.state
-    );
+    run_out(1);
     // The wake-daemon takes work over on this PC: it asks for a reset; the next step acts on it.
     env.advance(5);
     trinity_core::credit::request_reset(&env.tree, env.now()).expect("request");
@@ -528,18 +532,7 @@ fn a_reset_requested_by_another_daemon_means_what_the_monitor_says_once() {
     assert!(o.state.armed);
     assert_eq!(o.evaluation.level, CreditLevel::Healthy);
     // Out again: handed off again, and the same (old) request does not undo this pause.
-    env.advance(5);
-    for _ in 0..3 {
-        m.record(&env.event(EventKind::RateLimit)).expect("record");
-    }
-    assert_eq!(handoffs(&env).len(), 2);
-    env.advance(5);
-    let o = m.step().expect("step");
-    assert!(
-        o.state.paused_until.is_some() && !o.state.armed,
-        "{:?}",
-        o.state
-    );
+    run_out(2);
 }
 
 fn fixtures() -> PathBuf {
