@@ -539,7 +539,7 @@ impl Demo {
                  [credit]\nclaude_projects_dir = \"\"\ninterval = \"500ms\"\npause = \"1s\"\n\
                  [wake]\npoll_interval = \"500ms\"\n\
                  [agent]\ncommand = [{exe}, \"demo-agent\"]\nnew_console = false\n\
-                 [coordinator]\nmonitor_interval = \"1s\"\nlease_ttl = \"3s\"\nsuspect_after = \"3s\"\ndead_after = \"6s\"\n\
+                 [coordinator]\nmonitor_interval = \"1s\"\nlease_ttl = \"5s\"\nsuspect_after = \"4s\"\ndead_after = \"8s\"\n\
                  [[coordinator.phases]]\nname = \"result-recorded\"\ncommand = [{exe}, \"demo-agent\", \"--verify\"]\ncritical = true\n",
                 exe = t(exe),
             );
