@@ -100,25 +100,50 @@ pub async fn run(
     tracing::info!(pc = %receiver.pc(), dir = %dir.display(), "wake-daemon started");
     let mut alerts = OperatorAlerts::default();
     loop {
-        tokio::select! {
+        let event = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = beat.tick() => {
-                let now = receiver.now();
-                if let Err(e) = pcfiles::beat(receiver.tree(), receiver.pc(), &name, started_at, now) {
-                    tracing::warn!(error = %e, "cannot update the heartbeat");
-                }
-                continue;
-            }
-            _ = poll.tick() => {}
+            _ = beat.tick() => Event::Beat,
+            _ = poll.tick() => Event::Poll,
             Some(()) = rx.recv() => {
                 while rx.try_recv().is_ok() {}
+                Event::SignalFile
             }
-        }
-        pass(&receiver, &mut alerts);
+        };
+        handle(&receiver, event, &name, started_at, &mut alerts);
     }
     drop(watcher);
     tracing::info!("wake-daemon stopped");
     Ok(())
+}
+
+/// What wakes the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Time to refresh this daemon's entry in the heartbeat.
+    Beat,
+    /// `wake.poll_interval` passed (the fallback when the watcher misses a file).
+    Poll,
+    /// Something changed in `wake/{PC}/`.
+    SignalFile,
+}
+
+/// One event: a heartbeat refresh, or a pass over the signals and unfinished handoffs.
+pub fn handle(
+    receiver: &Receiver,
+    event: Event,
+    name: &DaemonName,
+    started_at: chrono::DateTime<chrono::Utc>,
+    alerts: &mut OperatorAlerts,
+) {
+    match event {
+        Event::Beat => {
+            let now = receiver.now();
+            if let Err(e) = pcfiles::beat(receiver.tree(), receiver.pc(), name, started_at, now) {
+                tracing::warn!(error = %e, "cannot update the heartbeat");
+            }
+        }
+        Event::Poll | Event::SignalFile => pass(receiver, alerts),
+    }
 }
 
 fn pass(receiver: &Receiver, alerts: &mut OperatorAlerts) {

@@ -164,3 +164,32 @@ fn each_step_is_journaled_and_claims_wait_for_the_remote_by_the_injected_clock()
     assert!(report.launched.is_empty() && report.waiting.is_empty());
     assert!(s.t.root().is_dir());
 }
+
+#[test]
+fn the_loop_handles_its_events_by_the_injected_clock() {
+    use wake_daemon::daemon::{Event, handle};
+    let s = setup();
+    let name = trinity_core::DaemonName::new("wake-daemon").expect("valid");
+    let mut alerts = trinity_core::daemon::OperatorAlerts::default();
+    s.clock.advance(Duration::from_secs(30));
+    handle(&s.receiver, Event::Beat, &name, t0(), &mut alerts);
+    let hb = fsio::load::<Heartbeat>(&s.tree.heartbeat_file(&pc("PC2")))
+        .expect("heartbeat")
+        .value;
+    let beat = &hb.daemons[&name];
+    assert_eq!(
+        (beat.started_at, beat.updated_at),
+        (t0(), t0() + chrono::Duration::seconds(30))
+    );
+    // A signal file: a pass over the signals (here a handoff whose claims wait for the remote).
+    let id = handoff_to_pc2(&s.tree, t0());
+    handle(&s.receiver, Event::SignalFile, &name, t0(), &mut alerts);
+    let journal = Journal::new(s.tree.clone());
+    let record = journal.handoff(&id).expect("read").expect("record");
+    assert_eq!(
+        record.step,
+        Step::ClaimsWritten {
+            at: t0() + chrono::Duration::seconds(30)
+        }
+    );
+}
