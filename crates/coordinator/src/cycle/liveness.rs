@@ -1,0 +1,289 @@
+//! Failure detection: each PC's silence by the leader's own clock, a reactivation wake-up when
+//! it is suspect, and when it is dead its work reassigned (a higher work epoch) with a
+//! post-mortem.
+
+use super::*;
+
+impl Coordinator {
+    pub(super) fn watch_liveness(
+        &mut self,
+        fleet: &Fleet,
+        view: &FleetView,
+        epoch: u64,
+        now: DateTime<Utc>,
+        actions: &mut Vec<String>,
+    ) {
+        for pc in &fleet.pcs {
+            let Some((live, seen)) = view.liveness.get(pc).cloned() else {
+                continue;
+            };
+            match live {
+                Liveness::Alive | Liveness::Unknown => {
+                    if self.woken.remove(pc) {
+                        tracing::info!(pc = %pc, "a suspect PC is alive again");
+                    }
+                    self.buried.remove(pc);
+                }
+                Liveness::Suspect => {
+                    if self.woken.insert(pc.clone()) {
+                        let silent = silent_text(seen, now);
+                        match self.signal(pc, WakeTask::Reactivation, None, None, epoch, now, &format!("{pc} has been silent for {silent}; the coordinator asks it to report")) {
+                            Ok(()) => actions.push(format!("{pc} is SUSPECT (silent for {silent}): sent a reactivation wake")),
+                            Err(e) => tracing::warn!(pc = %pc, error = %e, "cannot send a reactivation wake"),
+                        }
+                    }
+                }
+                Liveness::Dead => {
+                    if self.buried.insert(pc.clone()) {
+                        self.woken.remove(pc);
+                        self.reassign(fleet, view, pc, seen, epoch, now, actions);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether `pc` can be given work: alive, with credit, not pausing, on standby, with no
+    /// handoff on its way to it and no unfinished claim.
+    pub(super) fn can_take_work(&self, view: &FleetView, pc: &PcId, now: DateTime<Utc>) -> bool {
+        if view.liveness.get(pc).map(|l| l.0) != Some(Liveness::Alive) {
+            return false;
+        }
+        if let Some(hb) = view.heartbeats.get(pc) {
+            match hb.status {
+                HeartbeatStatus::Exhausted | HeartbeatStatus::Stopped => return false,
+                HeartbeatStatus::Paused if hb.paused_until.is_none_or(|u| u > now) => {
+                    return false;
+                }
+                _ => {}
+            }
+        } else {
+            return false;
+        }
+        if let Some(c) = view.credit.get(pc)
+            && (c.level == CreditLevel::Exhausted || c.exhausted_until.is_some_and(|u| u > now))
+        {
+            return false;
+        }
+        // On standby; or waiting for a person's decision on escalated work, which need not
+        // keep the PC idle.
+        if let Some(i) = view.instances.get(pc) {
+            let escalated = i.state == InstanceState::Verification
+                && i.handoff
+                    .as_ref()
+                    .and_then(|h| view.verifications.get(h))
+                    .is_some_and(|v| v.verdict == Some(Verdict::Escalate));
+            if i.state != InstanceState::Standby && !escalated {
+                return false;
+            }
+        }
+        if view.pending.iter().any(|(_, h)| &h.to_pc == pc) {
+            return false;
+        }
+        if view
+            .queue
+            .claims
+            .values()
+            .any(|c| &c.pc == pc && !view.queue.done.contains_key(&c.task_id))
+        {
+            return false;
+        }
+        // Given work lately and not ACTIVE yet: its wake-daemon is still accepting it.
+        if let Some(at) = self.assigned.get(pc)
+            && (now - *at).to_std().unwrap_or_default() < self.config.wake.claim_timeout * 2
+        {
+            return false;
+        }
+        true
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn reassign(
+        &mut self,
+        fleet: &Fleet,
+        view: &FleetView,
+        dead: &PcId,
+        seen: Option<DateTime<Utc>>,
+        epoch: u64,
+        now: DateTime<Utc>,
+        actions: &mut Vec<String>,
+    ) {
+        let silent = silent_text(seen, now);
+        let claims: Vec<_> = view
+            .queue
+            .claims
+            .values()
+            .filter(|c| &c.pc == dead && !view.queue.done.contains_key(&c.task_id))
+            .cloned()
+            .collect();
+        let in_flight: BTreeSet<TaskId> = view
+            .pending
+            .iter()
+            .filter(|(_, h)| h.reason == HandoffReason::Reassignment)
+            .flat_map(|(_, h)| h.task_queue.iter().map(|t| t.id.clone()))
+            .collect();
+        let mut claims = claims;
+        // The work in progress first, then by priority and age, as the queue orders work.
+        let current = view
+            .instances
+            .get(dead)
+            .and_then(|i| i.current_work.as_ref().map(|w| w.task_id.clone()));
+        claims.sort_by_key(|c| {
+            let task = view.queue.tasks.get(&c.task_id);
+            (
+                Some(&c.task_id) != current.as_ref(),
+                task.map_or(u8::MAX, |t| t.priority.rank()),
+                task.map(|t| t.created_at),
+                c.task_id.clone(),
+            )
+        });
+        let mut tasks: Vec<TaskRef> = claims
+            .iter()
+            .filter(|c| !in_flight.contains(&c.task_id))
+            .map(|c| match view.queue.tasks.get(&c.task_id) {
+                Some(t) => TaskRef {
+                    id: t.id.clone(),
+                    priority: t.priority,
+                    description: t.description.clone(),
+                },
+                None => TaskRef {
+                    id: c.task_id.clone(),
+                    priority: Default::default(),
+                    description: String::new(),
+                },
+            })
+            .collect();
+        // Work on its way to the dead PC that it never accepted (an assignment, a handoff):
+        // nobody else would ever take it. If the PC comes back and accepts it late, the claim
+        // at the higher work epoch wins and it drops the task.
+        for (_, h) in view
+            .pending
+            .iter()
+            .filter(|(_, h)| &h.to_pc == dead && h.reason != HandoffReason::WorkComplete)
+        {
+            for t in &h.task_queue {
+                if !in_flight.contains(&t.id)
+                    && !view.queue.done.contains_key(&t.id)
+                    && !tasks.iter().any(|x| x.id == t.id)
+                    && view.queue.claims.get(&t.id).is_none_or(|c| &c.pc == dead)
+                {
+                    tasks.push(t.clone());
+                }
+            }
+        }
+        let inst = view.instances.get(dead);
+        let last_work = inst.and_then(|i| i.current_work.clone());
+        let hb_time = view.heartbeats.get(dead).map(|h| h.timestamp);
+        let target = if tasks.is_empty() {
+            None
+        } else {
+            fleet
+                .successors(dead)
+                .find(|p| self.can_take_work(view, p, now))
+                .or_else(|| {
+                    fleet.successors(dead).find(|p| {
+                        view.liveness.get(*p).map(|l| l.0) == Some(Liveness::Alive)
+                            && view
+                                .credit
+                                .get(*p)
+                                .is_none_or(|c| c.level != CreditLevel::Exhausted)
+                    })
+                })
+                .cloned()
+        };
+        let mut outcome = String::new();
+        if tasks.is_empty() {
+            outcome.push_str("It held no unfinished work: nothing was reassigned.");
+            actions.push(format!(
+                "{dead} is DEAD (silent for {silent}); it held no work"
+            ));
+        } else if let Some(to) = target {
+            let work_epoch = claims.iter().map(|c| c.epoch).max().unwrap_or(0) + 1;
+            let current_work = last_work
+                .clone()
+                .filter(|w| tasks.iter().any(|t| t.id == w.task_id));
+            let h = Handoff {
+                format_version: Handoff::FORMAT_VERSION,
+                from_pc: dead.clone(),
+                to_pc: to.clone(),
+                timestamp: now,
+                reason: HandoffReason::Reassignment,
+                task_queue: tasks.clone(),
+                current_work,
+                credit_state: None,
+                epoch: Some(work_epoch),
+                authored_by: Some(self.pc.clone()),
+                leader_epoch: Some(epoch),
+            };
+            match self.send_handoff(
+                &h,
+                WakeTask::Reassignment,
+                epoch,
+                now,
+                &format!("{dead} went silent; its work is yours"),
+            ) {
+                Ok(id) => {
+                    let list: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+                    outcome = format!(
+                        "Its work ({}) was reassigned to {to} at work epoch {work_epoch} by {id}.",
+                        list.join(", ")
+                    );
+                    actions.push(format!(
+                        "{dead} is DEAD (silent for {silent}): reassigned {} to {to}",
+                        list.join(", ")
+                    ));
+                    self.assigned.insert(to.clone(), now);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot write the reassignment");
+                    self.buried.remove(dead);
+                    return;
+                }
+            }
+        } else {
+            let list: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+            outcome = format!(
+                "No live PC with credit could take its work ({}): escalated.",
+                list.join(", ")
+            );
+            self.escalate(
+                EscalationKind::StaleInstance,
+                format!("{dead} is dead and no live PC with credit can take its work"),
+                None,
+                Some(outcome.clone()),
+                now,
+            );
+            actions.push(format!(
+                "{dead} is DEAD: nobody can take its work; escalated"
+            ));
+        }
+        let pm = report::postmortem(
+            dead,
+            now,
+            seen,
+            hb_time,
+            inst,
+            last_work.as_ref(),
+            &outcome,
+            &self.pc,
+            epoch,
+        );
+        if let Ok(id) = RecordId::new(format!("{dead}-{}", trinity_core::ids::file_timestamp(now)))
+            && let Err(e) = fsio::write_new(&self.tree.postmortem_file(&id), pm.as_bytes())
+        {
+            tracing::warn!(error = %e, "cannot write the post-mortem");
+        }
+        self.notifier.send(
+            format!("Trinity: {dead} is dead"),
+            format!("Silent for {silent}. {outcome}"),
+        );
+    }
+}
+
+fn silent_text(seen: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    seen.and_then(|s| (now - s).to_std().ok())
+        .map(|d| {
+            humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
+        })
+        .unwrap_or_else(|| "ever".to_owned())
+}
