@@ -114,11 +114,6 @@ def start(pc, name):
                                          env=pc_env(pc), stdout=subprocess.DEVNULL, stderr=log)
 
 
-for pc in PCS:
-    for name in DAEMONS:
-        start(pc, name)
-
-
 def tree(pc):
     return os.path.join(d, pc, ".trinity")
 
@@ -173,10 +168,24 @@ def write_atomic(path, body):
     os.rename(tmp, path)
 
 
-def task_body(tid, pc):
+def task_body(tid, pc, deps=()):
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return json.dumps({"format_version": 1, "id": tid, "priority": "low", "description": "soak churn",
-                       "created_at": now, "created_by": pc})
+                       "created_at": now, "created_by": pc, "dependencies": list(deps)})
+
+
+# The churn's tasks wait on one task that is never finished, so the coordinator gives none of
+# them out: a real fleet takes on a few tasks a day, and each leaves a claim and a done record
+# behind for good, while this churn adds 1.5 tasks a second (given out, they would leave 5,000
+# claims an hour, and every daemon's memory follows the size of the tree it reads).
+BLOCKER = "soak-blocker"
+
+# Before the daemons start: the blocker is given out once, during the first idle phase.
+write_atomic(os.path.join(tree("PC1"), "spawn_queue", BLOCKER + ".json"), task_body(BLOCKER, "PC1"))
+for pc in PCS:
+    for name in DAEMONS:
+        start(pc, name)
+
 
 
 probe_n = 0
@@ -187,14 +196,17 @@ def probe():
     global probe_n
     probe_n += 1
     tid = f"probe-{probe_n}"
-    write_atomic(os.path.join(tree("PC1"), "spawn_queue", tid + ".json"), task_body(tid, "PC1"))
+    source = os.path.join(tree("PC1"), "spawn_queue", tid + ".json")
+    write_atomic(source, task_body(tid, "PC1", [BLOCKER]))
     t0 = time.time()
     target = os.path.join(tree("PC2"), "spawn_queue", tid + ".json")
     while not os.path.exists(target):
         time.sleep(0.005)
         if time.time() - t0 > 120:
             return None
-    return time.time() - t0
+    took = time.time() - t0
+    os.remove(source)  # the tree keeps its size
+    return took
 
 
 samples = []
@@ -266,6 +278,7 @@ try:
         if not churn_from <= now < churn_until:
             time.sleep(0.05)
             continue
+
         if now >= next_handoff:
             pc = PCS[turn % 3]
             turn += 1
@@ -278,7 +291,7 @@ try:
             pc = rng.choice(PCS)
             tid = f"churn-{pc.lower()}-{int(now * 1000)}"
             path = os.path.join(tree(pc), "spawn_queue", tid + ".json")
-            write_atomic(path, task_body(tid, pc))
+            write_atomic(path, task_body(tid, pc, [BLOCKER]))
             churn.append((pc, path))
             if len(churn) > 60:
                 old_pc, old = churn.pop(0)
