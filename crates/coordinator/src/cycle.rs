@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use trinity_core::config::Config;
+use trinity_core::config::{Config, SyncMode};
 use trinity_core::coordination::{self, ChangeWatch, Criteria, Idle};
 use trinity_core::fsio::{self, SaveError};
 use trinity_core::queue::{QueueReader, QueueView};
@@ -18,6 +18,7 @@ use trinity_core::schema::{
     HandoffReason, Heartbeat, HeartbeatStatus, InstanceStatus, Liveness, PhaseResult, PhaseStatus,
     Schema, TaskRef, Verdict, Verification, WakeSignal, WakeTask,
 };
+use trinity_core::syncstate::SyncState;
 use trinity_core::{HandoffId, InstanceState, PcId, RecordId, SharedClock, SignalId, TaskId, Tree};
 
 use crate::leader::{LeaseEvent, LeaseKeeper, Standing};
@@ -259,6 +260,14 @@ impl Coordinator {
     pub fn read(&mut self, fleet: &Fleet, now: DateTime<Utc>) -> FleetView {
         let mut view = FleetView::default();
         let c = &self.config.coordinator;
+        // Silence counts only up to the last moment this PC saw the remote: a leader whose own
+        // sync lags or is cut off (network, an overloaded machine) declares nobody dead for it.
+        let observed_until = match self.config.sync.mode {
+            SyncMode::Git => SyncState::load(&self.tree)
+                .and_then(|s| s.remote_seen_at)
+                .map(|t| t.min(now)),
+            SyncMode::None => Some(now),
+        };
         for pc in &fleet.pcs {
             let hb_path = self.tree.heartbeat_file(pc);
             let in_path = self.tree.instance_file(pc);
@@ -276,7 +285,12 @@ impl Coordinator {
             let live = if pc == &self.pc {
                 Liveness::Alive
             } else {
-                coordination::liveness(seen, now, c.suspect_after, c.dead_after)
+                match observed_until {
+                    Some(until) => {
+                        coordination::liveness(seen, until, c.suspect_after, c.dead_after)
+                    }
+                    None => Liveness::Unknown,
+                }
             };
             view.liveness.insert(pc.clone(), (live, seen));
             if let Some(v) = hb.and_then(|b| trinity_core::schema::from_bytes::<Heartbeat>(&b).ok())

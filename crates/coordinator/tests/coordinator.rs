@@ -18,6 +18,7 @@ use trinity_core::schema::{
     Claim, CurrentWork, Doc, Escalation, Fleet, Handoff, HandoffReason, Heartbeat, HeartbeatStatus,
     InstanceStatus, Lease, MultiInstanceStatus, Priority, Task, Verdict, Verification, WakeSignal,
 };
+use trinity_core::syncstate::SyncState;
 use trinity_core::{HandoffId, InstanceState, ManualClock, PcId, TaskId, Tree};
 
 fn pc(s: &str) -> PcId {
@@ -519,6 +520,58 @@ fn a_silent_pc_is_suspect_then_refuted_by_a_fresh_heartbeat() {
     }
     assert!(f.files_in("postmortems").is_empty());
     assert_eq!(f.signals("PC1").len(), 1);
+}
+
+/// git-sync's report, as of now: every local change and everything on the remote seen.
+fn synced(f: &Fixture, remote_seen_at: DateTime<Utc>) {
+    SyncState {
+        in_sync_at: Some(f.now()),
+        remote_seen_at: Some(remote_seen_at),
+        ..SyncState::default()
+    }
+    .save(&f.tree)
+    .expect("sync state");
+}
+
+#[test]
+fn a_leader_that_cannot_see_the_remote_declares_nobody_dead() {
+    let mut f = Fixture::new();
+    f.config.sync.mode = SyncMode::Git;
+    f.task("chunk2", Priority::High, 0, None, &[]);
+    f.claim("PC1", "chunk2", 3);
+    f.instance("PC1", InstanceState::Active, Some("chunk2"), None);
+    let mut c = f.coordinator("PC3");
+    // Leading (the lease confirmed by git-sync), every PC seen.
+    c.cycle().expect("cycle");
+    f.clock.advance(Duration::from_secs(1));
+    synced(&f, f.now());
+    c.cycle().expect("cycle");
+    assert!(c.leading().is_some());
+    let cut_off = f.now();
+    // An hour passes in which this PC's git-sync brings nothing in (its network is down, or
+    // it is too busy): PC1 is silent, and so is everyone else as far as it can tell.
+    // (Its own pushes still get out: it keeps the lease.)
+    for _ in 0..60 {
+        f.clock.advance(Duration::from_secs(59));
+        c.cycle().expect("cycle");
+        f.clock.advance(Duration::from_secs(1));
+        synced(&f, cut_off);
+    }
+    assert!(c.leading().is_some());
+    assert!(
+        f.files_in("postmortems").is_empty(),
+        "nobody is dead for a blind leader"
+    );
+    // The remote is seen again and PC2 has been reporting meanwhile; PC1 has not: it is dead.
+    f.beat("PC2", HeartbeatStatus::Idle, &[]);
+    synced(&f, f.now());
+    let r = c.cycle().expect("cycle");
+    assert!(
+        r.actions.iter().any(|a| a.contains("PC1 is DEAD")),
+        "{:?}",
+        r.actions
+    );
+    assert_eq!(f.files_in("postmortems").len(), 1);
 }
 
 #[test]

@@ -5,18 +5,18 @@
 //! before the first file is written, and each step is idempotent, so a crash anywhere is
 //! finished by the next run and never produces a second handoff.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Timelike, Utc};
 use trinity_core::config::Config;
 use trinity_core::credit::Evaluation;
 use trinity_core::fsio::{self, SaveError};
+use trinity_core::queue::{QueueView, TaskState};
 use trinity_core::rotation::Choice;
 use trinity_core::schema::{
-    Claim, CreditSnapshot, Done, Escalation, EscalationKind, Handoff, HandoffReason,
-    HeartbeatStatus, InstanceStatus, Schema, Task, TaskRef, WakeSignal, WakeTask,
+    CreditSnapshot, Escalation, EscalationKind, Handoff, HandoffReason, HeartbeatStatus,
+    InstanceStatus, Schema, Task, TaskRef, WakeSignal, WakeTask,
 };
-use trinity_core::validate::files_under;
 use trinity_core::{InstanceState, PcId, RecordId, SignalId, TaskId, Tree, pcfiles, state};
 
 use crate::state::{
@@ -357,74 +357,51 @@ fn no_target(
     Ok(Action::NoTarget { skipped, retry_at })
 }
 
-/// This PC's claimed-but-unfinished tasks (the current one first), then the unclaimed queue by
-/// priority and age.
+/// This PC's claimed-but-unfinished tasks (the current one first), then the tasks ready to be
+/// taken (unclaimed, their dependencies done) in the order work is taken. Tasks still blocked
+/// by a dependency are not carried: no PC can work on them yet, and the PC taking over would
+/// otherwise claim them away from everyone else.
 pub fn task_queue(tree: &Tree, pc: &PcId, current: Option<&TaskId>) -> Vec<TaskRef> {
-    let done: HashSet<TaskId> = ids_in::<Done>(tree, &tree.done_dir())
-        .into_iter()
-        .map(|d| d.task_id)
-        .collect();
-    let claims = ids_in::<Claim>(tree, &tree.claims_dir());
-    let claimed: HashSet<TaskId> = claims.iter().map(|c| c.task_id.clone()).collect();
-    let tasks = ids_in::<Task>(tree, &tree.spawn_queue_dir());
-    let describe = |id: &TaskId| -> TaskRef {
-        match tasks.iter().find(|t| &t.id == id) {
-            Some(t) => TaskRef {
-                id: t.id.clone(),
-                priority: t.priority,
-                description: t.description.clone(),
-            },
-            None => TaskRef {
+    let view = QueueView::read(tree);
+    for problem in &view.unreadable {
+        tracing::warn!(error = %problem, "skipping an unreadable file");
+    }
+    let task_ref = |t: &Task| TaskRef {
+        id: t.id.clone(),
+        priority: t.priority,
+        description: t.description.clone(),
+    };
+    let describe = |id: &TaskId| {
+        view.tasks.get(id).map_or_else(
+            || TaskRef {
                 id: id.clone(),
                 priority: Default::default(),
                 description: String::new(),
             },
-        }
+            task_ref,
+        )
     };
-    let mut mine: BTreeSet<TaskId> = claims
-        .iter()
-        .filter(|c| &c.pc == pc && !done.contains(&c.task_id))
-        .map(|c| c.task_id.clone())
-        .collect();
-    let mut queue = Vec::new();
-    if let Some(current) = current.filter(|t| !done.contains(*t)) {
-        mine.remove(current);
-        queue.push(describe(current));
-    }
-    queue.extend(mine.iter().map(describe));
-    let mut open: Vec<&Task> = tasks
-        .iter()
-        .filter(|t| !claimed.contains(&t.id) && !done.contains(&t.id))
-        .filter(|t| !queue.iter().any(|q| q.id == t.id))
-        .collect();
-    open.sort_by(|a, b| {
-        (a.priority.rank(), a.created_at, &a.id).cmp(&(b.priority.rank(), b.created_at, &b.id))
-    });
-    queue.extend(open.into_iter().map(|t| TaskRef {
-        id: t.id.clone(),
-        priority: t.priority,
-        description: t.description.clone(),
-    }));
-    queue
-}
-
-/// Every valid file of a schema in a directory (invalid ones are skipped with a log line;
-/// git-sync quarantines them).
-fn ids_in<T: Schema>(_tree: &Tree, dir: &std::path::Path) -> Vec<T> {
-    let Ok(files) = files_under(dir) else {
-        return Vec::new();
-    };
-    files
+    let unfinished = |id: &TaskId| !view.done.contains_key(id);
+    let mut queue: Vec<TaskRef> = current
+        .filter(|t| unfinished(t))
+        .map(describe)
         .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .filter_map(|p| match fsio::load::<T>(&p) {
-            Ok(doc) => Some(doc.value),
-            Err(e) => {
-                tracing::warn!(error = %e, "skipping an unreadable file");
-                None
-            }
-        })
-        .collect()
+        .collect();
+    let mine: BTreeSet<&TaskId> = view
+        .claims
+        .values()
+        .filter(|c| &c.pc == pc && unfinished(&c.task_id) && Some(&c.task_id) != current)
+        .map(|c| &c.task_id)
+        .collect();
+    queue.extend(mine.into_iter().map(describe));
+    let carried: BTreeSet<TaskId> = queue.iter().map(|t| t.id.clone()).collect();
+    queue.extend(
+        view.listing()
+            .into_iter()
+            .filter(|(t, s)| *s == TaskState::Queued && !carried.contains(&t.id))
+            .map(|(t, _)| task_ref(t)),
+    );
+    queue
 }
 
 /// After the next PC accepted this PC's handoff (archived it into `handoff/processed/`), this

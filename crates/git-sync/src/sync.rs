@@ -185,6 +185,12 @@ impl Syncer {
         })
     }
 
+    /// How stale `remote_seen_at` may be on disk while nothing else changes: five pull
+    /// intervals, at most 10 s (the coordinator's silence counts lag by no more).
+    fn remote_seen_granularity(&self) -> Duration {
+        (self.config.sync.pull_interval * 5).min(Duration::from_secs(10))
+    }
+
     /// The state the other daemons read.
     pub fn state(&self) -> &SyncState {
         &self.state
@@ -222,6 +228,7 @@ impl Syncer {
                 if scan && self.state.commits_ahead == 0 {
                     self.state.in_sync_at = Some(start);
                 }
+                self.state.remote_seen_at = Some(start);
             }
             Err(e) => self.state.last_error = Some(e.to_string()),
         }
@@ -272,11 +279,21 @@ impl Syncer {
     }
 
     fn save_state(&mut self) -> Result<(), SyncError> {
-        // The cycle counter alone does not make the file worth rewriting.
+        // The cycle counter alone does not make the file worth rewriting, nor a newer look at
+        // an unchanged remote unless the one on disk has grown old.
         if let Some(saved) = &self.saved {
             let mut unchanged = saved.clone();
             unchanged.updated_at = self.state.updated_at;
             unchanged.cycles = self.state.cycles;
+            let seen_lately = match (saved.remote_seen_at, self.state.remote_seen_at) {
+                (Some(old), Some(new)) => {
+                    (new - old).to_std().unwrap_or_default() < self.remote_seen_granularity()
+                }
+                (old, new) => old == new,
+            };
+            if seen_lately {
+                unchanged.remote_seen_at = self.state.remote_seen_at;
+            }
             if unchanged == self.state {
                 return Ok(());
             }

@@ -23,6 +23,12 @@ pub struct SyncState {
     /// Every local change made before this moment is on the remote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_sync_at: Option<DateTime<Utc>>,
+    /// Every change that was on the remote before this moment is in this tree: the last cycle
+    /// that checked the remote and brought in what it had (refreshed at least every few pull
+    /// intervals while nothing changes). The coordinator measures other PCs' silence only up to
+    /// here: a leader that cannot see the remote declares nobody dead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_seen_at: Option<DateTime<Utc>>,
     /// The last successful fetch (or remote ref check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_fetch: Option<DateTime<Utc>>,

@@ -117,12 +117,18 @@ fn the_coordinator_assigns_verifies_reassigns_and_survives_its_leaders_death() {
         .collect();
     for t in ["a-schema", "b-docs", "c-api"] {
         assert!(done.contains(&t.to_owned()), "{t} in {done:?}");
-        let starts = world
+        let starts: Vec<String> = world
             .launches()
             .iter()
             .filter(|l| l.var("TRINITY_TASK_ID") == Some(t))
-            .count();
-        assert_eq!(starts, 1, "one agent start for {t}");
+            .map(|l| format!("{}: {}", l.pc, l.env.replace('\n', " ")))
+            .collect();
+        assert_eq!(
+            starts.len(),
+            1,
+            "one agent start for {t}: {starts:#?}\n{}",
+            world.log_tails(400)
+        );
     }
     world.wait("every PC back on standby", || {
         pcs.iter()

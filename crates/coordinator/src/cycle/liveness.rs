@@ -18,7 +18,9 @@ impl Coordinator {
                 continue;
             };
             match live {
-                Liveness::Alive | Liveness::Unknown => {
+                // Nothing known (never seen, or this PC cannot see the remote): no change.
+                Liveness::Unknown => {}
+                Liveness::Alive => {
                     if self.woken.remove(pc) {
                         tracing::info!(pc = %pc, "a suspect PC is alive again");
                     }
