@@ -118,6 +118,11 @@ fn seed_work(env: &Env) {
         task("urgent-fix", Priority::Critical, 3),
         task("done-already", Priority::Critical, 4),
         task("theirs", Priority::Critical, 5),
+        // Waiting on docs-pass: nobody can work on it yet.
+        Task {
+            dependencies: vec![TaskId::new("docs-pass").expect("valid")],
+            ..task("after-docs", Priority::Critical, 6)
+        },
     ] {
         fsio::create(&tree.task_file(&t.id), &t).expect("task");
     }
@@ -224,8 +229,8 @@ fn seed_test_2_the_third_rate_limit_hands_off_inside_its_own_call() {
     assert_eq!((h.from_pc.as_str(), h.to_pc.as_str()), ("PC1", "PC2"));
     assert_eq!(h.reason, HandoffReason::CreditExhaustion);
     let queue: Vec<&str> = h.task_queue.iter().map(|t| t.id.as_str()).collect();
-    // Current work first, then the other claim, then the unclaimed queue by priority; done
-    // tasks and other PCs' claims are left out.
+    // Current work first, then the other claim, then the unclaimed tasks ready to be taken by
+    // priority; done tasks, other PCs' claims and tasks waiting on a dependency are left out.
     assert_eq!(
         queue,
         [
