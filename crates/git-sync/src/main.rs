@@ -124,6 +124,7 @@ fn print_status(s: &SyncState) {
     let t =
         |x: Option<chrono::DateTime<chrono::Utc>>| x.map_or("never".to_owned(), |t| t.to_rfc3339());
     println!("in sync at:   {}", t(s.in_sync_at));
+    println!("remote seen:  {}", t(s.remote_seen_at));
     println!("last fetch:   {}", t(s.last_fetch));
     println!("last push:    {}", t(s.last_push));
     println!("local head:   {}", s.local_head.as_deref().unwrap_or("-"));
