@@ -380,28 +380,29 @@ pub fn verdict_word(v: Verdict) -> &'static str {
 
 /// The handoffs in `handoff/` (not archived), oldest first.
 pub fn read_pending(tree: &Tree) -> Vec<(HandoffId, Handoff)> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir(tree.handoff_dir()) else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let path = entry.path();
-        if !path.is_file() || path.extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        let Some(id) = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| HandoffId::new(s).ok())
-        else {
-            continue;
-        };
-        if let Ok(doc) = fsio::load::<Handoff>(&path) {
-            out.push((id, doc.value));
-        }
-    }
+    let mut out: Vec<(HandoffId, Handoff)> = handoff_files(&tree.handoff_dir())
+        .into_iter()
+        .filter_map(|(id, path)| Some((id, fsio::load::<Handoff>(&path).ok()?.value)))
+        .collect();
     out.sort_by_key(|(id, _)| (id.created_at(), id.clone()));
     out
+}
+
+/// The handoff files in `dir` (`handoff/` or `handoff/processed/`) with their ids: every
+/// `*.json` file named by a valid handoff id.
+fn handoff_files(dir: &Path) -> Vec<(HandoffId, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"))
+        .filter_map(|p| {
+            let id = HandoffId::new(p.file_stem()?.to_str()?).ok()?;
+            Some((id, p))
+        })
+        .collect()
 }
 
 impl Coordinator {

@@ -95,18 +95,8 @@ impl Coordinator {
         let since = self
             .leading_since
             .map(|t| t - chrono::Duration::minutes(10));
-        if let (Some(since), Ok(dir)) =
-            (since, std::fs::read_dir(self.tree.processed_handoff_dir()))
-        {
-            for e in dir.flatten() {
-                let path = e.path();
-                let Some(id) = path
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .and_then(|s| HandoffId::new(s).ok())
-                else {
-                    continue;
-                };
+        if let Some(since) = since {
+            for (id, path) in handoff_files(&self.tree.processed_handoff_dir()) {
                 if id.created_at() < since || view.verifications.contains_key(&id) {
                     continue;
                 }
@@ -392,20 +382,11 @@ fn remediation_exists(
     if view.pending.iter().any(|(_, h)| is_it(h)) {
         return true;
     }
-    let Ok(dir) = std::fs::read_dir(tree.processed_handoff_dir()) else {
-        return false;
-    };
-    dir.flatten().any(|e| {
-        let path = e.path();
-        let Some(id) = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| HandoffId::new(s).ok())
-        else {
-            return false;
-        };
-        id.to_pc() == to
-            && id.created_at() >= since - chrono::Duration::seconds(1)
-            && fsio::load::<Handoff>(&path).is_ok_and(|d| is_it(&d.value))
-    })
+    handoff_files(&tree.processed_handoff_dir())
+        .into_iter()
+        .any(|(id, path)| {
+            id.to_pc() == to
+                && id.created_at() >= since - chrono::Duration::seconds(1)
+                && fsio::load::<Handoff>(&path).is_ok_and(|d| is_it(&d.value))
+        })
 }
