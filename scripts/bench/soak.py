@@ -48,6 +48,9 @@ ap.add_argument("--bin-dir", default=REL,
 ap.add_argument("--idle-minutes", type=float, default=3,
                 help="idle phases (no churn, no handoffs) before and after the churn, whose "
                      "RSS and CPU are compared")
+ap.add_argument("--set", action="append", default=[], metavar="TRINITY_…=VALUE",
+                help="a setting for every PC, as an environment variable "
+                     "(TRINITY_SYNC__COMPACT_AFTER_COMMITS=800)")
 ap.add_argument("--wrap", action="append", default=[], metavar="PC:DAEMON=COMMAND",
                 help="run one daemon under a profiler, e.g. PC1:git-sync='heaptrack -o /tmp/h'")
 args = ap.parse_args()
@@ -67,6 +70,9 @@ env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "TRINITY
 env.update(HOME=home, GIT_CONFIG_GLOBAL="/dev/null", GIT_CONFIG_NOSYSTEM="1",
            GIT_AUTHOR_NAME="soak", GIT_AUTHOR_EMAIL="soak@soak",
            GIT_COMMITTER_NAME="soak", GIT_COMMITTER_EMAIL="soak@soak", AGENT_OUT=agents)
+for setting in args.set:
+    name, _, value = setting.partition("=")
+    env[name] = value
 remote = os.path.join(d, "remote.git")
 agent = os.path.join(d, "agent.sh")
 with open(agent, "w") as f:
