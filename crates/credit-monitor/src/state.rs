@@ -42,15 +42,11 @@ impl MonitorError {
     /// True when retrying cannot help until someone changes something (the fleet, a file set
     /// aside): the daemon says so plainly instead of retrying quietly.
     pub fn needs_operator(&self) -> bool {
-        matches!(
-            self,
-            MonitorError::Fleet(_)
-                | MonitorError::State(
-                    LocalError::Corrupt { .. }
-                        | LocalError::SetAside { .. }
-                        | LocalError::TooNew { .. }
-                )
-        )
+        match self {
+            MonitorError::Fleet(_) => true,
+            MonitorError::State(e) => e.needs_operator(),
+            _ => false,
+        }
     }
 }
 

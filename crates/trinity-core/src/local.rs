@@ -81,6 +81,18 @@ pub enum LocalError {
     },
 }
 
+impl LocalError {
+    /// True when retrying cannot help until someone acts: the file is corrupt or set aside,
+    /// or written by a newer trinity (a failed read or write may pass; an encoding failure is
+    /// a bug).
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            LocalError::Corrupt { .. } | LocalError::SetAside { .. } | LocalError::TooNew { .. }
+        )
+    }
+}
+
 /// Where a corrupt `path` is moved: `{path}.corrupt`.
 pub fn quarantine_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();

@@ -58,15 +58,11 @@ impl WakeError {
     /// True when retrying cannot help until someone changes something (the fleet, a journal
     /// record set aside): said once, not on every pass.
     pub fn needs_operator(&self) -> bool {
-        matches!(
-            self,
-            WakeError::Fleet(_)
-                | WakeError::Journal(
-                    LocalError::Corrupt { .. }
-                        | LocalError::SetAside { .. }
-                        | LocalError::TooNew { .. }
-                )
-        )
+        match self {
+            WakeError::Fleet(_) => true,
+            WakeError::Journal(e) => e.needs_operator(),
+            _ => false,
+        }
     }
 }
 
