@@ -276,8 +276,14 @@ pub async fn run(
         match &result {
             // Between two cycles: every fetch adds a pack file, every commit loose objects.
             Ok(report) if report.touched_objects() => {
-                if let Err(e) = syncer.maintain_if_due() {
-                    tracing::warn!(error = %e, "repository maintenance failed; trying again after the next change");
+                match syncer.maintain_if_due() {
+                    // The old repository handle's caches and maps are gone: give their
+                    // memory back rather than keep it resident until the next burst.
+                    Ok(Some(_)) => trinity_core::daemon::release_free_memory(),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "repository maintenance failed; trying again after the next change")
+                    }
                 }
             }
             Ok(_) => {}
