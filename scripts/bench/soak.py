@@ -142,6 +142,29 @@ def proc_stats(pid):
         return 0, 0.0, 0
 
 
+def code_rss(pid):
+    """Resident bytes of the program's own file (its code paged in), and of files mapped
+    from any repository's objects/pack/ (pack files and their indices)."""
+    code = packs = 0
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+        path = ""
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                first = line.split(None, 6)
+                if len(first) >= 5 and "-" in first[0] and ":" in first[3]:
+                    path = first[5].strip() if len(first) > 5 else ""
+                elif line.startswith("Rss:"):
+                    kb = int(line.split()[1]) * 1024
+                    if path == exe:
+                        code += kb
+                    elif "/objects/pack/" in path:
+                        packs += kb
+    except (OSError, IndexError, ValueError):
+        pass
+    return code, packs
+
+
 def objects(path):
     packs = loose = size = 0
     for root, _, files in os.walk(path):
@@ -266,6 +289,10 @@ def sample():
         prev = last_cpu.get((pc, name))
         row[f"{pc}_{name}_rss_mb"] = round(rss / 1e6, 1)
         row[f"{pc}_{name}_anon_mb"] = round(anon / 1e6, 1)
+        if name == "git-sync":
+            code, packs = code_rss(p.pid)
+            row[f"{pc}_{name}_code_mb"] = round(code / 1e6, 1)
+            row[f"{pc}_{name}_packs_mb"] = round(packs / 1e6, 1)
         row[f"{pc}_{name}_cpu_s"] = round(cpu - prev, 2) if prev is not None else 0.0
         last_cpu[(pc, name)] = cpu
         if p.poll() is not None:

@@ -103,6 +103,10 @@ pub struct Cycle {
     pub offline: bool,
 }
 
+/// The longest a cycle's freed memory stays with the allocator before it is handed back
+/// ([`trinity_core::daemon::release_free_memory`]; right away after maintenance).
+const RELEASE_MEMORY_EVERY: Duration = Duration::from_secs(60);
+
 /// The daemon's timing — debounce, scan cadence, backoff — with no I/O: the loop feeds it
 /// events and the time, tests feed it synthetic ones.
 #[derive(Debug)]
@@ -238,6 +242,7 @@ pub async fn run(
     let mut schedule = Schedule::new(&config, watcher.is_ok());
     let mut pull = tokio::time::interval(config.pull_interval);
     pull.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut released: Option<Instant> = None;
     tracing::info!(tree = %root.display(), branch = %config.branch, "git-sync started");
     loop {
         let quiet_until = schedule.quiet_until();
@@ -279,7 +284,7 @@ pub async fn run(
                 match syncer.maintain_if_due() {
                     // The old repository handle's caches and maps are gone: give their
                     // memory back rather than keep it resident until the next burst.
-                    Ok(Some(_)) => trinity_core::daemon::release_free_memory(),
+                    Ok(Some(_)) => released = None,
                     Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "repository maintenance failed; trying again after the next change")
@@ -293,6 +298,12 @@ pub async fn run(
             Err(e) => {
                 tracing::error!(error = %e, retry_in = %humantime::format_duration(wait), "sync cycle failed; local commits wait")
             }
+        }
+        // What a cycle freed goes back to the system within a minute, so an idle daemon holds
+        // what it uses, not what its busiest minute left behind.
+        if released.is_none_or(|at| at.elapsed() >= RELEASE_MEMORY_EVERY) {
+            trinity_core::daemon::release_free_memory();
+            released = Some(Instant::now());
         }
     }
     drop(watcher);

@@ -694,8 +694,10 @@ fn one_daemon_takes_hundreds_of_fetches_without_a_failed_cycle_and_packs_stay_bo
             }
         }
         if round % 150 == 75 {
-            // Another process consolidates the packs the daemon's handle knows.
+            // Another process consolidates the packs the daemon's handle knows, and the
+            // remote's loose objects into a pack.
             fleet.git(&pc2, &["repack", "-a", "-d", "-q"]);
+            fleet.git(&fleet.root().join("remote.git"), &["repack", "-d", "-q"]);
         }
         let path = writer.join(&rel);
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
@@ -716,6 +718,22 @@ fn one_daemon_takes_hundreds_of_fetches_without_a_failed_cycle_and_packs_stay_bo
         max_packs = max_packs.max(pack_count(&pc2));
     }
     let took = started.elapsed();
+    // Watching the remote reads its branch, never its objects: no file of it stays mapped
+    // (they grew with every push, and a Windows share cannot delete a mapped pack).
+    #[cfg(target_os = "linux")]
+    {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", daemon.id())).expect("maps");
+        let remote = fleet.root().join("remote.git");
+        let mapped: Vec<&str> = maps
+            .lines()
+            .filter(|l| l.contains(remote.to_str().expect("utf-8 path")))
+            .collect();
+        assert!(
+            mapped.is_empty(),
+            "the remote's files stay mapped:\n{}",
+            mapped.join("\n")
+        );
+    }
     let status = trinity_testkit::stop(&mut daemon);
     assert!(status.success(), "daemon exit: {status:?}");
     let log = fleet.log("PC2");

@@ -61,7 +61,14 @@ impl Syncer {
             }
             let name = format!("refs/heads/{branch}");
             return match repo.try_find_reference(name.as_str()) {
-                Ok(Some(mut r)) => Ok(r.peel_to_id().ok().map(|id| id.detach())),
+                // The branch names its commit: read the id, never the object. Peeling would
+                // open the remote's object database and keep its pack files mapped (every
+                // push adds one): memory that grew with the remote, and files a Windows share
+                // could not delete.
+                Ok(Some(mut r)) => Ok(match r.try_id() {
+                    Some(id) => Some(id.detach()),
+                    None => r.peel_to_id().ok().map(|id| id.detach()),
+                }),
                 Ok(None) => Ok(None),
                 Err(e) => {
                     self.remote_repo = None;
