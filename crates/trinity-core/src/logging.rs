@@ -4,7 +4,8 @@
 //! git-sync -f`, or `Get-Content -Wait` on Windows). When it would grow past
 //! `logging.max_file_bytes` it becomes `<daemon>.1.log`, the older ones shift up, and only
 //! `logging.max_files` files are kept. The filter comes from `TRINITY_LOG` when set (same syntax
-//! as `RUST_LOG`), else from `logging.level`.
+//! as `RUST_LOG`), else from `logging.level`; the file watcher (`notify`) says only warnings and
+//! errors unless the filter names it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -175,6 +176,17 @@ fn file_writer<W: io::Write + Send + 'static>(
         .finish(w)
 }
 
+/// The file watcher's own messages only from warnings up, unless the filter names it: at
+/// `info` it said "unable to remove watch descriptor" for every directory git removed under
+/// `.git`, more than half of git-sync's log over an hour's soak.
+fn quiet_watcher(filter: &str) -> String {
+    if filter.contains("notify") {
+        filter.to_owned()
+    } else {
+        format!("{filter},notify=warn")
+    }
+}
+
 /// [`init`] with the filter given instead of read from `TRINITY_LOG` (`None`: `cfg.level`).
 pub fn init_with_filter(
     daemon: &DaemonName,
@@ -182,7 +194,7 @@ pub fn init_with_filter(
     logs_dir: &Path,
     filter: Option<&str>,
 ) -> Result<LogGuard, LogError> {
-    let filter_text = filter.map_or_else(|| cfg.level.clone(), str::to_owned);
+    let filter_text = quiet_watcher(&filter.map_or_else(|| cfg.level.clone(), str::to_owned));
     let filter = |text: &str| {
         EnvFilter::try_new(text).map_err(|e| LogError::Filter {
             filter: text.to_owned(),
@@ -222,6 +234,18 @@ pub fn init_with_filter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watchers_chatter_is_left_out_unless_asked_for() {
+        assert_eq!(quiet_watcher("info"), "info,notify=warn");
+        assert_eq!(
+            quiet_watcher("git_sync=debug,info"),
+            "git_sync=debug,info,notify=warn"
+        );
+        assert_eq!(quiet_watcher("notify=debug,info"), "notify=debug,info");
+        let filter = EnvFilter::try_new(quiet_watcher("info")).expect("parses");
+        assert_eq!(filter.to_string(), "notify=warn,info");
+    }
 
     #[test]
     fn rolls_over_and_keeps_max_files() {

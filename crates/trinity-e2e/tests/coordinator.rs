@@ -15,7 +15,7 @@ claude_projects_dir = ""
 interval = "500ms"
 [coordinator]
 monitor_interval = "1s"
-lease_ttl = "3s"
+lease_ttl = "5s"
 suspect_after = "4s"
 dead_after = "8s"
 [[coordinator.phases]]
@@ -202,10 +202,12 @@ fn the_coordinator_assigns_verifies_reassigns_and_survives_its_leaders_death() {
         &["task", "add", "d-after", "-d", "after the takeover"],
     );
     assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
-    world.wait("d-after approved under the new leader", || {
+    // By a leader other than the dead one: on a saturated machine the lease may pass between
+    // the two live PCs meanwhile (a leader whose renewals are slow to reach the remote stops).
+    world.wait("d-after approved under a new leader", || {
         verdicts(&world, "PC1").iter().any(|v| {
             v.task.as_ref().is_some_and(|t| t.as_str() == "d-after")
-                && v.coordinator.as_str() == new_leader
+                && v.coordinator.as_str() != "PC3"
         })
     });
     // The preferred leader comes back and takes the lease back; the deposed one stops.
@@ -219,7 +221,7 @@ fn the_coordinator_assigns_verifies_reassigns_and_survives_its_leaders_death() {
             .contains("lost the coordinator lease")
     });
     eprintln!(
-        "reassigned {:.1} s after the PC went silent (dead_after 8 s); new leader {new_leader} {:.1} s after the leader was killed (lease_ttl 3 s)",
+        "reassigned {:.1} s after the PC went silent (dead_after 8 s); new leader {new_leader} {:.1} s after the leader was killed (lease_ttl 5 s)",
         reassigned_after.as_secs_f64(),
         takeover.as_secs_f64()
     );
