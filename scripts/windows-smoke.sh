@@ -26,7 +26,26 @@ step() { printf '== %s\n' "$*"; }
 fail() { echo "FAILED: $*" >&2; exit 1; }
 # Runs a program of EXE under wine in the current directory; stdout and stderr go to the
 # files given.
-w() { local prog=$1; shift; wine "$EXE/$prog.exe" "$@"; }
+#
+# Wine 8.0 itself now and then dies of SIGSEGV (exit status 139) as a program exits: seen once
+# in CI, after `coordinator --once` had done and printed all its work, never in 500 runs here. A
+# fault in the Windows program would not look like that: wine turns it into an exception and
+# exits with its code (0xC0000005 → 5). So a SIGSEGV of wine counts as passed, said on stderr,
+# and the checks after each step judge the work the program did; more than two in one run fail.
+WINE_CRASHES=0
+exec 3>&2 # the script's own stderr, for the warning whatever a step redirects
+w() {
+  local prog=$1 rc=0
+  shift
+  wine "$EXE/$prog.exe" "$@" || rc=$?
+  if [ "$rc" -eq 139 ]; then
+    WINE_CRASHES=$((WINE_CRASHES + 1))
+    echo "warning: wine died of SIGSEGV running $prog $* (wine's own crash #$WINE_CRASHES; its work is checked next)" >&3
+    [ "$WINE_CRASHES" -le 2 ] || fail "wine crashed $WINE_CRASHES times"
+    return 0
+  fi
+  return "$rc"
+}
 
 step "every program starts and shows its help"
 for p in trinity git-sync credit-monitor wake-daemon coordinator; do
