@@ -256,8 +256,11 @@ impl Coordinator {
             .collect();
     }
 
-    /// Reads the fleet's files and judges liveness.
+    /// Reads the fleet's files and judges liveness, as of one commit: git-sync's checkouts are
+    /// held back while it reads (a PC's finished work is never seen half-arrived — its claim
+    /// gone but its done record and submission not there yet — and assigned again).
     pub fn read(&mut self, fleet: &Fleet, now: DateTime<Utc>) -> FleetView {
+        let _settled = trinity_core::syncstate::hold_checkouts(&self.tree);
         let mut view = FleetView::default();
         let c = &self.config.coordinator;
         // Silence counts only up to the last moment this PC saw the remote: a leader whose own

@@ -138,6 +138,9 @@ impl Syncer {
         clock: SharedClock,
     ) -> Result<Self, SyncError> {
         let store = Store::open(tree.root(), &config.sync.branch)?;
+        // The lock readers hold to keep checkouts back exists from now on, so that none of
+        // them reads unprotected during this PC's first checkout.
+        trinity_core::daemon::FileLock::create_file(&tree.sync_checkout_lock_file())?;
         let git = Git::in_dir(tree.root());
         let saved = SyncState::read(&tree).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "starting with fresh counters");

@@ -535,6 +535,76 @@ fn deletions_travel_and_a_consumed_signal_stays_consumed() {
     assert!(log.contains("wake consumed: PC2"), "{log}");
 }
 
+/// A finished task arrives as one commit that removes its claim and adds its done record. A
+/// checkout wrote the files one by one (claims/ before done/), and the coordinator, reading
+/// in between, saw the task neither claimed nor done and gave it out again (seen in the demo:
+/// intro done by PC1 and started again on PC3). A reader holding the checkout lock shared
+/// must see the tree as of one commit: the old one until it lets go, then the new one.
+#[test]
+fn a_reader_holding_checkouts_back_never_sees_half_a_commit() {
+    let fleet = Fleet::new(&["PC1", "PC2"], "");
+    fleet.write("PC1", "spawn_queue/t.json", &task("t"));
+    fleet.write("PC1", "claims/t.json", &claim("t", "PC1"));
+    fleet.once_ok("PC1");
+    fleet.once_ok("PC2");
+    let pc2 = trinity_core::Tree::new(fleet.tree("PC2"));
+    assert!(pc2.claim_file(&"t".parse().expect("id")).exists());
+    // PC1 finishes t: one commit, claim out, done record in.
+    std::fs::remove_file(fleet.tree("PC1").join("claims/t.json")).expect("unclaim");
+    fleet.write(
+        "PC1",
+        "done/t.json",
+        r#"{"format_version":1,"task_id":"t","pc":"PC1","finished_at":"2026-11-21T11:00:00Z","outcome":"completed","summary":"ok"}"#,
+    );
+    fleet.once_ok("PC1");
+
+    let claim = fleet.tree("PC2").join("claims/t.json");
+    let done = fleet.tree("PC2").join("done/t.json");
+    let held = trinity_core::syncstate::hold_checkouts(&pc2)
+        .expect("git-sync created the checkout lock when it started");
+    let mut child = fleet
+        .sync_cmd("PC2")
+        .arg("--once")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("git-sync");
+    // The branch has moved (the checkout record is written first) …
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pc2.sync_checkout_file().exists() {
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "git-sync ended before its checkout"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "git-sync never reached the checkout"
+        );
+        std::thread::yield_now();
+    }
+    // … but while the reader holds on, the files stay as the old commit has them (without
+    // the lock the claim is gone within a millisecond, the process done soon after).
+    let watch_until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < watch_until {
+        assert!(
+            claim.exists() && !done.exists(),
+            "the checkout went on under a reader"
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "git-sync finished under a reader"
+        );
+    }
+    drop(held);
+    let out = child.wait_with_output().expect("git-sync");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !claim.exists() && done.exists(),
+        "the new commit is checked out"
+    );
+    assert!(!pc2.sync_checkout_file().exists());
+}
+
 #[test]
 fn the_daemon_holds_back_heartbeat_refreshes_but_commits_a_status_change_at_once() {
     let fleet = Fleet::new(

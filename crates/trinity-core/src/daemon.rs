@@ -61,6 +61,26 @@ impl FileLock {
         }
     }
 
+    /// Creates the lock file if it is missing, without taking the lock.
+    pub fn create_file(path: &Path) -> Result<(), IoError> {
+        open_lock_file(path).map(drop)
+    }
+
+    /// Waits for a shared hold of an existing lock file (any number of shared holders, no
+    /// exclusive one); `None` when the file does not exist. Never creates it.
+    pub fn acquire_shared_existing(path: &Path) -> Result<Option<Self>, IoError> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(IoError::new("open lock file", path, e)),
+        };
+        file.lock_shared().map_err(IoError::at("lock", path))?;
+        Ok(Some(Self {
+            _file: file,
+            path: path.to_owned(),
+        }))
+    }
+
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -482,6 +482,13 @@ impl Tree {
         self.local_dir().join("git-sync").join("checkout.json")
     }
 
+    /// `local/git-sync/checkout.lock`: held exclusively by git-sync while it updates the working
+    /// tree to another commit, shared by readers that decide from several files at once
+    /// ([`crate::syncstate::hold_checkouts`]).
+    pub fn sync_checkout_lock_file(&self) -> PathBuf {
+        self.local_dir().join("git-sync").join("checkout.lock")
+    }
+
     /// `local/conflicts/`: the losing side of merges no rule could decide.
     pub fn conflicts_dir(&self) -> PathBuf {
         self.local_dir().join("conflicts")
@@ -850,6 +857,11 @@ mod tests {
             (tree.credit_events_file(), FileKind::Local, PathClass::Local),
             (tree.sync_state_file(), FileKind::Local, PathClass::Local),
             (tree.sync_checkout_file(), FileKind::Local, PathClass::Local),
+            (
+                tree.sync_checkout_lock_file(),
+                FileKind::Local,
+                PathClass::Local,
+            ),
             (tree.credit_state_file(), FileKind::Local, PathClass::Local),
             (
                 tree.transcript_state_file(),

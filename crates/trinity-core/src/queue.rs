@@ -81,8 +81,10 @@ pub struct QueueView {
 }
 
 impl QueueView {
-    /// Reads `spawn_queue/`, `claims/` and `done/` of a tree.
+    /// Reads `spawn_queue/`, `claims/` and `done/` of a tree, as of one commit (git-sync's
+    /// checkouts are held back meanwhile: a finished task is never seen unclaimed and not done).
     pub fn read(tree: &Tree) -> Self {
+        let _settled = crate::syncstate::hold_checkouts(tree);
         let mut view = QueueView::default();
         read_dir(&tree.spawn_queue_dir(), &mut view.unreadable, |t: Task| {
             view.tasks.insert(t.id.clone(), t);
@@ -271,8 +273,9 @@ pub struct QueueReader {
 type Stamp = (Option<std::time::SystemTime>, u64);
 
 impl QueueReader {
-    /// The queue as the tree holds it now.
+    /// The queue as the tree holds it now (git-sync's checkouts held back meanwhile).
     pub fn read(&mut self, tree: &Tree) -> QueueView {
+        let _settled = crate::syncstate::hold_checkouts(tree);
         let mut view = QueueView::default();
         refresh_immutable(&tree.spawn_queue_dir(), &mut self.tasks);
         refresh_immutable(&tree.done_dir(), &mut self.done);

@@ -4,6 +4,12 @@
 //! this machine's clock) is on the remote**, merged with whatever the remote had. A daemon that
 //! wrote a compare-and-swap file (a claim) at time T waits until `in_sync_at > T`, then reads the
 //! file again: if it still holds its version, it won the race.
+//!
+//! And a second: **git-sync updates the working tree to another commit only while it holds
+//! `local/git-sync/checkout.lock` exclusively.** A commit can change several files that only
+//! make sense together (a finished task's claim removed, its done record and its submission
+//! added); a reader that decides from several files at once holds the lock shared while it reads
+//! them ([`hold_checkouts`]) and so sees the tree as of one commit, never half of one.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -106,4 +112,15 @@ impl SyncState {
     pub fn has_reached_remote(&self, written_at: DateTime<Utc>) -> bool {
         self.in_sync_at.is_some_and(|t| t > written_at)
     }
+}
+
+/// Keeps git-sync from updating the working tree while it lives (a shared hold of
+/// `local/git-sync/checkout.lock`, waiting for a checkout under way to end). `None` where no
+/// git-sync has ever run on the tree (git-sync creates the file when it starts), or, with a
+/// warning, when the lock cannot be taken: the reader then reads as before, unprotected.
+pub fn hold_checkouts(tree: &Tree) -> Option<crate::daemon::FileLock> {
+    crate::daemon::FileLock::acquire_shared_existing(&tree.sync_checkout_lock_file())
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot hold git-sync's checkouts back"))
+        .ok()
+        .flatten()
 }

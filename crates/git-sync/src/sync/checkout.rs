@@ -197,7 +197,13 @@ impl Syncer {
         let from_flat = self.store.flatten_commit(from)?;
         let to_tree = self.store.tree_of(to)?;
         let to_flat = self.store.flatten(to_tree)?;
-        self.apply(&from_flat, &to_flat)?;
+        {
+            // Readers that decide from several files hold this shared: they see the tree as of
+            // one commit or the other, never half of the update.
+            let _exclusive =
+                trinity_core::daemon::FileLock::acquire(&self.tree.sync_checkout_lock_file())?;
+            self.apply(&from_flat, &to_flat)?;
+        }
         failpoint::hit("sync:checked-out");
         if index_free {
             self.store.write_index(to_tree)?;
