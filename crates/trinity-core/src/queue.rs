@@ -273,9 +273,11 @@ pub struct QueueReader {
 type Stamp = (Option<std::time::SystemTime>, u64);
 
 impl QueueReader {
-    /// The queue as the tree holds it now (git-sync's checkouts held back meanwhile).
+    /// The queue as the tree holds it now. The caller holds git-sync's checkouts back
+    /// ([`crate::syncstate::hold_checkouts`]) for as long as the view must be one commit's —
+    /// the coordinator, for its whole reading of the fleet. (Not taken here: a second hold
+    /// inside the caller's could wait behind a checkout that waits for the first.)
     pub fn read(&mut self, tree: &Tree) -> QueueView {
-        let _settled = crate::syncstate::hold_checkouts(tree);
         let mut view = QueueView::default();
         refresh_immutable(&tree.spawn_queue_dir(), &mut self.tasks);
         refresh_immutable(&tree.done_dir(), &mut self.done);
