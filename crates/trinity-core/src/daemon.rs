@@ -426,6 +426,31 @@ mod tests {
         InstanceLock::acquire(&tree, &name).expect("free again");
     }
 
+    /// The checkout lock's semantics, on every platform (the Windows build runs it under
+    /// wine): readers share it, and git-sync's exclusive hold waits for every reader to go.
+    #[test]
+    fn checkouts_are_held_back_by_any_number_of_readers_and_only_while_they_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tree = Tree::new(dir.path());
+        let path = tree.sync_checkout_lock_file();
+        assert!(
+            crate::syncstate::hold_checkouts(&tree).is_none(),
+            "no git-sync ever ran: nothing to hold"
+        );
+        assert!(!path.exists(), "a reader never creates the lock file");
+        FileLock::create_file(&path).expect("create");
+        let first = crate::syncstate::hold_checkouts(&tree).expect("held");
+        let second = crate::syncstate::hold_checkouts(&tree).expect("held by a second reader");
+        assert!(FileLock::try_acquire(&path).expect("try").is_none());
+        drop(first);
+        assert!(FileLock::try_acquire(&path).expect("try").is_none());
+        drop(second);
+        let checkout = FileLock::try_acquire(&path)
+            .expect("try")
+            .expect("free once the readers are gone");
+        drop(checkout);
+    }
+
     #[test]
     fn concurrent_appends_never_interleave() {
         let dir = tempfile::tempdir().expect("temp dir");
