@@ -165,6 +165,49 @@ fn each_step_is_journaled_and_claims_wait_for_the_remote_by_the_injected_clock()
     assert!(s.t.root().is_dir());
 }
 
+/// From the moment a handoff leaves `handoff/`, the PC's claims say it is busy: they are
+/// written before the archive. (Before, a coordinator reading between the archive and the
+/// claims saw the PC with no pending handoff and no claim — idle — and could give it more
+/// work.) Shown by an archive that fails: the claims are there already, the handoff still
+/// waits (it was once removed here without its copy: the failure to create `processed/` was
+/// taken for "archived already"), and the next pass finishes.
+#[test]
+fn the_claims_are_written_before_the_handoff_is_archived() {
+    let s = setup();
+    let journal = Journal::new(s.tree.clone());
+    let id = handoff_to_pc2(&s.tree, t0());
+    let processed = s.tree.processed_handoff_dir();
+    std::fs::create_dir_all(processed.parent().expect("parent")).expect("handoff dir");
+    std::fs::write(&processed, "in the way").expect("a file where the archive goes");
+
+    let first = s.receiver.process();
+    assert!(first.is_err(), "the archive cannot be written: {first:?}");
+    for task in ["task-a", "task-b"] {
+        let claim = fsio::load::<trinity_core::schema::Claim>(
+            &s.tree.claim_file(&TaskId::new(task).expect("valid")),
+        )
+        .expect("claimed before the archive")
+        .value;
+        assert_eq!(claim.pc, pc("PC2"));
+    }
+    assert!(s.tree.handoff_file(&id).is_file(), "not archived yet");
+    let record = journal.handoff(&id).expect("read").expect("record");
+    assert_eq!(record.step, Step::Received);
+
+    std::fs::remove_file(&processed).expect("out of the way");
+    s.clock.advance(Duration::from_secs(1));
+    s.receiver.process().expect("pass");
+    assert!(s.tree.processed_handoff_file(&id).is_file());
+    assert!(!s.tree.handoff_file(&id).exists());
+    let record = journal.handoff(&id).expect("read").expect("record");
+    assert_eq!(
+        record.step,
+        Step::ClaimsWritten {
+            at: t0() + chrono::Duration::seconds(1)
+        }
+    );
+}
+
 #[test]
 fn the_loop_handles_its_events_by_the_injected_clock() {
     use wake_daemon::daemon::{Event, handle};

@@ -1,5 +1,5 @@
-//! Accepting a handoff, step by step, each step journaled before the next: archive the
-//! handoff, claim its tasks and wait for the claims to reach the remote, take the work over
+//! Accepting a handoff, step by step, each step journaled before the next: claim its tasks and
+//! archive the handoff, wait for the claims to reach the remote, take the work over
 //! (instance, credit, code, conversation), then launch.
 
 use super::*;
@@ -189,11 +189,19 @@ impl Receiver {
                 "its epoch {epoch} is older than epoch {newest} already seen for task {task}"
             )));
         }
+        // The claims before the archive: from the moment the handoff leaves `handoff/`, this
+        // PC's claims say it is busy (a coordinator reading in between would see a PC with no
+        // pending handoff and no claim, idle, and give it more work). Written again, as a
+        // no-op, in the next step.
+        self.write_claims(&h)?;
         if source == pending {
             let bytes = fsio::read_bounded(&pending, 2 * 1024 * 1024)?;
             match fsio::write_new(&archived, &bytes) {
                 Ok(()) => {}
-                Err(e) if e.is_already_exists() => {}
+                // Archived by an earlier pass — and only then: "already exists" also comes from a
+                // file standing where the `processed/` directory belongs, and the pending handoff
+                // must not be removed without its copy.
+                Err(e) if e.is_already_exists() && archived.is_file() => {}
                 Err(e) => return Err(e.into()),
             }
             std::fs::remove_file(&pending)
