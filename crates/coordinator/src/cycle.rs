@@ -134,6 +134,7 @@ impl Coordinator {
             pc.clone(),
             config.coordinator.lease_ttl,
             config.sync.mode,
+            clock.clone(),
         );
         let notifier = Notifier::new(&config.coordinator.notify_url);
         Self {

@@ -19,7 +19,7 @@ use trinity_core::coordination::{LeaseAction, LeaseSeen, fingerprint, lease_acti
 use trinity_core::fsio::{self, SaveError};
 use trinity_core::schema::{Doc, Lease, Schema};
 use trinity_core::syncstate::SyncState;
-use trinity_core::{PcId, Tree};
+use trinity_core::{PcId, SharedClock, Tree};
 
 /// What the lease keeper concluded in one look.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +66,11 @@ pub enum LeaseEvent {
 struct Pending {
     lease: Lease,
     written_at: DateTime<Utc>,
+    /// A moment after the file was in place (the clock read after the write): the lease is on
+    /// the remote once git-sync is in sync past it. Not `written_at`, the step's moment, taken
+    /// before the write — a git-sync cycle begun in between would not have seen the file, yet
+    /// would count as having pushed it, and two PCs could both believe they lead.
+    in_place_at: DateTime<Utc>,
     why: String,
     renewal: bool,
 }
@@ -77,6 +82,7 @@ pub struct LeaseKeeper {
     me: PcId,
     ttl: Duration,
     wait_for_remote: bool,
+    clock: SharedClock,
     seen: Option<(Option<u64>, DateTime<Utc>)>,
     pending: Option<Pending>,
     /// The epoch held and when its last renewal was confirmed on the remote.
@@ -84,13 +90,15 @@ pub struct LeaseKeeper {
 }
 
 impl LeaseKeeper {
-    /// A keeper for `me`; `sync` decides whether leases must reach a remote first.
-    pub fn new(tree: Tree, me: PcId, ttl: Duration, sync: SyncMode) -> Self {
+    /// A keeper for `me`; `sync` decides whether leases must reach a remote first; `clock` is
+    /// read after each write of the lease.
+    pub fn new(tree: Tree, me: PcId, ttl: Duration, sync: SyncMode, clock: SharedClock) -> Self {
         Self {
             tree,
             me,
             ttl,
             wait_for_remote: sync != SyncMode::None,
+            clock,
             seen: None,
             pending: None,
             leading: None,
@@ -157,7 +165,7 @@ impl LeaseKeeper {
         // A lease written earlier: did it reach the remote, and is it still ours?
         if let Some(p) = self.pending.clone() {
             let reached = !self.wait_for_remote
-                || SyncState::load(&self.tree).is_some_and(|s| s.has_reached_remote(p.written_at));
+                || SyncState::load(&self.tree).is_some_and(|s| s.has_reached_remote(p.in_place_at));
             let still_ours = lease
                 .as_ref()
                 .is_some_and(|l| l.holder == self.me && l.epoch == p.lease.epoch);
@@ -240,6 +248,7 @@ impl LeaseKeeper {
                 self.pending = Some(Pending {
                     lease,
                     written_at: now,
+                    in_place_at: self.clock.now().max(now),
                     why,
                     renewal,
                 });
@@ -284,6 +293,12 @@ mod tests {
         PcId::new(s).expect("valid")
     }
 
+    /// The keepers' clock, at the start of every test's time line: each step's `now` (given
+    /// explicitly) is later, so a write's moment is the step's.
+    fn clock() -> SharedClock {
+        std::sync::Arc::new(trinity_core::ManualClock::new(t(0)))
+    }
+
     fn t(s: i64) -> DateTime<Utc> {
         "2026-01-01T00:00:00Z"
             .parse::<DateTime<Utc>>()
@@ -297,8 +312,8 @@ mod tests {
     fn on_one_shared_folder_the_preferred_pc_leads_and_a_follower_takes_over_after_the_ttl() {
         let dir = tempfile::tempdir().expect("tempdir");
         let tree = Tree::new(dir.path());
-        let mut pc3 = LeaseKeeper::new(tree.clone(), pc("PC3"), TTL, SyncMode::None);
-        let mut pc1 = LeaseKeeper::new(tree.clone(), pc("PC1"), TTL, SyncMode::None);
+        let mut pc3 = LeaseKeeper::new(tree.clone(), pc("PC3"), TTL, SyncMode::None, clock());
+        let mut pc1 = LeaseKeeper::new(tree.clone(), pc("PC1"), TTL, SyncMode::None, clock());
 
         let (s, ev) = pc3.step(&pc("PC3"), t(0));
         assert_eq!(s, Standing::Leading { epoch: 1 });
@@ -342,7 +357,7 @@ mod tests {
     fn with_a_remote_a_lease_counts_only_once_git_sync_pushed_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let tree = Tree::new(dir.path());
-        let mut pc3 = LeaseKeeper::new(tree.clone(), pc("PC3"), TTL, SyncMode::Git);
+        let mut pc3 = LeaseKeeper::new(tree.clone(), pc("PC3"), TTL, SyncMode::Git, clock());
         let (s, _) = pc3.step(&pc("PC3"), t(0));
         assert_eq!(s, Standing::Claiming { epoch: 1 });
         let (s, _) = pc3.step(&pc("PC3"), t(5));
@@ -370,11 +385,11 @@ mod tests {
     fn a_restarted_leader_confirms_its_own_lease_at_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let tree = Tree::new(dir.path());
-        let mut first = LeaseKeeper::new(tree.clone(), pc("PC1"), TTL, SyncMode::None);
+        let mut first = LeaseKeeper::new(tree.clone(), pc("PC1"), TTL, SyncMode::None, clock());
         let (s, _) = first.step(&pc("PC1"), t(0));
         assert_eq!(s, Standing::Leading { epoch: 1 });
         drop(first);
-        let mut again = LeaseKeeper::new(tree.clone(), pc("PC1"), TTL, SyncMode::None);
+        let mut again = LeaseKeeper::new(tree.clone(), pc("PC1"), TTL, SyncMode::None, clock());
         let (s, ev) = again.step(&pc("PC1"), t(5));
         assert_eq!(
             s,
@@ -388,7 +403,7 @@ mod tests {
     fn a_lost_race_leaves_the_other_pcs_lease() {
         let dir = tempfile::tempdir().expect("tempdir");
         let tree = Tree::new(dir.path());
-        let mut pc3 = LeaseKeeper::new(tree.clone(), pc("PC3"), TTL, SyncMode::Git);
+        let mut pc3 = LeaseKeeper::new(tree.clone(), pc("PC3"), TTL, SyncMode::Git, clock());
         pc3.step(&pc("PC3"), t(0));
         // The merge brings PC2's lease (it reached the remote first).
         let other = Lease {

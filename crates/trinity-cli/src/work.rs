@@ -165,12 +165,11 @@ fn next(config: &Config, tree: &Tree, pc: &PcId, json: bool) -> anyhow::Result<E
             }
         };
         tried.push(task.id.clone());
-        let written_at = now();
         let claim = Claim {
             format_version: 1,
             task_id: task.id.clone(),
             pc: pc.clone(),
-            claimed_at: written_at,
+            claimed_at: now(),
             epoch: 0,
             handoff: None,
         };
@@ -180,6 +179,10 @@ fn next(config: &Config, tree: &Tree, pc: &PcId, json: bool) -> anyhow::Result<E
             Err(SaveError::Io(e)) if e.is_already_exists() => {}
             Err(e) => return Err(e).context("failed to write the claim"),
         }
+        // Taken once the claim is in place, not before: a git-sync cycle that began between
+        // an earlier moment and the write would not have seen the file, yet would count as
+        // having put it on the remote — and two PCs could both win the task.
+        let written_at = now();
         if !wait_until_on_remote(config, tree, written_at, deadline)? {
             bail!(
                 "the claim on {} did not reach the remote within {}: is git-sync running? \
