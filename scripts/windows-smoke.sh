@@ -13,9 +13,23 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 EXE=${1:-target/x86_64-pc-windows-gnu/debug}
 EXE=$(cd "$EXE" && pwd)
-export WINEDEBUG=-all WINEPREFIX=${WINEPREFIX:-$(mktemp -d)/wine}
+# A wine prefix of its own (about 700 MB) unless one is given; removed at exit with the work
+# directory, once wine's server for it has stopped.
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+OWN_PREFIX=
+if [ -z "${WINEPREFIX:-}" ]; then
+  export WINEPREFIX=$WORK/wine
+  OWN_PREFIX=1
+fi
+export WINEDEBUG=-all
+cleanup() {
+  if [ -n "$OWN_PREFIX" ]; then
+    wineserver -k >/dev/null 2>&1 || true
+    wineserver -w >/dev/null 2>&1 || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
 
 if [ ! -f "$EXE/bcryptprimitives.dll" ]; then
   x86_64-w64-mingw32-gcc -shared -O2 -o "$EXE/bcryptprimitives.dll" \
