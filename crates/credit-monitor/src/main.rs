@@ -36,7 +36,7 @@ struct Cli {
     daemon: DaemonArgs,
 
     /// Daemon: re-evaluate at least this often [default: credit.interval, 1m]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = trinity_core::config::humantime_serde::parse)]
     interval: Option<Duration>,
 
     /// Record a successful call
@@ -126,10 +126,6 @@ enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<std::ffi::OsString>,
     },
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s: {e}"))
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {

@@ -59,12 +59,14 @@ pub mod humantime_serde {
 
     /// Reads "90s", "1m 30s", "150ms".
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{s:?} is not a duration like \"30s\" or \"15m\": {e}"
-            ))
-        })
+        parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+
+    /// Reads a duration as the configuration and the command lines take it ("90s", "1m 30s",
+    /// "150ms"); the error names the text and says what was expected.
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        humantime::parse_duration(s.trim())
+            .map_err(|e| format!("{s:?} is not a duration like \"30s\" or \"15m\": {e}"))
     }
 }
 

@@ -26,7 +26,9 @@ pub struct DaemonArgs {
 }
 
 /// A daemon program's `main`: parses its command line `C` (which flattens [`DaemonArgs`],
-/// found by `args`), then runs as [`program_main`] says.
+/// found by `args`), then runs `run` in the console (no token: Ctrl-C stops it) or, with
+/// `--service`, under the Windows service control manager (its Stop request cancels the
+/// token). An error is printed as `{program}: error: …` with its causes, and exits 1.
 pub fn daemon_main<C, E>(
     program: &'static str,
     args: fn(&C) -> &DaemonArgs,
@@ -37,18 +39,6 @@ where
     E: std::fmt::Display + 'static,
 {
     let cli = C::parse();
-    let as_service = args(&cli).service;
-    program_main(program, as_service, move |token| run(cli, token))
-}
-
-/// A daemon program's `main`: runs `run` in the console (no token: Ctrl-C stops it) or, with
-/// `as_service`, under the Windows service control manager (its Stop request cancels the
-/// token). An error is printed as `{program}: error: …` with its causes, and exits 1.
-pub fn program_main<E: std::fmt::Display>(
-    program: &'static str,
-    as_service: bool,
-    run: impl FnOnce(Option<CancellationToken>) -> Result<ExitCode, E> + Send + 'static,
-) -> ExitCode {
     let finish = move |result: Result<ExitCode, E>| match result {
         Ok(code) => code,
         Err(err) => {
@@ -56,18 +46,17 @@ pub fn program_main<E: std::fmt::Display>(
             ExitCode::FAILURE
         }
     };
-    if as_service {
-        let ok = serve(
-            program,
-            Box::new(move |token| finish(run(Some(token))) == ExitCode::SUCCESS),
-        );
-        return if ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
+    if !args(&cli).service {
+        return finish(run(cli, None));
     }
-    finish(run(None))
+    if serve(
+        program,
+        Box::new(move |token| finish(run(cli, Some(token))) == ExitCode::SUCCESS),
+    ) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// The body of a service: runs until the token is cancelled; `true` when it ended well.

@@ -1,7 +1,6 @@
 //! `wake-daemon`: accepts the handoffs addressed to this PC and starts the agent.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use clap::Parser;
 use trinity_core::config::Config;
 use trinity_core::daemon::Start;
 use trinity_core::schema::WakeSignal;
+use trinity_core::service::DaemonArgs;
 use trinity_core::{DaemonName, HandoffId, PcId, SystemClock, fsio, logging};
 use wake_daemon::journal::Step;
 use wake_daemon::receive::step_name;
@@ -27,14 +27,8 @@ use wake_daemon::{Receiver, daemon};
 #[derive(Debug, Parser)]
 #[command(name = "wake-daemon", version, propagate_version = true)]
 struct Cli {
-    /// The configuration file [default: ./trinity.toml]
-    #[arg(long, env = "TRINITY_CONFIG", value_name = "PATH")]
-    config: Option<PathBuf>,
-
-    /// Run as a Windows service (the service control manager starts it so; see
-    /// deploy/windows/trinity-orchestrator.bat)
-    #[arg(long, hide = true)]
-    service: bool,
+    #[command(flatten)]
+    daemon: DaemonArgs,
 
     /// Handle what is pending and exit: 0 when everything was handled, 1 when a handoff still
     /// waits for its claims to reach the remote
@@ -66,18 +60,12 @@ struct Cli {
     handoff: Option<HandoffId>,
 
     /// With --send: how long the signal stays valid [default: wake.signal_ttl]
-    #[arg(long, value_name = "DURATION", requires = "send", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", requires = "send", value_parser = trinity_core::config::humantime_serde::parse)]
     expires_in: Option<Duration>,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s: {e}"))
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let as_service = cli.service;
-    trinity_core::service::program_main("wake-daemon", as_service, move |token| run(cli, token))
+    trinity_core::service::daemon_main("wake-daemon", |c: &Cli| &c.daemon, run)
 }
 
 fn run(
@@ -89,7 +77,7 @@ fn run(
         config_dir,
         pc,
         tree,
-    } = trinity_core::daemon::start(daemon::NAME, cli.config.as_deref())?;
+    } = trinity_core::daemon::start(daemon::NAME, cli.daemon.config.as_deref())?;
     let name = DaemonName::new(daemon::NAME)?;
     let _log = logging::init(&name, &config.logging, &tree.logs_dir())?;
 
