@@ -57,7 +57,7 @@ fn run(
         );
     }
     if cli.status {
-        let state = SyncState::load(&tree).unwrap_or_default();
+        let state = SyncState::read(&tree)?.unwrap_or_default();
         if cli.json {
             println!("{}", serde_json::to_string_pretty(&state)?);
         } else {

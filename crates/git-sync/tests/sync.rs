@@ -704,6 +704,25 @@ fn status_and_help() {
     );
     let o = fleet.sync_cmd("PC1").arg("--help").output().expect("help");
     assert!(String::from_utf8_lossy(&o.stdout).contains("Usage"));
+
+    // A corrupt state file is reported and set aside, never shown as "never synced".
+    let state = fleet.tree("PC1").join("local/git-sync/state.json");
+    std::fs::create_dir_all(state.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&state, "{not json").expect("write");
+    let o = fleet
+        .sync_cmd("PC1")
+        .arg("--status")
+        .output()
+        .expect("status");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        err.contains("state.json is unreadable") && err.contains("state.json.corrupt"),
+        "{}",
+        text(&o)
+    );
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("never"));
+    assert!(state.with_extension("json.corrupt").is_file());
 }
 
 fn task(id: &str) -> String {
