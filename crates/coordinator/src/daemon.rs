@@ -3,11 +3,8 @@
 
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::mpsc;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use trinity_core::daemon::{InstanceError, InstanceLock};
+use trinity_core::daemon::{InstanceError, InstanceLock, ticker, watch};
 use trinity_core::{DaemonName, Tree, pcfiles};
 
 use crate::cycle::{Coordinator, CycleError};
@@ -65,30 +62,18 @@ pub async fn run(mut coord: Coordinator, shutdown: CancellationToken) -> Result<
     coord.fleet()?;
     let started_at = coord.now();
     let interval = coord.config_interval();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res
-            && is_interesting(&event)
-        {
-            let _ = tx.send(());
-        }
-    })
-    .and_then(|mut w| {
-        for dir in watched(coord.tree()) {
-            let _ = std::fs::create_dir_all(&dir);
-            w.watch(&dir, RecursiveMode::NonRecursive)?;
-        }
-        Ok(w)
-    });
+    let dirs = watched(coord.tree());
+    for dir in &dirs {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let dirs: Vec<_> = dirs.iter().map(|d| (d.as_path(), false)).collect();
+    let (watcher, mut rx) = watch(&dirs, is_interesting);
     if let Err(e) = &watcher {
         tracing::warn!(error = %e, "cannot watch the state tree; cycling on the timer only");
     }
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut busy = tokio::time::interval(Duration::from_secs(1));
-    busy.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut beat = tokio::time::interval(BEAT_INTERVAL);
-    beat.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut tick = ticker(interval);
+    let mut busy = ticker(Duration::from_secs(1));
+    let mut beat = ticker(BEAT_INTERVAL);
     tracing::info!(pc = %coord.pc(), interval = %humantime::format_duration(interval), "coordinator started");
     let mut standing: Option<Standing> = None;
     loop {

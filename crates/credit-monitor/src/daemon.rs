@@ -5,11 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::mpsc;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use trinity_core::daemon::{InstanceError, InstanceLock, OperatorAlerts};
+use trinity_core::daemon::{InstanceError, InstanceLock, OperatorAlerts, ticker, watch};
 use trinity_core::schema::{CreditLevel, HeartbeatStatus};
 use trinity_core::{DaemonName, pcfiles};
 
@@ -88,27 +85,16 @@ pub async fn run(
             source,
         ))
     })?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
     let watched = events_file.clone();
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res
-            && is_events_change(&event, &watched)
-        {
-            let _ = tx.send(());
-        }
-    })
-    .and_then(|mut w| {
-        w.watch(&events_dir, RecursiveMode::NonRecursive)
-            .map(|()| w)
+    let (watcher, mut rx) = watch(&[(&events_dir, false)], move |event| {
+        is_events_change(event, &watched)
     });
     if let Err(e) = &watcher {
         tracing::warn!(error = %e, "cannot watch the events file; evaluating on the interval only");
     }
 
-    let mut tick = tokio::time::interval(options.interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut transcript_tick = tokio::time::interval(options.transcript_poll);
-    transcript_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut tick = ticker(options.interval);
+    let mut transcript_tick = ticker(options.transcript_poll);
     let tail_path = monitor.tree().transcript_state_file();
     let mut tail = TailState::load(&tail_path);
     tracing::info!(

@@ -4,13 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
 use std::time::Instant;
-use tokio::sync::mpsc;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use trinity_core::DaemonName;
-use trinity_core::daemon::{InstanceError, InstanceLock};
+use trinity_core::daemon::{InstanceError, InstanceLock, ticker, watch};
 
 use crate::sync::{SyncError, Syncer};
 
@@ -209,39 +206,27 @@ pub async fn run(
     let name = DaemonName::new(NAME).map_err(SyncError::from)?;
     let tree = trinity_core::Tree::new(&root);
     let _instance = InstanceLock::acquire(&tree, &name)?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
     let watch_root = root.clone();
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res
-            && is_tree_change(&event, &watch_root)
-        {
-            let _ = tx.send(());
-        }
-    })
-    .and_then(|mut w| w.watch(&root, RecursiveMode::Recursive).map(|()| w));
+    let (watcher, mut rx) = watch(&[(&root, true)], move |event| {
+        is_tree_change(event, &watch_root)
+    });
     // A remote on this machine: watch its branches too, so a push by another PC is seen at
     // once instead of at the next pull tick (the tick stays as the fallback).
-    let (remote_tx, mut remote_rx) = mpsc::unbounded_channel();
-    let remote_watcher = syncer.local_remote().map(|remote| {
-        let refs = remote.join("refs").join("heads");
-        notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(event) = res
-                && !matches!(event.kind, notify::EventKind::Access(_))
-            {
-                let _ = remote_tx.send(());
-            }
-        })
-        .and_then(|mut w| w.watch(&refs, RecursiveMode::Recursive).map(|()| w))
-    });
-    if let Some(Err(e)) = &remote_watcher {
+    let refs = syncer.local_remote().map(|r| r.join("refs").join("heads"));
+    let (remote_watcher, mut remote_rx) = watch(
+        &refs.iter().map(|r| (r.as_path(), true)).collect::<Vec<_>>(),
+        |event| !matches!(event.kind, notify::EventKind::Access(_)),
+    );
+    if refs.is_some()
+        && let Err(e) = &remote_watcher
+    {
         tracing::info!(error = %e, "cannot watch the remote's branches; checking every pull_interval");
     }
     if let Err(e) = &watcher {
         tracing::warn!(error = %e, "cannot watch the tree; scanning on every remote check instead");
     }
     let mut schedule = Schedule::new(&config, watcher.is_ok());
-    let mut pull = tokio::time::interval(config.pull_interval);
-    pull.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut pull = ticker(config.pull_interval);
     let mut released: Option<Instant> = None;
     tracing::info!(tree = %root.display(), branch = %config.branch, "git-sync started");
     loop {

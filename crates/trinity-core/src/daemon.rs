@@ -322,6 +322,52 @@ where
     }))
 }
 
+/// Watches each of `dirs` (recursively where its flag says so) and sends `()` for every event
+/// that `wanted` accepts. The watcher stops when dropped. Where watching cannot be set up (no
+/// inotify watches left, a directory missing, …) the error comes back and the channel stays
+/// silent: the daemon's timers carry on alone (so it does, with an error, when `dirs` is empty).
+pub fn watch(
+    dirs: &[(&Path, bool)],
+    wanted: impl Fn(&notify::Event) -> bool + Send + 'static,
+) -> (
+    notify::Result<notify::RecommendedWatcher>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    use notify::Watcher;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    if dirs.is_empty() {
+        // No watcher (and no thread of its own) for nothing.
+        return (Err(notify::Error::generic("nothing to watch")), rx);
+    }
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res
+            && wanted(&event)
+        {
+            let _ = tx.send(());
+        }
+    })
+    .and_then(|mut w| {
+        for (dir, recursive) in dirs {
+            let mode = if *recursive {
+                notify::RecursiveMode::Recursive
+            } else {
+                notify::RecursiveMode::NonRecursive
+            };
+            w.watch(dir, mode)?;
+        }
+        Ok(w)
+    });
+    (watcher, rx)
+}
+
+/// A timer that ticks every `period`, at once first, and skips the ticks it missed while the
+/// daemon was busy.
+pub fn ticker(period: std::time::Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(period);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    t
+}
+
 /// Hands the memory the allocator holds free back to the operating system. glibc keeps freed
 /// blocks in its arenas and returns only a free tail, so a long-lived daemon whose bursts of
 /// work (a fetch, a repack, a compaction) free memory in the middle of its heap keeps that
@@ -373,6 +419,42 @@ impl OperatorAlerts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watch_reports_the_changes_its_filter_wants_and_nothing_without_directories() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (watcher, mut rx) = watch(&[(dir.path(), false)], |e| {
+                e.paths
+                    .iter()
+                    .any(|p| p.extension().is_some_and(|x| x == "json"))
+            });
+            let _watcher = watcher.expect("watching a directory");
+            fs::write(dir.path().join("ignored.txt"), "x").expect("write");
+            fs::write(dir.path().join("wanted.json"), "{}").expect("write");
+            // The filter sees every event; the .json file's reaches the channel.
+            let got = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await;
+            assert_eq!(got.expect("an event within 10 s"), Some(()));
+
+            let (none, mut closed) = watch(&[], |_| true);
+            assert!(none.is_err(), "nothing to watch is an error");
+            assert_eq!(closed.recv().await, None, "its channel is closed at once");
+
+            // A ticker ticks at once, then every period, skipping what it missed.
+            let mut t = ticker(std::time::Duration::from_secs(3600));
+            tokio::time::timeout(std::time::Duration::from_secs(10), t.tick())
+                .await
+                .expect("the first tick is immediate");
+            assert_eq!(
+                t.missed_tick_behavior(),
+                tokio::time::MissedTickBehavior::Skip
+            );
+        });
+    }
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]

@@ -3,11 +3,8 @@
 
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::mpsc;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use trinity_core::daemon::{InstanceError, InstanceLock, OperatorAlerts};
+use trinity_core::daemon::{InstanceError, InstanceLock, OperatorAlerts, ticker, watch};
 use trinity_core::{DaemonName, pcfiles};
 
 use crate::receive::{Receiver, WakeError};
@@ -73,30 +70,16 @@ pub async fn run(
     if let Some(d) = &sync_dir {
         let _ = std::fs::create_dir_all(d);
     }
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res
-            && is_signal_change(&event)
-        {
-            let _ = tx.send(());
-        }
-    })
-    .and_then(|mut w| {
-        w.watch(&dir, RecursiveMode::NonRecursive)?;
-        // git-sync's state: a handoff waiting for its claims to reach the remote goes on as
-        // soon as git-sync reports them pushed.
-        if let Some(sync_dir) = sync_dir.as_deref() {
-            w.watch(sync_dir, RecursiveMode::NonRecursive)?;
-        }
-        Ok(w)
-    });
+    // And git-sync's state: a handoff waiting for its claims to reach the remote goes on as
+    // soon as git-sync reports them pushed.
+    let mut dirs = vec![(dir.as_path(), false)];
+    dirs.extend(sync_dir.as_deref().map(|d| (d, false)));
+    let (watcher, mut rx) = watch(&dirs, is_signal_change);
     if let Err(e) = &watcher {
         tracing::warn!(error = %e, "cannot watch the wake directory; polling only");
     }
-    let mut poll = tokio::time::interval(poll_interval);
-    poll.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut beat = tokio::time::interval(BEAT_INTERVAL);
-    beat.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut poll = ticker(poll_interval);
+    let mut beat = ticker(BEAT_INTERVAL);
     tracing::info!(pc = %receiver.pc(), dir = %dir.display(), "wake-daemon started");
     let mut alerts = OperatorAlerts::default();
     loop {
