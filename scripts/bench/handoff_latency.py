@@ -1,19 +1,32 @@
 #!/usr/bin/env python3
-"""Handoff latency with the whole fleet running: three PCs, all four daemons each, one local
-bare repository (the release build: run `cargo build --release --workspace` first).
+"""Handoff latency with the whole fleet running: three PCs, all four daemons each, one state
+repository (the release build: run `cargo build --release --workspace` first).
 
-Usage: scripts/bench/handoff_latency.py [N]    (N forced handoffs around the ring, default 21)
+Usage: scripts/bench/handoff_latency.py [N] [--remote local|ssh|https] [--latency 25ms]
+       (N forced handoffs around the ring, default 21; the remote a local bare repository by
+       default, or the same repository behind the network test bed's sshd or HTTPS server and
+       its proxy, adding --latency each way: 25ms makes a 50 ms round trip)
 
 Each round forces a handoff on the PC holding the work (`credit-monitor --force-handoff`) and
 times, from just before that command: (1) the agent's start on the next PC (the agent writes
 the time), and (2) the next PC's `handoff_accepted` heartbeat for that handoff visible in the
 outgoing PC's own tree (pulled by its git-sync). Prints each round and the median and p95.
+Then, idle for BENCH_IDLE_S (60) seconds: each daemon's memory and CPU, and for a network
+remote the new connections the fleet opened (counted by the proxy) per PC and minute.
 """
-import json, os, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from netbed import NetBed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-REL = os.path.join(ROOT, "target", "release")
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 21
+ap = argparse.ArgumentParser()
+ap.add_argument("n", nargs="?", type=int, default=21)
+ap.add_argument("--remote", choices=["local", "ssh", "https"], default="local")
+ap.add_argument("--latency", default="0ms", help="added each way by the proxy (network remotes)")
+ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"))
+opts = ap.parse_args()
+REL = opts.bin_dir
+N = opts.n
 PCS = ["PC1", "PC2", "PC3"]
 DAEMONS = ["git-sync", "credit-monitor", "wake-daemon"] + ([] if os.environ.get("BENCH_NO_COORDINATOR") else ["coordinator"])
 
@@ -25,14 +38,22 @@ os.makedirs(out)
 agent = os.path.join(d, "agent.sh")
 open(agent, "w").write('#!/bin/sh\ndate +%s.%N > "$OUT/.$$.tmp" && mv "$OUT/.$$.tmp" "$OUT/$(basename "$TRINITY_HANDOFF_FILE" .json).t"\n')
 
+bed = None
+remote = os.path.join(d, "remote.git")
+if opts.remote != "local":
+    subprocess.run(["git", "init", "-q", "--bare", remote], check=True)
+    bed = NetBed(REL, remote, os.path.join(d, "netbed"), opts.remote, latency=opts.latency)
+    remote = bed.url
+
 def env_for(pc):
     e = {k: v for k, v in os.environ.items() if not k.startswith(("TRINITY_", "GIT_"))}
     e.update(HOME=home, GIT_CONFIG_GLOBAL=os.path.join(home, "none"), GIT_CONFIG_NOSYSTEM="1",
              TRINITY_CONFIG=os.path.join(d, pc, "trinity.toml"), OUT=out,
              TRINITY_SYNC__HEARTBEAT_COMMIT_INTERVAL="0s")
+    if bed:
+        e.update(bed.env)
     return e
 
-remote = os.path.join(d, "remote.git")
 for i, pc in enumerate(PCS):
     os.makedirs(os.path.join(d, pc))
     args = [os.path.join(REL, "trinity"), "init", "--pc", pc, "--remote", remote]
@@ -56,10 +77,13 @@ def heartbeat(seen_by, of):
     except Exception:
         return None
 
+failed = []
+
 def wait(what, ok, limit=60):
     t = time.time()
     while not ok():
         if time.time() - t > limit:
+            failed.append(what)
             raise SystemExit(f"timed out waiting for {what} (kept {d})")
         time.sleep(0.005)
 
@@ -91,7 +115,8 @@ try:
     def p95(v):
         v = sorted(v)
         return v[min(len(v) - 1, int(len(v) * 0.95))]
-    print(f"\n{len(start_lat)} handoffs around the ring")
+    print(f"\n{len(start_lat)} handoffs around the ring, remote {opts.remote}"
+          + (f" with {opts.latency} each way" if bed else ""))
     print(f"trigger -> agent started on the next PC: median {statistics.median(start_lat):.0f} ms, p95 {p95(start_lat):.0f} ms")
     print(f"trigger -> handoff_accepted visible on the outgoing PC: median {statistics.median(seen_lat):.0f} ms, p95 {p95(seen_lat):.0f} ms")
     # Idle: each daemon's resident memory and CPU over a quiet minute (Linux /proc).
@@ -105,8 +130,13 @@ try:
             return None
     names = [(pc, dm) for pc in PCS for dm in DAEMONS]
     before = [sample(p.pid) for p in procs]
+    conns_before = bed.stats()["connections"] if bed else 0
     time.sleep(idle)
     after = [sample(p.pid) for p in procs]
+    if bed:
+        opened = bed.stats()["connections"] - conns_before
+        print(f"\nidle for {idle:.0f} s: {opened} new connections to the remote, "
+              f"{opened / len(PCS) / (idle / 60):.1f} per PC and minute")
     print(f"\nidle for {idle:.0f} s (PC1's daemons; the others alike):")
     for (pc, dm), b, a in zip(names, before, after):
         if pc == "PC1" and a and b:
@@ -119,4 +149,7 @@ finally:
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             p.kill()
-    shutil.rmtree(d, ignore_errors=True)
+    if bed:
+        bed.close()
+    if not failed:
+        shutil.rmtree(d, ignore_errors=True)

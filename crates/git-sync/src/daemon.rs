@@ -1,5 +1,6 @@
-//! The long-running git-sync: a file watcher with debounce for local changes, a ticker for the
-//! remote, backoff for network trouble.
+//! The long-running git-sync: a file watcher with debounce for local changes, checks of the
+//! remote at a rate that follows what is in flight, backoff for network trouble with a quick
+//! probe that notices the link's return.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use trinity_core::DaemonName;
-use trinity_core::daemon::{InstanceError, InstanceLock, ticker, watch};
+use trinity_core::daemon::{InstanceError, InstanceLock, watch};
 
 use crate::sync::{SyncError, Syncer};
 
@@ -16,6 +17,18 @@ pub const NAME: &str = "git-sync";
 
 /// Without file events, the working tree is still scanned every this many remote checks.
 pub const SCAN_EVERY_TICKS: u32 = 10;
+
+/// While backing off after a network failure, the remote is still probed this often (one
+/// cheap check with [`PROBE_DEADLINE`]), so its return is noticed within seconds however long
+/// the backoff has grown; the backoff governs only the heavy work.
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// How long one probe may wait for the remote.
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// After work arrived from the remote, or the link came back, the remote is checked at the
+/// quick rate (`sync.pull_interval`) for this long, whatever else is in flight.
+pub const ACTIVE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -87,8 +100,8 @@ pub enum Event {
     RemoteMoved,
     /// The debounce after the last file change is over.
     QuietPeriodOver,
-    /// `pull_interval` passed.
-    PullTick,
+    /// The next check of the remote is due ([`Schedule::next_check`]).
+    CheckDue,
 }
 
 /// A cycle to run now.
@@ -98,36 +111,63 @@ pub struct Cycle {
     pub scan: bool,
     /// The remote is in backoff: commit locally only.
     pub offline: bool,
+    /// First probe the remote: if it answers, the backoff is over and the cycle runs in full.
+    pub probe: bool,
+}
+
+/// What a successful cycle tells the schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Outcome {
+    /// A heartbeat refresh was held back.
+    pub heartbeat_deferred: bool,
+    /// Something is in flight ([`crate::sync::Syncer::in_flight`]): check the remote quickly.
+    pub in_flight: bool,
+    /// The remote brought work: check it quickly for a while.
+    pub work_arrived: bool,
 }
 
 /// The longest a cycle's freed memory stays with the allocator before it is handed back
 /// ([`trinity_core::daemon::release_free_memory`]; right away after maintenance).
 const RELEASE_MEMORY_EVERY: Duration = Duration::from_secs(60);
 
-/// The daemon's timing — debounce, scan cadence, backoff — with no I/O: the loop feeds it
-/// events and the time, tests feed it synthetic ones.
+/// The daemon's timing — debounce, scan cadence, the rate of remote checks, backoff and the
+/// probe during it — with no I/O: the loop feeds it events and the time, tests feed it
+/// synthetic ones.
 #[derive(Debug)]
 pub struct Schedule {
     debounce: Duration,
+    quick: Duration,
+    idle: Duration,
     watching: bool,
     backoff: Backoff,
     quiet_until: Option<Instant>,
     resume_at: Option<Instant>,
+    next_probe: Option<Instant>,
+    last_check: Option<Instant>,
+    in_flight: bool,
+    active_until: Option<Instant>,
     ticks: u32,
     scan_next: bool,
     heartbeat_waiting: bool,
 }
 
 impl Schedule {
-    /// A schedule whose first cycle scans (whatever changed while the daemon was not running).
-    /// `watching` is false when there is no file watcher: every tick scans then.
-    pub fn new(config: &trinity_core::config::SyncConfig, watching: bool) -> Self {
+    /// A schedule whose first check is at once and scans (whatever changed while the daemon
+    /// was not running), then checks quickly for [`ACTIVE_WINDOW`]. `watching` is false when
+    /// there is no file watcher: every check scans then.
+    pub fn new(config: &trinity_core::config::SyncConfig, watching: bool, now: Instant) -> Self {
         Self {
             debounce: config.debounce,
+            quick: config.pull_interval,
+            idle: config.idle_pull_interval.max(config.pull_interval),
             watching,
             backoff: Backoff::new(config.backoff_max),
             quiet_until: None,
             resume_at: None,
+            next_probe: None,
+            last_check: None,
+            in_flight: false,
+            active_until: Some(now + ACTIVE_WINDOW),
             ticks: 0,
             scan_next: true,
             heartbeat_waiting: false,
@@ -137,6 +177,39 @@ impl Schedule {
     /// When the debounce ends, if a change is waiting for it.
     pub fn quiet_until(&self) -> Option<Instant> {
         self.quiet_until
+    }
+
+    /// The time between two checks of the remote now: `pull_interval` while anything is in
+    /// flight or work arrived lately, `idle_pull_interval` otherwise.
+    pub fn interval(&self, now: Instant) -> Duration {
+        if self.in_flight || self.active_until.is_some_and(|t| now < t) {
+            self.quick
+        } else {
+            self.idle
+        }
+    }
+
+    /// When the next check is due: after the current interval; while backing off, at the next
+    /// probe or the backoff's end, whichever is first.
+    pub fn next_check(&self, now: Instant) -> Instant {
+        if let Some(resume) = self.resume_at {
+            return self.next_probe.map_or(resume, |p| p.min(resume));
+        }
+        match self.last_check {
+            Some(t) => t + self.interval(now),
+            None => now,
+        }
+    }
+
+    /// A probe got an answer: the backoff is over, and the remote is checked quickly for a
+    /// while (other PCs' work queued during the outage is on its way).
+    pub fn reachable(&mut self, now: Instant) {
+        if self.resume_at.take().is_some() {
+            tracing::info!("the remote is reachable again");
+        }
+        self.next_probe = None;
+        self.backoff.succeed();
+        self.active_until = Some(now + ACTIVE_WINDOW);
     }
 
     /// What to do about `event` at `now`. `heartbeat_due`: a heartbeat refresh held back by
@@ -152,7 +225,8 @@ impl Schedule {
                 self.quiet_until = None;
                 true
             }
-            Event::PullTick => {
+            Event::CheckDue => {
+                self.last_check = Some(now);
                 self.ticks = self.ticks.wrapping_add(1);
                 std::mem::take(&mut self.scan_next)
                     || !self.watching
@@ -161,23 +235,36 @@ impl Schedule {
             }
         };
         let offline = self.resume_at.is_some_and(|t| now < t);
-        Some(Cycle { scan, offline })
+        let probe =
+            offline && event == Event::CheckDue && self.next_probe.is_some_and(|p| now >= p);
+        if probe {
+            self.next_probe = Some(now + PROBE_EVERY);
+        }
+        Some(Cycle {
+            scan,
+            offline,
+            probe,
+        })
     }
 
-    /// Takes a cycle's result. `Ok(heartbeat_deferred)`, or the error; returns the wait before
-    /// the remote is tried again after a failure (zero: at the next tick, with a scan).
+    /// Takes a cycle's result; returns the wait before the remote is tried again after a
+    /// failure (zero: at the next check, with a scan).
     pub fn after(
         &mut self,
         cycle: Cycle,
-        result: Result<bool, &SyncError>,
+        result: Result<Outcome, &SyncError>,
         now: Instant,
     ) -> Duration {
         match result {
-            Ok(heartbeat_deferred) => {
-                self.heartbeat_waiting = heartbeat_deferred;
+            Ok(outcome) => {
+                self.heartbeat_waiting = outcome.heartbeat_deferred;
                 if !cycle.offline {
-                    if self.resume_at.take().is_some() {
-                        tracing::info!("the remote is reachable again");
+                    self.in_flight = outcome.in_flight;
+                    if outcome.work_arrived {
+                        self.active_until = Some(now + ACTIVE_WINDOW);
+                    }
+                    if self.resume_at.is_some() {
+                        self.reachable(now);
                     }
                     self.backoff.succeed();
                 }
@@ -189,6 +276,12 @@ impl Schedule {
                     self.scan_next = true;
                 } else {
                     self.resume_at = Some(now + wait);
+                    // Probing an unreachable remote is cheap; probing one that refuses our
+                    // credentials every few seconds would look like an attack to its host.
+                    self.next_probe = match e {
+                        SyncError::Network(_) => Some(now + PROBE_EVERY),
+                        _ => None,
+                    };
                 }
                 wait
             }
@@ -225,10 +318,14 @@ pub async fn run(
     if let Err(e) = &watcher {
         tracing::warn!(error = %e, "cannot watch the tree; scanning on every remote check instead");
     }
-    let mut schedule = Schedule::new(&config, watcher.is_ok());
-    let mut pull = ticker(config.pull_interval);
+    let mut schedule = Schedule::new(&config, watcher.is_ok(), Instant::now());
     let mut released: Option<Instant> = None;
-    tracing::info!(tree = %root.display(), branch = %config.branch, "git-sync started");
+    tracing::info!(
+        tree = %root.display(),
+        branch = %config.branch,
+        remote = syncer.link().endpoint().kind(),
+        "git-sync started"
+    );
     loop {
         let quiet_until = schedule.quiet_until();
         let debounce = async {
@@ -245,11 +342,21 @@ pub async fn run(
                 Event::RemoteMoved
             }
             _ = debounce => Event::QuietPeriodOver,
-            _ = pull.tick() => Event::PullTick,
+            _ = tokio::time::sleep_until(schedule.next_check(Instant::now()).into()) => Event::CheckDue,
         };
-        let Some(cycle) = schedule.on(event, Instant::now(), syncer.heartbeat_due()) else {
+        let Some(mut cycle) = schedule.on(event, Instant::now(), syncer.heartbeat_due()) else {
             continue;
         };
+        if cycle.probe {
+            match syncer.probe(PROBE_DEADLINE) {
+                Ok(()) => {
+                    schedule.reachable(Instant::now());
+                    cycle.offline = false;
+                    cycle.scan = true;
+                }
+                Err(e) => tracing::debug!(error = %e, "the remote is still unreachable"),
+            }
+        }
         // The cycle blocks the daemon's one thread on purpose: nothing else runs meanwhile
         // (file events queue in their channels), and no thread is started or handed over per
         // cycle, which kept memory creeping up over hours (docs/benchmarks.md).
@@ -258,11 +365,12 @@ pub async fn run(
         } else {
             syncer.cycle(cycle.scan)
         };
-        let wait = schedule.after(
-            cycle,
-            result.as_ref().map(|r| r.heartbeat_deferred),
-            Instant::now(),
-        );
+        let outcome = result.as_ref().map(|r| Outcome {
+            heartbeat_deferred: r.heartbeat_deferred,
+            work_arrived: r.work_arrived,
+            in_flight: !cycle.offline && syncer.in_flight(),
+        });
+        let wait = schedule.after(cycle, outcome, Instant::now());
         match &result {
             // Between two cycles: every fetch adds a pack file, every commit loose objects.
             Ok(report) if report.touched_objects() => {
@@ -293,6 +401,7 @@ pub async fn run(
     }
     drop(watcher);
     drop(remote_watcher);
+    syncer.close_link();
     tracing::info!("git-sync stopped");
     Ok(())
 }
@@ -358,30 +467,43 @@ mod tests {
         };
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut s = Schedule::new(&config, true);
-        let c = |scan, offline| Some(Cycle { scan, offline });
-        // The first tick scans: whatever changed while the daemon was not running.
-        assert_eq!(s.on(Event::PullTick, at(0), false), c(true, false));
+        let mut s = Schedule::new(&config, true, t0);
+        let c = |scan, offline| {
+            Some(Cycle {
+                scan,
+                offline,
+                probe: false,
+            })
+        };
+        let ok = Ok(Outcome::default());
+        // The first check is at once and scans: whatever changed while the daemon was not
+        // running.
+        assert_eq!(s.next_check(t0), t0);
+        assert_eq!(s.on(Event::CheckDue, at(0), false), c(true, false));
         // A burst of changes moves the end of the quiet period; nothing runs meanwhile.
         assert_eq!(s.on(Event::TreeChanged, at(100), false), None);
         assert_eq!(s.on(Event::TreeChanged, at(300), false), None);
         assert_eq!(s.quiet_until(), Some(at(800)));
         assert_eq!(s.on(Event::QuietPeriodOver, at(800), false), c(true, false));
         assert_eq!(s.quiet_until(), None);
-        // Ticks look at the remote only; every tenth scans too, as does a due heartbeat.
+        // Checks look at the remote only; every tenth scans too, as does a due heartbeat.
         let scans: Vec<bool> = (1..=SCAN_EVERY_TICKS + 1)
             .map(|i| {
-                s.on(Event::PullTick, at(1000 * u64::from(i)), false)
+                s.on(Event::CheckDue, at(1000 * u64::from(i)), false)
                     .expect("cycle")
                     .scan
             })
             .collect();
         assert_eq!(scans.iter().filter(|x| **x).count(), 1, "{scans:?}");
+        let deferred = Ok(Outcome {
+            heartbeat_deferred: true,
+            ..Outcome::default()
+        });
         assert_eq!(
-            s.after(c(false, false).expect("c"), Ok(true), at(20_000)),
+            s.after(c(false, false).expect("c"), deferred, at(20_000)),
             Duration::ZERO
         );
-        assert_eq!(s.on(Event::PullTick, at(21_000), true), c(true, false));
+        assert_eq!(s.on(Event::CheckDue, at(21_000), true), c(true, false));
         assert_eq!(s.on(Event::RemoteMoved, at(21_500), true), c(false, false));
         // The network fails: local-only cycles until the backoff ends, doubling each time.
         let net = SyncError::Network("down".into());
@@ -390,36 +512,139 @@ mod tests {
             s.after(cycle, Err(&net), at(22_000)),
             Duration::from_secs(1)
         );
-        assert_eq!(s.on(Event::PullTick, at(22_500), false), c(false, true));
-        assert_eq!(s.on(Event::PullTick, at(23_000), false), c(false, false));
+        assert_eq!(s.on(Event::TreeChanged, at(22_100), false), None);
+        assert_eq!(
+            s.on(Event::QuietPeriodOver, at(22_600), false),
+            c(true, true)
+        );
+        assert_eq!(s.on(Event::CheckDue, at(23_000), false), c(false, false));
         assert_eq!(
             s.after(cycle, Err(&net), at(23_000)),
             Duration::from_secs(2)
         );
-        assert_eq!(s.on(Event::PullTick, at(24_999), false), c(false, true));
         // An offline cycle's success does not end the backoff; a real one does.
         assert_eq!(
-            s.after(c(false, true).expect("c"), Ok(false), at(25_000)),
+            s.after(c(false, true).expect("c"), ok, at(23_500)),
             Duration::ZERO
         );
-        assert_eq!(s.on(Event::RemoteMoved, at(25_000), false), c(false, false));
-        assert_eq!(s.after(cycle, Ok(false), at(25_100)), Duration::ZERO);
+        assert_eq!(s.on(Event::RemoteMoved, at(24_000), false), c(false, true));
+        assert_eq!(s.after(cycle, ok, at(25_100)), Duration::ZERO);
+        assert_eq!(s.on(Event::RemoteMoved, at(25_200), false), c(false, false));
         assert_eq!(
             s.after(cycle, Err(&net), at(26_000)),
             Duration::from_secs(1)
         );
-        // A local failure retries at the next tick, with a scan.
-        s.after(cycle, Ok(false), at(30_000));
+        // A local failure retries at the next check, with a scan.
+        s.after(cycle, ok, at(30_000));
         let local = SyncError::Maintenance("x".into());
         assert_eq!(s.after(cycle, Err(&local), at(31_000)), Duration::ZERO);
-        assert_eq!(s.on(Event::PullTick, at(32_000), false), c(true, false));
-        // Without a watcher every tick scans.
-        let mut blind = Schedule::new(&config, false);
+        assert_eq!(s.on(Event::CheckDue, at(32_000), false), c(true, false));
+        // Without a watcher every check scans.
+        let mut blind = Schedule::new(&config, false, t0);
         for i in 0..3 {
             assert_eq!(
-                blind.on(Event::PullTick, at(i * 1000), false),
+                blind.on(Event::CheckDue, at(i * 1000), false),
                 c(true, false)
             );
         }
+    }
+
+    #[test]
+    fn checks_are_quick_while_work_is_in_flight_and_slow_when_the_fleet_is_quiet() {
+        let config = trinity_core::config::SyncConfig {
+            pull_interval: Duration::from_secs(1),
+            idle_pull_interval: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut s = Schedule::new(&config, true, t0);
+        let cycle = Cycle {
+            scan: false,
+            offline: false,
+            probe: false,
+        };
+        let quiet = Ok(Outcome::default());
+        // Just started: quick for a while (the fleet may have moved meanwhile).
+        s.on(Event::CheckDue, t0, false);
+        s.after(cycle, quiet, t0);
+        assert_eq!(s.next_check(t0), at(1));
+        // Nothing in flight and the window over: slow.
+        let late = at(ACTIVE_WINDOW.as_secs() + 1);
+        s.on(Event::CheckDue, late, false);
+        s.after(cycle, quiet, late);
+        assert_eq!(s.next_check(late), late + Duration::from_secs(10));
+        // An agent at work somewhere (or a push or a handoff waiting): quick.
+        let busy = Ok(Outcome {
+            in_flight: true,
+            ..Outcome::default()
+        });
+        s.after(cycle, busy, late);
+        assert_eq!(s.next_check(late), late + Duration::from_secs(1));
+        // Back to quiet, then work arrives from the remote: quick for the window only.
+        s.after(cycle, quiet, late);
+        assert_eq!(s.interval(late), Duration::from_secs(10));
+        let arrived = Ok(Outcome {
+            work_arrived: true,
+            ..Outcome::default()
+        });
+        s.after(cycle, arrived, late);
+        assert_eq!(
+            s.interval(late + Duration::from_secs(59)),
+            Duration::from_secs(1)
+        );
+        s.after(cycle, quiet, late + Duration::from_secs(1));
+        assert_eq!(
+            s.interval(late + Duration::from_secs(61)),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn a_long_backoff_is_cut_short_by_a_probe_that_gets_an_answer() {
+        let config = trinity_core::config::SyncConfig {
+            backoff_max: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut s = Schedule::new(&config, true, t0);
+        let cycle = Cycle {
+            scan: false,
+            offline: false,
+            probe: false,
+        };
+        let net = SyncError::Network("down".into());
+        // Many failures: the heavy work now waits a minute.
+        let mut now = 0;
+        for _ in 0..8 {
+            s.after(cycle, Err(&net), at(now));
+            now += 100;
+        }
+        let failed_at = at(now - 100);
+        assert_eq!(s.next_check(failed_at), failed_at + PROBE_EVERY);
+        // The probe is due every PROBE_EVERY meanwhile; each check in between commits locally.
+        let c = s
+            .on(Event::CheckDue, failed_at + PROBE_EVERY, false)
+            .expect("cycle");
+        assert!(c.offline && c.probe, "{c:?}");
+        assert_eq!(
+            s.next_check(failed_at + PROBE_EVERY),
+            failed_at + PROBE_EVERY * 2
+        );
+        let local = s
+            .on(Event::QuietPeriodOver, failed_at + PROBE_EVERY, false)
+            .expect("cycle");
+        assert!(local.offline && !local.probe, "{local:?}");
+        // A probe gets an answer: back online at once, and quick for a while.
+        s.reachable(failed_at + PROBE_EVERY * 2);
+        let after = failed_at + PROBE_EVERY * 2;
+        assert_eq!(s.interval(after), config.pull_interval);
+        let c = s.on(Event::CheckDue, after, false).expect("cycle");
+        assert!(!c.offline && !c.probe, "{c:?}");
+        // Refused credentials are not probed: only retried every backoff_max.
+        let auth = SyncError::Auth("no".into());
+        s.after(cycle, Err(&auth), after);
+        assert_eq!(s.next_check(after), after + Duration::from_secs(60));
     }
 }

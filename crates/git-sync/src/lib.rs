@@ -1,6 +1,7 @@
 //! git-sync: keeps this PC's `.trinity/` tree in step with the fleet through git.
 
 pub mod daemon;
+pub mod link;
 pub mod merge;
 pub mod message;
 pub mod repo;

@@ -418,6 +418,11 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the object database holds `id` (a commit fetched or made here).
+    pub fn has_commit(&self, id: ObjectId) -> bool {
+        self.repo().is_ok_and(|r| r.has_object(id))
+    }
+
     /// The best common ancestor of two commits.
     pub fn merge_base(&self, a: ObjectId, b: ObjectId) -> Result<Option<ObjectId>, RepoError> {
         Ok(self

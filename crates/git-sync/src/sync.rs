@@ -10,13 +10,14 @@ use gix::ObjectId;
 use serde::{Deserialize, Serialize};
 use trinity_core::config::Config;
 use trinity_core::fsio::{self, IoError};
-use trinity_core::gitcmd::{self, Git, GitError};
+use trinity_core::gitcmd::Git;
 use trinity_core::layout::{PathClass, TEMP_SUFFIX};
 use trinity_core::local::{self, LocalError, LocalState};
 use trinity_core::schema::{Escalation, EscalationKind, Fleet, Heartbeat, Lease, Schema};
 use trinity_core::syncstate::SyncState;
 use trinity_core::{PcId, RecordId, SharedClock, Tree, failpoint, validate};
 
+use crate::link::{Link, LinkError};
 use crate::merge::{self, Flat};
 use crate::message::{self, Change, ChangeKind};
 use crate::repo::{FetchError, ObjectCounts, RepoError, Store};
@@ -49,7 +50,8 @@ pub enum SyncError {
     /// A name made from valid parts was refused (a bug).
     #[error(transparent)]
     Name(#[from] trinity_core::ids::IdError),
-    /// The remote could not be reached (it is retried with backoff; local commits wait).
+    /// The remote could not be reached or stopped answering (it is retried with backoff;
+    /// local commits wait).
     #[error("cannot reach the remote: {0}")]
     Network(String),
     /// The remote refused our credentials (reported, retried only slowly).
@@ -79,6 +81,9 @@ pub struct Report {
     pub races: u32,
     /// A heartbeat refresh was held back by `heartbeat_commit_interval`.
     pub heartbeat_deferred: bool,
+    /// What arrived from the remote was work (a handoff, a signal, a task, a claim…), not
+    /// only the fleet's periodic reports (heartbeats, credit, the leader's status pages).
+    pub work_arrived: bool,
 }
 
 /// What one maintenance run did.
@@ -92,6 +97,19 @@ pub struct Maintenance {
     pub took: Duration,
     /// Whether an old history was dropped (after a compaction).
     pub pruned: bool,
+}
+
+impl From<LinkError> for SyncError {
+    fn from(e: LinkError) -> Self {
+        match e {
+            LinkError::Network(s) => SyncError::Network(s),
+            LinkError::Auth(s) => SyncError::Auth(s),
+            LinkError::Local(message) => SyncError::Repo(RepoError {
+                action: "store the fetched objects",
+                message,
+            }),
+        }
+    }
 }
 
 impl Report {
@@ -115,8 +133,9 @@ pub struct Syncer {
     saved: Option<SyncState>,
     stats: HashMap<String, (SystemTime, u64, ObjectId)>,
     last_heartbeat_commit: Option<Instant>,
-    remote_repo: Option<gix::Repository>,
-    remote_url: String,
+    link: Link,
+    /// The remote's branch as the last check saw it (what a fetch asks for).
+    remote_seen: Option<ObjectId>,
     /// The branch left an old history behind (a compaction was followed): prune it.
     prune_pending: bool,
     /// Calls of [`Syncer::maintain_if_due`] since the history's length was last checked.
@@ -152,6 +171,12 @@ impl Syncer {
             .run(["config", "--get", "remote.origin.url"])
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| config.sync.remote.clone());
+        let link = Link::new(
+            &remote_url,
+            tree.root(),
+            config.sync.network_timeout,
+            &tree.sync_ssh_dir(),
+        );
         Ok(Self {
             tree,
             pc,
@@ -163,8 +188,8 @@ impl Syncer {
             saved,
             stats: HashMap::new(),
             last_heartbeat_commit: None,
-            remote_repo: None,
-            remote_url,
+            link,
+            remote_seen: None,
             prune_pending: false,
             since_compaction_check: 0,
             fresh_start: true,
@@ -174,18 +199,17 @@ impl Syncer {
     /// The remote's path when it is a repository on this machine (a bare repository on disk
     /// or a share): its refs can be watched, and read without a network round trip.
     pub fn local_remote(&self) -> Option<PathBuf> {
-        let url = self
-            .remote_url
-            .strip_prefix("file://")
-            .unwrap_or(&self.remote_url);
-        if !gitcmd::is_local_path(url) {
-            return None;
-        }
-        Some(if Path::new(url).is_absolute() {
-            PathBuf::from(url)
-        } else {
-            self.tree.root().join(url)
-        })
+        self.link.local_path().map(Path::to_owned)
+    }
+
+    /// The way to the remote (its kind, what it has done).
+    pub fn link(&self) -> &Link {
+        &self.link
+    }
+
+    /// Ends the session with the remote (at shutdown).
+    pub fn close_link(&mut self) {
+        self.link.close();
     }
 
     /// How stale `remote_seen_at` may be on disk while nothing else changes: five pull
@@ -221,6 +245,7 @@ impl Syncer {
                 Err(e) => Err(e.into()),
             };
         }
+        self.link.end_cycle();
         self.state.cycles += 1;
         self.state.local_head = self.store.head()?.map(|h| h.to_string());
         self.state.remote_head = self.store.tracking()?.map(|h| h.to_string());
@@ -271,14 +296,44 @@ impl Syncer {
         }
         failpoint::hit("sync:committed");
         if self.remote_moved()? {
+            let before = self.store.tracking()?;
             self.fetch()?;
             report.fetched = true;
+            report.work_arrived = self.work_between(before, self.store.tracking()?);
             failpoint::hit("sync:fetched");
         }
         // Also after a fetch whose merge never happened (a crash in between).
         report.merged = self.merge_remote(index_free, report)?;
         self.push(index_free, report)?;
         Ok(())
+    }
+
+    /// Whether the remote's history from `old` to `new` changed anything but the fleet's
+    /// periodic reports. (A failure to tell counts as work: the cost is only a prompter look.)
+    fn work_between(&self, old: Option<ObjectId>, new: Option<ObjectId>) -> bool {
+        use trinity_core::layout::FileKind as K;
+        let (Ok(a), Ok(b)) = (
+            self.store.flatten_commit(old),
+            self.store.flatten_commit(new),
+        ) else {
+            return true;
+        };
+        let periodic = |path: &str| {
+            matches!(
+                Tree::classify_relative(path),
+                Ok(K::Heartbeat(_)
+                    | K::Credit(_)
+                    | K::MultiStatus
+                    | K::CreditDashboard
+                    | K::DashboardHtml
+                    | K::Report(_)
+                    | K::Lease)
+            )
+        };
+        a.iter()
+            .filter(|(p, id)| b.get(*p) != Some(id))
+            .chain(b.iter().filter(|(p, _)| !a.contains_key(*p)))
+            .any(|(p, _)| !periodic(p))
     }
 
     fn save_state(&mut self) -> Result<(), SyncError> {
@@ -327,6 +382,42 @@ impl Syncer {
         fsio::load::<Fleet>(&self.tree.fleet_file())
             .ok()
             .map(|d| d.value)
+    }
+
+    /// Whether anything is in flight that makes a prompt look at the remote worth its cost: a
+    /// commit of this PC's not yet pushed, a handoff or a wake signal not yet taken, or a PC
+    /// (this one or another) anywhere but on standby — an agent at work can hand off at any
+    /// moment, and the PC it hands to must see it soon. Read from this PC's tree.
+    pub fn in_flight(&self) -> bool {
+        use trinity_core::schema::InstanceStatus;
+        use trinity_core::state::InstanceState;
+        if self.state.commits_ahead > 0 {
+            return true;
+        }
+        let has_json = |dir: PathBuf| {
+            std::fs::read_dir(dir).is_ok_and(|entries| {
+                entries.flatten().any(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.ends_with(".json") && !name.starts_with('.')
+                })
+            })
+        };
+        if has_json(self.tree.handoff_dir()) {
+            return true;
+        }
+        if let Ok(pcs) = std::fs::read_dir(self.tree.wake_root())
+            && pcs.flatten().any(|d| has_json(d.path()))
+        {
+            return true;
+        }
+        let Ok(instances) = std::fs::read_dir(self.tree.instance_dir()) else {
+            return false;
+        };
+        instances.flatten().any(|e| {
+            fsio::load::<InstanceStatus>(&e.path())
+                .is_ok_and(|d| d.value.state != InstanceState::Standby)
+        })
     }
 
     // ---- the remote ---------------------------------------------------------------------

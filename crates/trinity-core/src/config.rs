@@ -139,9 +139,18 @@ pub struct SyncConfig {
     /// Quiet time after a file change before committing.
     #[serde(with = "humantime_serde")]
     pub debounce: Duration,
-    /// How often to check the remote for new commits.
+    /// How often to check the remote for new commits while anything is in flight: a push or
+    /// a handoff of this PC's waiting, an agent at work anywhere in the fleet, or the remote
+    /// having just brought work.
     #[serde(with = "humantime_serde")]
     pub pull_interval: Duration,
+    /// How often to check it while the fleet is quiet (no agent at work, nothing in flight).
+    #[serde(with = "humantime_serde")]
+    pub idle_pull_interval: Duration,
+    /// The longest any one network operation (a check, a fetch, a push) may take before it is
+    /// given up as a network failure.
+    #[serde(with = "humantime_serde")]
+    pub network_timeout: Duration,
     /// Heartbeats whose status did not change are committed at most this often.
     #[serde(with = "humantime_serde")]
     pub heartbeat_commit_interval: Duration,
@@ -163,7 +172,9 @@ impl Default for SyncConfig {
             remote: String::new(),
             branch: "trinity".to_owned(),
             debounce: Duration::from_millis(150),
-            pull_interval: Duration::from_secs(2),
+            pull_interval: Duration::from_secs(1),
+            idle_pull_interval: Duration::from_secs(10),
+            network_timeout: Duration::from_secs(20),
             heartbeat_commit_interval: Duration::from_secs(60),
             backoff_max: Duration::from_secs(60),
             stale_index_lock: Duration::from_secs(60),
@@ -682,6 +693,17 @@ impl Config {
         }
         if self.sync.branch.trim().is_empty() {
             p.push("sync.branch is empty".to_owned());
+        }
+        if self.sync.pull_interval.is_zero() {
+            p.push("sync.pull_interval must be above 0".to_owned());
+        }
+        if self.sync.idle_pull_interval < self.sync.pull_interval {
+            p.push(
+                "sync.idle_pull_interval must not be shorter than sync.pull_interval".to_owned(),
+            );
+        }
+        if self.sync.network_timeout < Duration::from_secs(1) {
+            p.push("sync.network_timeout must be at least 1s".to_owned());
         }
         if self.agent.command.is_empty() || self.agent.command[0].trim().is_empty() {
             p.push("agent.command is empty: name the agent program".to_owned());

@@ -4,10 +4,17 @@
 //! one-shot `trinity init`). Every invocation here runs with prompts disabled
 //! (`GIT_TERMINAL_PROMPT=0`, ssh in batch mode, no credential-manager dialogs) and the C locale,
 //! so that a missing credential fails at once instead of hanging, and messages can be matched.
+//! A runner can also be given a deadline ([`Git::timeout`]), after which git is killed: a link
+//! that stops answering mid-push must not hold a daemon forever.
+//!
+//! ssh runs as the user's git would run it ([`SshCommand::resolve`]: `GIT_SSH_COMMAND`,
+//! `core.sshCommand`, `GIT_SSH`, or `ssh`), with `BatchMode` added for OpenSSH.
 
 use std::ffi::OsStr;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A failed git invocation.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +27,16 @@ pub enum GitError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// git did not finish within the runner's deadline and was killed.
+    #[error("`git {args}` did not finish within {}s and was stopped (the remote stopped answering?)", .after.as_secs())]
+    TimedOut {
+        /// The arguments, space-separated.
+        args: String,
+        /// The deadline.
+        after: Duration,
+        /// What git printed on stderr before it was stopped.
+        stderr: String,
     },
     /// git ran and failed.
     #[error("`git {args}` failed ({status}): {stderr}")]
@@ -37,10 +54,182 @@ impl GitError {
     /// git's stderr, when git ran.
     pub fn stderr(&self) -> &str {
         match self {
-            GitError::Failed { stderr, .. } => stderr,
+            GitError::Failed { stderr, .. } | GitError::TimedOut { stderr, .. } => stderr,
             GitError::Spawn { .. } => "",
         }
     }
+
+    /// Whether git was stopped for taking too long.
+    pub fn timed_out(&self) -> bool {
+        matches!(self, GitError::TimedOut { .. })
+    }
+}
+
+/// Which kind of ssh program a command runs, as git tells them apart (`ssh.variant`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SshVariant {
+    /// OpenSSH (`ssh`): takes `-o` options, a port as `-p`, and passes `GIT_PROTOCOL` on.
+    OpenSsh,
+    /// PuTTY's `plink`/`putty`: a port as `-P`, no options.
+    Putty,
+    /// TortoiseGit's `tortoiseplink`: like PuTTY, plus `-batch`.
+    TortoisePlink,
+    /// Anything else: only `[user@]host command`.
+    Simple,
+}
+
+impl SshVariant {
+    /// The variant of a program, from its file name (`ssh`, `ssh.exe`, `plink.exe`…).
+    pub fn of_program(program: &str) -> Self {
+        let name = program
+            .rsplit(['/', '\\'])
+            .next()
+            .unwrap_or(program)
+            .to_ascii_lowercase();
+        let stem = name.strip_suffix(".exe").unwrap_or(&name);
+        match stem {
+            "ssh" => SshVariant::OpenSsh,
+            "plink" | "putty" => SshVariant::Putty,
+            "tortoiseplink" => SshVariant::TortoisePlink,
+            _ => SshVariant::Simple,
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "ssh" => Some(SshVariant::OpenSsh),
+            "plink" | "putty" => Some(SshVariant::Putty),
+            "tortoiseplink" => Some(SshVariant::TortoisePlink),
+            "simple" => Some(SshVariant::Simple),
+            _ => None,
+        }
+    }
+}
+
+/// The ssh command git uses for a repository, as a command line for a shell (what
+/// `GIT_SSH_COMMAND` holds), with its variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshCommand {
+    /// The command line.
+    pub command: String,
+    /// Which program it is.
+    pub variant: SshVariant,
+}
+
+/// Quotes `s` for a POSIX shell (what git runs `GIT_SSH_COMMAND` with) unless it needs none.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&b))
+    {
+        return s.to_owned();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+impl SshCommand {
+    /// The command git would run for `dir`'s repository: `GIT_SSH_COMMAND`, else
+    /// `core.sshCommand`, else `GIT_SSH` (a program, quoted), else `ssh`; the variant from
+    /// `GIT_SSH_VARIANT`, else `ssh.variant`, else the program's name.
+    pub fn resolve(dir: Option<&Path>) -> Self {
+        Self::resolve_with(|k| std::env::var(k).ok(), dir)
+    }
+
+    /// [`SshCommand::resolve`] with the environment read through `var`.
+    pub fn resolve_with(var: impl Fn(&str) -> Option<String>, dir: Option<&Path>) -> Self {
+        let (config_command, config_variant) = read_ssh_config(dir);
+        let env = |k: &str| var(k).filter(|v| !v.trim().is_empty());
+        let command = env("GIT_SSH_COMMAND")
+            .or(config_command)
+            .or_else(|| env("GIT_SSH").map(|p| shell_quote(&p)))
+            .unwrap_or_else(|| "ssh".to_owned());
+        let variant = env("GIT_SSH_VARIANT")
+            .and_then(|v| SshVariant::parse(&v))
+            .or(config_variant)
+            .unwrap_or_else(|| SshVariant::of_program(&first_word(&command)));
+        Self { command, variant }
+    }
+
+    /// The command with OpenSSH options appended (`-o Name=value` each); other variants are
+    /// left as they are.
+    pub fn with_options(&self, options: &[(&str, String)]) -> Self {
+        if self.variant != SshVariant::OpenSsh {
+            return self.clone();
+        }
+        let mut command = self.command.clone();
+        for (name, value) in options {
+            command.push_str(" -o ");
+            command.push_str(&shell_quote(&format!("{name}={value}")));
+        }
+        Self {
+            command,
+            variant: self.variant,
+        }
+    }
+
+    /// [`SshCommand::with_options`] with `BatchMode=yes`: never a prompt.
+    pub fn batch(&self) -> Self {
+        self.with_options(&[("BatchMode", "yes".to_owned())])
+    }
+}
+
+/// The program a shell command line starts with (its first word, quotes removed).
+fn first_word(command: &str) -> String {
+    let t = command.trim_start();
+    match t.chars().next() {
+        Some(q @ ('\'' | '"')) => t[1..].split(q).next().unwrap_or("").to_owned(),
+        _ => t.split_whitespace().next().unwrap_or("").to_owned(),
+    }
+}
+
+/// `core.sshCommand` and `ssh.variant` of `dir`'s repository (and the user's configuration),
+/// read with one git run.
+fn read_ssh_config(dir: Option<&Path>) -> (Option<String>, Option<SshVariant>) {
+    let mut cmd = Command::new("git");
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    let Ok(out) = cmd
+        .args([
+            "config",
+            "--null",
+            "--get-regexp",
+            "^(core\\.sshcommand|ssh\\.variant)$",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+    else {
+        return (None, None);
+    };
+    let mut command = None;
+    let mut variant = None;
+    for entry in String::from_utf8_lossy(&out.stdout).split('\0') {
+        let Some((key, value)) = entry.split_once('\n') else {
+            continue;
+        };
+        match key.to_ascii_lowercase().as_str() {
+            "core.sshcommand" if !value.trim().is_empty() => command = Some(value.to_owned()),
+            "ssh.variant" => variant = SshVariant::parse(value),
+            _ => {}
+        }
+    }
+    (command, variant)
+}
+
+/// git subcommands that may talk to a remote (and so run ssh).
+fn is_network(subcommand: &OsStr) -> bool {
+    [
+        "push",
+        "fetch",
+        "ls-remote",
+        "clone",
+        "pull",
+        "remote-https",
+        "remote-http",
+    ]
+    .iter()
+    .any(|c| subcommand == *c)
 }
 
 /// A git runner, optionally bound to a working directory.
@@ -49,6 +238,8 @@ pub struct Git {
     program: PathBuf,
     dir: Option<PathBuf>,
     env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    ssh: Option<SshCommand>,
+    timeout: Option<Duration>,
 }
 
 impl Default for Git {
@@ -57,6 +248,8 @@ impl Default for Git {
             program: PathBuf::from("git"),
             dir: None,
             env: Vec::new(),
+            ssh: None,
+            timeout: None,
         }
     }
 }
@@ -82,17 +275,32 @@ impl Git {
         self
     }
 
+    /// The same runner with this ssh command for git's network commands (instead of the
+    /// user's, resolved at each network command, in batch mode).
+    pub fn with_ssh(mut self, ssh: SshCommand) -> Self {
+        self.ssh = Some(ssh);
+        self
+    }
+
+    /// The same runner, killing git when a command takes longer than `after`.
+    pub fn timeout(mut self, after: Duration) -> Self {
+        self.timeout = Some(after);
+        self
+    }
+
     /// The command, with the non-interactive environment set, ready to run.
     pub fn command<I, S>(&self, args: I) -> Command
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        let args: Vec<std::ffi::OsString> =
+            args.into_iter().map(|a| a.as_ref().to_owned()).collect();
         let mut cmd = Command::new(&self.program);
         if let Some(dir) = &self.dir {
             cmd.current_dir(dir);
         }
-        cmd.args(args)
+        cmd.args(&args)
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GCM_INTERACTIVE", "never")
             .env("GIT_ASKPASS", "")
@@ -100,8 +308,17 @@ impl Git {
             .env("LC_ALL", "C")
             .env("LANGUAGE", "C")
             .stdin(Stdio::null());
-        if std::env::var_os("GIT_SSH_COMMAND").is_none() {
-            cmd.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
+        // ssh as the user's git would run it (their command, their config), never prompting.
+        // Only network commands need it, so local ones do not pay for reading the config.
+        let ssh = match &self.ssh {
+            Some(ssh) => Some(ssh.clone()),
+            None if args.first().is_some_and(|a| is_network(a)) => {
+                Some(SshCommand::resolve(self.dir.as_deref()).batch())
+            }
+            None => None,
+        };
+        if let Some(ssh) = ssh {
+            cmd.env("GIT_SSH_COMMAND", ssh.command);
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
@@ -114,22 +331,35 @@ impl Git {
         S: AsRef<OsStr>,
     {
         let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let output = self
-            .command(&args)
-            .output()
-            .map_err(|source| GitError::Spawn {
-                program: self.program.display().to_string(),
-                source,
-            })?;
+        let joined = || {
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let spawn_error = |source| GitError::Spawn {
+            program: self.program.display().to_string(),
+            source,
+        };
+        let mut cmd = self.command(&args);
+        let output = match self.timeout {
+            None => cmd.output().map_err(spawn_error)?,
+            Some(after) => match output_within(&mut cmd, after).map_err(spawn_error)? {
+                Finished::Done(o) => o,
+                Finished::Killed { stderr } => {
+                    return Err(GitError::TimedOut {
+                        args: joined(),
+                        after,
+                        stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
+                    });
+                }
+            },
+        };
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
         } else {
             Err(GitError::Failed {
-                args: args
-                    .iter()
-                    .map(|a| a.to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                args: joined(),
                 status: output.status.to_string(),
                 stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
             })
@@ -139,6 +369,67 @@ impl Git {
     /// The working directory this runner is bound to.
     pub fn dir(&self) -> Option<&Path> {
         self.dir.as_deref()
+    }
+}
+
+/// How a command run with a deadline ended.
+enum Finished {
+    Done(std::process::Output),
+    Killed { stderr: Vec<u8> },
+}
+
+/// Runs `cmd` collecting its output, killing it once `after` has passed. The output is read
+/// on two threads; the process is looked at every 10 ms (no signal handler is installed, so
+/// nothing else in the process is disturbed).
+fn output_within(cmd: &mut Command, after: Duration) -> std::io::Result<Finished> {
+    let deadline = Instant::now() + after;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let collect = |pipe: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(mut pipe) = pipe {
+            let spawned = std::thread::Builder::new()
+                .name("git output".into())
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let mut buf = Vec::new();
+                    let _ = pipe.read_to_end(&mut buf);
+                    let _ = tx.send(buf);
+                });
+            drop(spawned);
+        }
+        rx
+    };
+    let out = collect(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = collect(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    // What a reader has, once the process is gone: a program it started may still hold the
+    // pipe (ssh's connection-sharing master does not, but nothing else is assumed).
+    let drain = |rx: std::sync::mpsc::Receiver<Vec<u8>>| {
+        rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
+    };
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Finished::Done(std::process::Output {
+                status,
+                stdout: drain(out),
+                stderr: drain(err),
+            }));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(Finished::Killed { stderr: drain(err) });
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -253,6 +544,97 @@ mod tests {
             .expect_err("not a repository");
         assert!(err.stderr().contains("not a git repository"), "{err}");
         assert!(err.to_string().contains("git rev-parse HEAD"), "{err}");
+    }
+
+    #[test]
+    fn ssh_runs_as_git_would_run_it() {
+        assert_eq!(SshVariant::of_program("ssh"), SshVariant::OpenSsh);
+        assert_eq!(
+            SshVariant::of_program("C:\\Program Files\\Git\\usr\\bin\\ssh.exe"),
+            SshVariant::OpenSsh
+        );
+        assert_eq!(SshVariant::of_program("/usr/bin/plink"), SshVariant::Putty);
+        assert_eq!(
+            SshVariant::of_program("TortoisePlink.exe"),
+            SshVariant::TortoisePlink
+        );
+        assert_eq!(SshVariant::of_program("my-wrapper"), SshVariant::Simple);
+        assert_eq!(first_word("'/opt/my ssh/ssh' -v"), "/opt/my ssh/ssh");
+        assert_eq!(first_word("  ssh -F x"), "ssh");
+        assert_eq!(shell_quote("ssh"), "ssh");
+        assert_eq!(shell_quote("/a b/it's"), "'/a b/it'\\''s'");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let git = |args: &[&str]| {
+            let ok = Command::new("git")
+                .current_dir(dir.path())
+                .args(args)
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .status()
+                .expect("git")
+                .success();
+            assert!(ok, "{args:?}");
+        };
+        git(&["init", "-q"]);
+        let none = |_: &str| None;
+        // Nothing configured: git's default.
+        let plain = SshCommand::resolve_with(none, Some(dir.path()));
+        assert_eq!(plain.command, "ssh");
+        assert_eq!(plain.variant, SshVariant::OpenSsh);
+        assert_eq!(plain.batch().command, "ssh -o BatchMode=yes");
+        // The repository's core.sshCommand is kept (a plain GIT_SSH_COMMAND used to hide it).
+        git(&["config", "core.sshCommand", "ssh -i /keys/trinity"]);
+        let configured = SshCommand::resolve_with(none, Some(dir.path()));
+        assert_eq!(configured.command, "ssh -i /keys/trinity");
+        assert_eq!(
+            configured
+                .with_options(&[("ControlPath", "/t/a b/%C".to_owned())])
+                .command,
+            "ssh -i /keys/trinity -o 'ControlPath=/t/a b/%C'"
+        );
+        // GIT_SSH_COMMAND wins over it; GIT_SSH only when neither is set.
+        let env = |k: &str| match k {
+            "GIT_SSH_COMMAND" => Some("plink -v".to_owned()),
+            "GIT_SSH" => Some("/bin/ssh".to_owned()),
+            _ => None,
+        };
+        let putty = SshCommand::resolve_with(env, Some(dir.path()));
+        assert_eq!(putty.command, "plink -v");
+        assert_eq!(putty.variant, SshVariant::Putty);
+        assert_eq!(putty.batch(), putty, "no OpenSSH options for PuTTY");
+        git(&["config", "--unset", "core.sshCommand"]);
+        let program = SshCommand::resolve_with(
+            |k| (k == "GIT_SSH").then(|| "/opt/my ssh/ssh".to_owned()),
+            Some(dir.path()),
+        );
+        assert_eq!(program.command, "'/opt/my ssh/ssh'");
+        assert_eq!(program.variant, SshVariant::OpenSsh);
+        // ssh.variant overrides the name.
+        git(&["config", "ssh.variant", "simple"]);
+        assert_eq!(
+            SshCommand::resolve_with(none, Some(dir.path())).variant,
+            SshVariant::Simple
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_command_past_its_deadline_is_stopped() {
+        let started = Instant::now();
+        let err = Git::new()
+            .timeout(Duration::from_millis(200))
+            .run(["-c", "alias.slow=!sleep 20", "slow"])
+            .expect_err("stopped");
+        assert!(err.timed_out(), "{err}");
+        assert!(err.to_string().contains("did not finish within"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // A quick command is unaffected.
+        let v = Git::new()
+            .timeout(Duration::from_secs(20))
+            .run(["--version"])
+            .expect("version");
+        assert!(v.starts_with("git version"), "{v}");
     }
 
     #[test]

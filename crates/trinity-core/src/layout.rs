@@ -489,6 +489,12 @@ impl Tree {
         self.local_dir().join("git-sync").join("checkout.lock")
     }
 
+    /// `local/git-sync/ssh/`: the socket of git-sync's shared ssh connection (OpenSSH's
+    /// `ControlPath`; never synced).
+    pub fn sync_ssh_dir(&self) -> PathBuf {
+        self.local_dir().join("git-sync").join("ssh")
+    }
+
     /// `local/conflicts/`: the losing side of merges no rule could decide.
     pub fn conflicts_dir(&self) -> PathBuf {
         self.local_dir().join("conflicts")
@@ -857,6 +863,11 @@ mod tests {
             (tree.credit_events_file(), FileKind::Local, PathClass::Local),
             (tree.sync_state_file(), FileKind::Local, PathClass::Local),
             (tree.sync_checkout_file(), FileKind::Local, PathClass::Local),
+            (
+                tree.sync_ssh_dir().join("0123abcd"),
+                FileKind::Local,
+                PathClass::Local,
+            ),
             (
                 tree.sync_checkout_lock_file(),
                 FileKind::Local,

@@ -4,6 +4,8 @@
 //!
 //! This library is their harness: a [`World`] of PCs set up by `trinity init`, whose daemons
 //! can be started, killed and restarted one by one, and a test agent that records every start.
+//! [`World::over`] puts the shared repository behind the network test bed instead (a loopback
+//! sshd or HTTPS server, reached through a fault proxy: `trinity_netbed`).
 #![cfg(unix)]
 
 use std::collections::BTreeMap;
@@ -13,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use trinity_core::fsio;
 use trinity_core::schema::{Claim, Heartbeat};
 use trinity_core::{PcId, TaskId, Tree};
+pub use trinity_netbed::{Cut, NetRemote, Transport};
 
 /// The daemons of the handoff path, which every PC runs.
 pub const DAEMONS: [&str; 3] = ["git-sync", "credit-monitor", "wake-daemon"];
@@ -67,10 +70,12 @@ impl Launch {
 /// writes a file per start. Daemons still running are stopped when it is dropped.
 #[derive(Debug)]
 pub struct World {
-    dir: tempfile::TempDir,
     pcs: Vec<String>,
     daemons: BTreeMap<(String, String), Child>,
     env: Vec<(String, String)>,
+    net: Option<NetRemote>,
+    // Last: the directory goes once the daemons and servers using it have stopped.
+    dir: tempfile::TempDir,
 }
 
 impl Drop for World {
@@ -83,7 +88,25 @@ impl Drop for World {
         for c in self.daemons.values_mut() {
             let _ = c.wait();
         }
+        // git-sync's shared ssh connections outlive it by a minute; end them with the server.
+        self.net = None;
     }
+}
+
+/// Whether this machine can run `transport`'s test server. Where it cannot, the test says so
+/// and is skipped — unless `TRINITY_NETBED_REQUIRED` is set (CI), where that is a failure.
+pub fn can_serve(transport: Transport) -> bool {
+    if trinity_netbed::available(transport) {
+        return true;
+    }
+    assert!(
+        std::env::var_os("TRINITY_NETBED_REQUIRED").is_none(),
+        "no {transport} server on this machine (sshd: apt-get install openssh-server)"
+    );
+    eprintln!(
+        "SKIPPED: no {transport} server on this machine (sshd: apt-get install openssh-server)"
+    );
+    false
 }
 
 impl World {
@@ -97,6 +120,22 @@ impl World {
     /// [`World::new`], with `agent_tail` (shell) run by the test agent after it recorded its
     /// start (`$AGENT_TRINITY` is the `trinity` program).
     pub fn with_agent(pcs: &[&str], extra_config: &str, agent_tail: &str) -> Self {
+        Self::build(pcs, extra_config, agent_tail, None)
+    }
+
+    /// [`World::new`] with the shared repository served over `transport` on loopback, through
+    /// the test bed's fault proxy ([`World::net`]); every program gets the variables its git
+    /// needs. `None` (the test is skipped) when this machine cannot run the server.
+    pub fn over(transport: Transport, pcs: &[&str], extra_config: &str) -> Option<Self> {
+        can_serve(transport).then(|| Self::build(pcs, extra_config, "", Some(transport)))
+    }
+
+    fn build(
+        pcs: &[&str],
+        extra_config: &str,
+        agent_tail: &str,
+        transport: Option<Transport>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("home")).expect("home");
         std::fs::create_dir_all(dir.path().join("agents")).expect("agents");
@@ -110,23 +149,27 @@ impl World {
             ),
         )
         .expect("agent");
-        let world = Self {
+        let mut world = Self {
             dir,
             pcs: pcs.iter().map(|p| (*p).to_owned()).collect(),
             daemons: BTreeMap::new(),
             env: Vec::new(),
+            net: None,
         };
-        let remote = world.root().join("remote.git");
+        let mut remote = world.root().join("remote.git").display().to_string();
+        if let Some(t) = transport {
+            let root = world.root().to_owned();
+            world.git(&root, &["init", "-q", "--bare", "remote.git"]);
+            let net = NetRemote::start(t, &world.remote(), &root.join("netbed"))
+                .unwrap_or_else(|e| panic!("cannot start the {t} test server: {e}"));
+            remote = net.url().to_owned();
+            world.env.extend(net.env().iter().cloned());
+            world.net = Some(net);
+        }
         for (i, pc) in pcs.iter().enumerate() {
             std::fs::create_dir_all(world.root().join(pc)).expect("pc dir");
             let mut init = world.cmd("trinity", pc);
-            init.args([
-                "init",
-                "--pc",
-                pc,
-                "--remote",
-                remote.to_str().expect("utf-8"),
-            ]);
+            init.args(["init", "--pc", pc, "--remote", &remote]);
             if i == 0 {
                 init.args([
                     "--create-remote",
@@ -158,9 +201,14 @@ impl World {
         self.dir.path()
     }
 
-    /// The shared bare repository.
+    /// The shared bare repository (on this machine, whatever the PCs reach it through).
     pub fn remote(&self) -> PathBuf {
         self.root().join("remote.git")
+    }
+
+    /// The network between the PCs and the repository, for a world made by [`World::over`].
+    pub fn net(&self) -> Option<&NetRemote> {
+        self.net.as_ref()
     }
 
     /// The PCs, in rotation order.

@@ -81,6 +81,8 @@ impl NetRemote {
     /// Serves `repo` (a bare repository) over `transport`, keeping the server's files in `dir`.
     pub fn start(transport: Transport, repo: &Path, dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        // Clients run elsewhere: every path handed out is absolute.
+        let dir = &dir.canonicalize()?;
         let repo = repo.canonicalize()?;
         match transport {
             Transport::Ssh => {

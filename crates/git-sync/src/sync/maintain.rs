@@ -140,10 +140,14 @@ impl Syncer {
         failpoint::hit("compact:committed");
         let lease = format!("--force-with-lease=refs/heads/{branch}:{head}");
         let spec = format!("{root}:refs/heads/{branch}");
-        if let Err(e) = self
-            .git
-            .run(["push", "--porcelain", "--quiet", &lease, "origin", &spec])
+        if let Err(e) =
+            self.link
+                .git()
+                .run(["push", "--porcelain", "--quiet", &lease, "origin", &spec])
         {
+            if e.timed_out() {
+                return Err(SyncError::Network(e.to_string()));
+            }
             return match classify_failure(&format!("{} {e}", e.stderr())) {
                 Failure::Race => {
                     tracing::info!(

@@ -3,14 +3,6 @@
 
 use super::*;
 
-fn remote_error(e: &GitError) -> SyncError {
-    let text = format!("{} {e}", e.stderr());
-    match classify_failure(&text) {
-        Failure::Auth => SyncError::Auth(e.stderr().to_owned()),
-        _ => SyncError::Network(e.stderr().to_owned()),
-    }
-}
-
 /// 20–120 ms, growing a little with the attempt, different per process.
 fn jitter(attempt: u32) -> Duration {
     let seed = u64::from(std::process::id())
@@ -34,77 +26,28 @@ impl Syncer {
     }
 
     /// The remote branch's commit: read straight from a bare repository on this machine, or
-    /// with `git ls-remote` for a URL.
+    /// with one request on the session kept open with the remote ([`Link::head`]).
     pub(super) fn remote_head(&mut self) -> Result<Option<ObjectId>, SyncError> {
-        let branch = &self.config.sync.branch;
-        if let Some(path) = self.local_remote() {
-            if self.remote_repo.is_none() {
-                match gix::open(&path) {
-                    Ok(r) => self.remote_repo = Some(r),
-                    Err(e) => {
-                        return Err(SyncError::Network(format!(
-                            "{} is not a git repository: {e}",
-                            path.display()
-                        )));
-                    }
-                }
-            }
-            let Some(repo) = &self.remote_repo else {
-                return Ok(None);
-            };
-            if !path.exists() {
-                self.remote_repo = None;
-                return Err(SyncError::Network(format!(
-                    "{} does not exist",
-                    path.display()
-                )));
-            }
-            let name = format!("refs/heads/{branch}");
-            return match repo.try_find_reference(name.as_str()) {
-                // The branch names its commit: read the id, never the object. Peeling would
-                // open the remote's object database and keep its pack files mapped (every
-                // push adds one): memory that grew with the remote, and files a Windows share
-                // could not delete.
-                Ok(Some(mut r)) => Ok(match r.try_id() {
-                    Some(id) => Some(id.detach()),
-                    None => r.peel_to_id().ok().map(|id| id.detach()),
-                }),
-                Ok(None) => Ok(None),
-                Err(e) => {
-                    self.remote_repo = None;
-                    Err(SyncError::Network(e.to_string()))
-                }
-            };
-        }
-        let out = self
-            .git
-            .run(["ls-remote", "origin", &format!("refs/heads/{branch}")])
-            .map_err(|e| remote_error(&e))?;
-        Ok(out
-            .split_whitespace()
-            .next()
-            .and_then(|h| ObjectId::from_hex(h.as_bytes()).ok()))
+        let head = self.link.head(&self.config.sync.branch, None)?;
+        self.remote_seen = head;
+        Ok(head)
+    }
+
+    /// A quick look at whether the remote answers (while backing off after a failure):
+    /// `deadline` bounds it. Remembers what it saw, so the next cycle's check is answered.
+    pub fn probe(&mut self, deadline: Duration) -> Result<(), SyncError> {
+        let head = self.link.head(&self.config.sync.branch, Some(deadline))?;
+        self.remote_seen = head;
+        Ok(())
     }
 
     pub(super) fn fetch(&mut self) -> Result<(), SyncError> {
-        if let Some(t) = self.store.tracking()? {
+        let tracking = self.store.tracking()?;
+        if let Some(t) = tracking {
             self.store
                 .set_named_ref(LAST_TRACKING, t, "git-sync: before a fetch")?;
         }
-        let url = &self.remote_url;
-        let http = url.starts_with("http://") || url.starts_with("https://");
-        if http {
-            // gix is built without an HTTP transport here; the git program fetches over HTTP.
-            let branch = &self.config.sync.branch;
-            self.git
-                .run([
-                    "fetch",
-                    "--quiet",
-                    "origin",
-                    &format!("+refs/heads/{branch}:refs/remotes/origin/{branch}"),
-                ])
-                .map_err(|e| remote_error(&e))?;
-        } else {
+        if self.local_remote().is_some() {
             self.store.fetch().map_err(|e| match e {
                 FetchError::Local(e) => SyncError::Repo(e),
                 remote @ FetchError::Remote { .. } => {
@@ -115,6 +58,26 @@ impl Syncer {
                     }
                 }
             })?;
+        } else {
+            let want = self.remote_seen;
+            match want {
+                // Already here (pushed by this PC, or fetched before a crash): no transfer.
+                Some(w) if self.store.has_commit(w) => {}
+                _ => {
+                    let haves: Vec<ObjectId> = [tracking, self.store.head()?]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    let moved = self.link.fetch(&self.config.sync.branch, want, &haves)?;
+                    if moved {
+                        self.state.last_fetch = Some(self.now());
+                        return Ok(());
+                    }
+                }
+            }
+            if let Some(w) = want {
+                self.store.set_tracking(w)?;
+            }
         }
         self.state.last_fetch = Some(self.now());
         Ok(())
@@ -138,7 +101,8 @@ impl Syncer {
             failpoint::hit("sync:pushing");
             let spec = format!("refs/heads/{branch}:refs/heads/{branch}");
             match self
-                .git
+                .link
+                .git()
                 .run(["push", "--porcelain", "--quiet", "origin", &spec])
             {
                 Ok(_) => {
@@ -148,12 +112,14 @@ impl Syncer {
                     tracing::debug!(head = %short(head), "pushed");
                     return Ok(());
                 }
+                Err(e) if e.timed_out() => return Err(SyncError::Network(e.to_string())),
                 Err(e) => match classify_failure(&format!("{} {e}", e.stderr())) {
                     Failure::Race => {
                         report.races += 1;
                         self.state.push_races += 1;
                         let before = self.store.tracking()?;
                         std::thread::sleep(jitter(report.races));
+                        self.remote_head()?;
                         self.fetch()?;
                         let after = self.store.tracking()?;
                         if after == before {
