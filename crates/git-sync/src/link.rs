@@ -533,8 +533,9 @@ impl Link {
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
     #[test]
-    fn urls_are_told_apart() {
+    fn paths_are_local() {
         let root = Path::new("/t/.trinity");
         assert_eq!(
             Endpoint::parse("/srv/state.git", root),
@@ -548,6 +549,11 @@ mod tests {
             Endpoint::parse("file:///srv/state.git", root),
             Endpoint::Local("/srv/state.git".into())
         );
+    }
+
+    #[test]
+    fn urls_are_told_apart() {
+        let root = Path::new("t");
         assert_eq!(
             Endpoint::parse("ssh://git@example.com:2222/srv/state.git", root),
             Endpoint::Ssh {

@@ -295,16 +295,28 @@ impl Syncer {
             self.commit_local(index_free, report)?;
         }
         failpoint::hit("sync:committed");
+        if self.ahead() > 0 {
+            // Something to push: push at once. Accepted, it proves the remote held nothing
+            // this PC lacks (a push must be a fast-forward), so no check is needed; refused,
+            // the remote moved, and the push fetches, merges and retries. A check first
+            // would only add its round trips to every handoff, claim and acceptance.
+            return self.push(index_free, report);
+        }
         if self.remote_moved()? {
-            let before = self.store.tracking()?;
-            self.fetch()?;
-            report.fetched = true;
-            report.work_arrived = self.work_between(before, self.store.tracking()?);
-            failpoint::hit("sync:fetched");
+            self.fetch_noting(report)?;
         }
         // Also after a fetch whose merge never happened (a crash in between).
         report.merged = self.merge_remote(index_free, report)?;
         self.push(index_free, report)?;
+        Ok(())
+    }
+
+    /// Fetches, noting in `report` that it did and whether work arrived.
+    fn fetch_noting(&mut self, report: &mut Report) -> Result<(), SyncError> {
+        let before = self.store.tracking()?;
+        self.fetch()?;
+        report.fetched = true;
+        report.work_arrived |= self.work_between(before, self.store.tracking()?);
         Ok(())
     }
 

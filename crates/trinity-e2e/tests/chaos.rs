@@ -3,17 +3,21 @@
 //! twice: every handoff archived on the remote, one agent per handoff, no file quarantined,
 //! the three trees identical, the remote's history sound.
 //!
+//! The same over ssh with a WAN's latency (50 ms round trip), where the test bed's proxy also
+//! cuts the link at random (refusing or black-holing it, 1–5 s here; `TRINITY_CHAOS_MAX_CUT_S`
+//! for longer) and resets connections mid-push.
+//!
 //! Seeded: the schedule of kills comes from a seed, printed at the start and in every failure
 //! message. The suite uses a fixed one; `TRINITY_CHAOS_SEED=N` replays another run and
 //! `TRINITY_CHAOS_SEED=random` explores a new schedule. `TRINITY_CHAOS_HANDOFFS=N` changes
-//! the number of handoffs.
+//! the number of handoffs (30 on a local remote, 10 over ssh by default).
 #![cfg(unix)]
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use trinity_e2e::{DAEMONS, World};
+use trinity_e2e::{Cut, DAEMONS, Transport, World};
 
 /// The suite's schedule (any seed must pass; this one is what CI runs).
 const DEFAULT_SEED: u64 = 20_261_125;
@@ -44,25 +48,53 @@ fn env_u64(name: &str) -> Option<u64> {
 enum Step {
     Kill(&'static str, String),
     Restart(&'static str, String),
+    /// The link is cut (network remotes).
+    Cut(Cut),
+    /// The link is back.
+    Heal,
+    /// The next connection carrying this many bytes toward the server is reset mid-way.
+    ResetAfter(u64),
 }
 
-#[test]
-fn forced_handoffs_around_the_ring_survive_random_kills() {
-    let seed = match std::env::var("TRINITY_CHAOS_SEED").as_deref() {
+fn seed() -> u64 {
+    match std::env::var("TRINITY_CHAOS_SEED").as_deref() {
         Ok("random") => std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1),
         _ => env_u64("TRINITY_CHAOS_SEED").unwrap_or(DEFAULT_SEED),
-    };
+    }
+}
+
+const CONFIG: &str = "[credit]\nclaude_projects_dir = \"\"\npause = \"1s\"\n";
+
+#[test]
+fn forced_handoffs_around_the_ring_survive_random_kills() {
     let handoffs = env_u64("TRINITY_CHAOS_HANDOFFS").unwrap_or(30) as usize;
+    chaos(World::new(&["PC1", "PC2", "PC3"], CONFIG), handoffs, None);
+}
+
+#[test]
+fn forced_handoffs_over_ssh_survive_kills_link_cuts_and_resets() {
+    let Some(world) = World::over(Transport::Ssh, &["PC1", "PC2", "PC3"], CONFIG) else {
+        return;
+    };
+    let net = world.net().expect("network");
+    net.proxy()
+        .set_latency(Duration::from_millis(25), Duration::from_millis(25));
+    let handoffs = env_u64("TRINITY_CHAOS_HANDOFFS").unwrap_or(10) as usize;
+    let max_cut = Duration::from_secs(env_u64("TRINITY_CHAOS_MAX_CUT_S").unwrap_or(5).max(1));
+    chaos(world, handoffs, Some(max_cut));
+}
+
+/// Forces `handoffs` handoffs around the ring of `world` while daemons are killed and
+/// restarted at random — and, with `max_cut`, while the link is cut for up to that long and
+/// connections are reset mid-transfer — then checks that nothing was lost or done twice.
+fn chaos(mut world: World, handoffs: usize, max_cut: Option<Duration>) {
+    let seed = seed();
     eprintln!("chaos seed: {seed} (replay with TRINITY_CHAOS_SEED={seed})");
     let mut rng = Rng(seed);
     let pcs = ["PC1", "PC2", "PC3"];
-    let mut world = World::new(
-        &pcs,
-        "[credit]\nclaude_projects_dir = \"\"\npause = \"1s\"\n",
-    );
     // Every heartbeat change is committed at once, so the trees can be compared file by file.
     world.set_env("TRINITY_SYNC__HEARTBEAT_COMMIT_INTERVAL", "0s");
     world.start_all();
@@ -77,6 +109,7 @@ fn forced_handoffs_around_the_ring_survive_random_kills() {
     let mut holder = "PC1".to_owned();
     let mut handed: Vec<(String, String)> = Vec::new(); // (handoff id, to)
     let mut kills = 0;
+    let (mut cuts, mut resets) = (0, 0);
     let started = Instant::now();
     for round in 0..handoffs {
         let ctx = format!("seed {seed}, handoff {round}, from {holder}");
@@ -88,6 +121,24 @@ fn forced_handoffs_around_the_ring_survive_random_kills() {
             let at = rng.below(1500);
             steps.push((at, Step::Kill(daemon, pc.clone())));
             steps.push((at + 1 + rng.below(400), Step::Restart(daemon, pc)));
+        }
+        // And the network: a cut of the link half the time, a reset mid-push half the time.
+        if let Some(max_cut) = max_cut {
+            if rng.below(2) == 0 {
+                let at = rng.below(1500);
+                let how = if rng.below(2) == 0 {
+                    Cut::Refuse
+                } else {
+                    Cut::Blackhole
+                };
+                let span = max_cut.as_millis() as u64;
+                let lasts = 1000 + rng.below(span.saturating_sub(1000).max(1));
+                steps.push((at, Step::Cut(how)));
+                steps.push((at + lasts, Step::Heal));
+            }
+            if rng.below(2) == 0 {
+                steps.push((rng.below(1500), Step::ResetAfter(300 + rng.below(3000))));
+            }
         }
         steps.sort_by_key(|(at, _)| *at);
         let force_at = rng.below(500);
@@ -119,6 +170,19 @@ fn forced_handoffs_around_the_ring_survive_random_kills() {
                     kills += 1;
                 }
                 Some(Step::Restart(daemon, pc)) => world.start(daemon, &pc),
+                Some(Step::Cut(how)) => {
+                    world.net().expect("network").proxy().cut(how);
+                    cuts += 1;
+                }
+                Some(Step::Heal) => world.net().expect("network").proxy().heal(),
+                Some(Step::ResetAfter(bytes)) => {
+                    world
+                        .net()
+                        .expect("network")
+                        .proxy()
+                        .reset_after_upload(bytes);
+                    resets += 1;
+                }
                 None => {}
             }
         }
@@ -223,8 +287,9 @@ fn forced_handoffs_around_the_ring_survive_random_kills() {
         world.git(world.tree(pc).root(), &["fsck", "--no-progress"]);
     }
     world.git(&world.remote(), &["fsck", "--no-progress"]);
+    let connections = world.net().map(|n| n.proxy().stats());
     eprintln!(
-        "chaos: {} handoffs, {kills} kills, in {took:?} (seed {seed})",
+        "chaos: {} handoffs, {kills} kills, {cuts} cuts, {resets} resets armed, in {took:?} (seed {seed}); proxy: {connections:?}",
         handed.len()
     );
 }

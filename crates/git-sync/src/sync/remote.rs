@@ -71,6 +71,7 @@ impl Syncer {
                     let moved = self.link.fetch(&self.config.sync.branch, want, &haves)?;
                     if moved {
                         self.state.last_fetch = Some(self.now());
+                        failpoint::hit("sync:fetched");
                         return Ok(());
                     }
                 }
@@ -80,6 +81,7 @@ impl Syncer {
             }
         }
         self.state.last_fetch = Some(self.now());
+        failpoint::hit("sync:fetched");
         Ok(())
     }
 
@@ -120,7 +122,7 @@ impl Syncer {
                         let before = self.store.tracking()?;
                         std::thread::sleep(jitter(report.races));
                         self.remote_head()?;
-                        self.fetch()?;
+                        self.fetch_noting(report)?;
                         let after = self.store.tracking()?;
                         if after == before {
                             stuck += 1;
