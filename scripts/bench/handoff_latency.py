@@ -11,8 +11,10 @@ Each round forces a handoff on the PC holding the work (`credit-monitor --force-
 times, from just before that command: (1) the agent's start on the next PC (the agent writes
 the time), and (2) the next PC's `handoff_accepted` heartbeat for that handoff visible in the
 outgoing PC's own tree (pulled by its git-sync). Prints each round and the median and p95.
-Then, idle for BENCH_IDLE_S (60) seconds: each daemon's memory and CPU, and for a network
-remote the new connections the fleet opened (counted by the proxy) per PC and minute.
+For a network remote, the new connections the fleet opens (counted by the proxy) and the
+requests the server answers, per PC and minute, over BENCH_IDLE_S (60) seconds twice: with the
+fleet quiet (every PC on standby, before the first handoff) and with an agent at work (after the
+last). Then each daemon's memory and CPU over the second.
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +26,10 @@ ap.add_argument("n", nargs="?", type=int, default=21)
 ap.add_argument("--remote", choices=["local", "ssh", "https"], default="local")
 ap.add_argument("--latency", default="0ms", help="added each way by the proxy (network remotes)")
 ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"))
+ap.add_argument("--heartbeat-commit-interval", default="0s",
+                help="sync.heartbeat_commit_interval (0s: every refresh committed; the default setting is 1m)")
+ap.add_argument("--set", action="append", default=[], metavar="TRINITY_X=V",
+                help="a setting for every PC, e.g. TRINITY_SYNC__SHARE_SSH_CONNECTION=false")
 opts = ap.parse_args()
 REL = opts.bin_dir
 N = opts.n
@@ -49,7 +55,8 @@ def env_for(pc):
     e = {k: v for k, v in os.environ.items() if not k.startswith(("TRINITY_", "GIT_"))}
     e.update(HOME=home, GIT_CONFIG_GLOBAL=os.path.join(home, "none"), GIT_CONFIG_NOSYSTEM="1",
              TRINITY_CONFIG=os.path.join(d, pc, "trinity.toml"), OUT=out,
-             TRINITY_SYNC__HEARTBEAT_COMMIT_INTERVAL="0s")
+             TRINITY_SYNC__HEARTBEAT_COMMIT_INTERVAL=opts.heartbeat_commit_interval)
+    e.update(kv.split("=", 1) for kv in opts.set)
     if bed:
         e.update(bed.env)
     return e
@@ -87,8 +94,23 @@ def wait(what, ok, limit=60):
             raise SystemExit(f"timed out waiting for {what} (kept {d})")
         time.sleep(0.005)
 
+idle = float(os.environ.get("BENCH_IDLE_S", "60"))
+
+def network_use(label):
+    """New connections and server requests per PC and minute over `idle` seconds."""
+    if not bed or idle <= 0:
+        return
+    c0, r0 = bed.stats()["connections"], bed.requests()
+    time.sleep(idle)
+    c, r = bed.stats()["connections"] - c0, bed.requests() - r0
+    per = len(PCS) * (idle / 60)
+    print(f"{label}, {idle:.0f} s: {c / per:.1f} new connections and {r / per:.1f} requests per PC and minute", flush=True)
+
 try:
     wait("every heartbeat everywhere", lambda: all(heartbeat(a, b) for a in PCS for b in PCS))
+    # Past the quick checks every daemon makes after starting.
+    time.sleep(65 if bed and idle > 0 else 0)
+    network_use("quiet fleet (every PC on standby)")
     start_lat, seen_lat = [], []
     holder = 0
     for r in range(N):
@@ -120,7 +142,6 @@ try:
     print(f"trigger -> agent started on the next PC: median {statistics.median(start_lat):.0f} ms, p95 {p95(start_lat):.0f} ms")
     print(f"trigger -> handoff_accepted visible on the outgoing PC: median {statistics.median(seen_lat):.0f} ms, p95 {p95(seen_lat):.0f} ms")
     # Idle: each daemon's resident memory and CPU over a quiet minute (Linux /proc).
-    idle = float(os.environ.get("BENCH_IDLE_S", "60"))
     def sample(pid):
         try:
             rss = next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:"))
@@ -130,13 +151,12 @@ try:
             return None
     names = [(pc, dm) for pc in PCS for dm in DAEMONS]
     before = [sample(p.pid) for p in procs]
-    conns_before = bed.stats()["connections"] if bed else 0
-    time.sleep(idle)
-    after = [sample(p.pid) for p in procs]
     if bed:
-        opened = bed.stats()["connections"] - conns_before
-        print(f"\nidle for {idle:.0f} s: {opened} new connections to the remote, "
-              f"{opened / len(PCS) / (idle / 60):.1f} per PC and minute")
+        print()
+        network_use("an agent at work (the last PC, ACTIVE)")
+    else:
+        time.sleep(idle)
+    after = [sample(p.pid) for p in procs]
     print(f"\nidle for {idle:.0f} s (PC1's daemons; the others alike):")
     for (pc, dm), b, a in zip(names, before, after):
         if pc == "PC1" and a and b:

@@ -12,6 +12,7 @@ import json, os, subprocess
 class NetBed:
     def __init__(self, bin_dir, repo, work_dir, transport, latency="0ms", lifetime="3h"):
         self.transport = transport
+        self.work_dir = work_dir
         self.proc = subprocess.Popen(
             [os.path.join(bin_dir, "netbed"), "--repo", repo, "--dir", work_dir,
              "--transport", transport, "--latency", latency, "--lifetime", lifetime],
@@ -33,6 +34,17 @@ class NetBed:
 
     def stats(self):
         return self.command("stats")
+
+    def requests(self):
+        """Requests the server answered: ssh sessions started (each a check, fetch or push,
+        from sshd's log), or HTTP requests."""
+        if self.transport == "https":
+            return self.stats()["http_requests"]
+        try:
+            log = open(os.path.join(self.work_dir, "ssh", "sshd", "sshd.log")).read()
+        except OSError:
+            return 0
+        return log.count("Starting session:")
 
     def close(self):
         try:

@@ -402,7 +402,14 @@ pub async fn run(
     drop(watcher);
     drop(remote_watcher);
     syncer.close_link();
-    tracing::info!("git-sync stopped");
+    let link = syncer.link().stats();
+    tracing::info!(
+        checks = link.checks,
+        sessions = link.sessions,
+        session_fetches = link.session_fetches,
+        git_fetches = link.git_fetches,
+        "git-sync stopped"
+    );
     Ok(())
 }
 

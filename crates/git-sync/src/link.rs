@@ -1,14 +1,16 @@
 //! How git-sync reaches the remote, cheaply.
 //!
 //! A remote on this machine is read directly (its branch's id, never its objects). A remote
-//! over ssh or HTTP(S) is checked on a protocol-v2 session kept open between cycles
-//! ([`session`]): one `ls-refs` request per check, one `fetch` request per fetch, on one
-//! connection. git's own commands (push, and fetches where no session is possible) run with
-//! the user's ssh command plus git-sync's options: OpenSSH's connection sharing
-//! (`ControlMaster`, a socket under `local/git-sync/ssh/`; not on Windows, whose OpenSSH lacks
-//! it), keep-alives that notice a dead link, a connect timeout, batch mode. The user's ssh
-//! configuration, agent and credential helpers are used as git uses them; nothing of theirs is
-//! changed. Every network operation has a deadline (`sync.network_timeout`).
+//! over ssh or HTTP(S) is checked with one protocol-v2 `ls-refs` request, and fetched with one
+//! `fetch` request on the same session ([`session`]): over ssh a session per check, opened on
+//! OpenSSH's shared connection (`ControlMaster`, a socket under `local/git-sync/ssh/`; not on
+//! Windows, whose OpenSSH lacks it), so a check costs no handshake; over HTTP(S) one session
+//! (`git remote-https`) kept open on one kept-alive connection. git's own commands (push, and
+//! fetches where no session is possible) run with the user's ssh command plus git-sync's
+//! options: the shared connection, keep-alives that notice a dead link, a connect timeout,
+//! batch mode. The user's ssh configuration, agent and credential helpers are used as git uses
+//! them; nothing of theirs is changed. Every network operation has a deadline
+//! (`sync.network_timeout`).
 
 pub mod pkt;
 pub mod session;
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 use gix::ObjectId;
 use trinity_core::gitcmd::{self, Failure, Git, SshCommand, SshVariant, classify_failure};
 
-use session::{Opened, Session, SessionError};
+use session::{Session, SessionError};
 
 /// What the remote URL names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,8 +96,8 @@ impl Endpoint {
 }
 
 /// The ssh options git-sync adds to the user's OpenSSH command for its own git and sessions.
-/// `control_dir`: where the shared connection's socket lives (`None`: no sharing).
-pub fn ssh_options(control_dir: Option<&Path>, timeout: Duration) -> Vec<(&'static str, String)> {
+/// `control`: the shared connection's socket (`None`: no sharing).
+pub fn ssh_options(control: Option<&Path>, timeout: Duration) -> Vec<(&'static str, String)> {
     let mut o = vec![
         ("BatchMode", "yes".to_owned()),
         // A connection that cannot be set up in time is a network failure, not a hang.
@@ -104,36 +106,42 @@ pub fn ssh_options(control_dir: Option<&Path>, timeout: Duration) -> Vec<(&'stat
         ("ServerAliveInterval", "5".to_owned()),
         ("ServerAliveCountMax", "3".to_owned()),
     ];
-    if let Some(dir) = control_dir {
+    if let Some(socket) = control {
         o.push(("ControlMaster", "auto".to_owned()));
-        o.push(("ControlPath", dir.join("%C").display().to_string()));
+        o.push(("ControlPath", socket.display().to_string()));
         // Kept a minute after its last user: git-sync's session keeps it in use while it runs.
         o.push(("ControlPersist", "60".to_owned()));
     }
     o
 }
 
-/// Where the shared ssh connection's socket goes: `preferred` (under the tree's `local/`)
-/// unless that path is too long for a Unix socket, then a private directory under the
-/// system's temporary directory. `None` where OpenSSH cannot share connections (Windows).
-pub fn control_dir(preferred: &Path) -> Option<PathBuf> {
+/// 16 hex digits naming `text`.
+fn tag(text: &[u8]) -> Option<String> {
+    Some(
+        gix::objs::compute_hash(gix::hash::Kind::Sha1, gix::objs::Kind::Blob, text)
+            .ok()?
+            .to_hex_with_len(16)
+            .to_string(),
+    )
+}
+
+/// The shared ssh connection's socket for `server` (`user@host:port`): in `preferred` (under
+/// the tree's `local/`) unless that path is too long for a Unix socket, else in a private
+/// directory under the system's temporary directory. `None` where OpenSSH cannot share
+/// connections (Windows). The name is git-sync's own hash of the server, not OpenSSH's `%C`,
+/// so the ssh command needs no `%` and runs without a shell.
+pub fn control_socket(preferred: &Path, server: &str) -> Option<PathBuf> {
     if cfg!(windows) {
         return None;
     }
-    // `%C` becomes 40 hex digits; a socket path must stay under 104 bytes (macOS; Linux 108).
-    let fits = |d: &Path| d.as_os_str().len() + 1 + 40 < 100;
+    let name = tag(server.as_bytes())?;
+    // A socket path must stay under 104 bytes (macOS; Linux 108).
+    let fits = |d: &Path| d.as_os_str().len() + 1 + name.len() < 100;
     let dir = if fits(preferred) {
         preferred.to_owned()
     } else {
-        let tag = gix::objs::compute_hash(
-            gix::hash::Kind::Sha1,
-            gix::objs::Kind::Blob,
-            preferred.as_os_str().as_encoded_bytes(),
-        )
-        .ok()?
-        .to_hex_with_len(12)
-        .to_string();
-        std::env::temp_dir().join(format!("trinity-ssh-{tag}"))
+        let t = tag(preferred.as_os_str().as_encoded_bytes())?;
+        std::env::temp_dir().join(format!("trinity-ssh-{}", &t[..12]))
     };
     if !fits(&dir) {
         return None;
@@ -144,7 +152,7 @@ pub fn control_dir(preferred: &Path) -> Option<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).ok()?;
     }
-    Some(dir)
+    Some(dir.join(name))
 }
 
 /// Why the remote could not be used.
@@ -220,8 +228,9 @@ const RETRY_SESSION_AFTER: Duration = Duration::from_secs(3600);
 
 impl Link {
     /// The link to `url` for the repository at `root` (git runs there), with `timeout` for
-    /// every network operation and the shared ssh connection's socket under `control`.
-    pub fn new(url: &str, root: &Path, timeout: Duration, control: &Path) -> Self {
+    /// every network operation and the shared ssh connection's socket under `control` (`None`:
+    /// a connection each).
+    pub fn new(url: &str, root: &Path, timeout: Duration, control: Option<&Path>) -> Self {
         let endpoint = Endpoint::parse(url, root);
         let mut ssh = SshCommand::resolve(Some(root));
         if ssh.command == "ssh"
@@ -230,8 +239,20 @@ impl Link {
             // Git for Windows runs its own ssh, not the one on the PATH: so does git-sync.
             ssh.command = gitcmd::shell_quote(&bundled.display().to_string());
         }
-        let sharing = match &endpoint {
-            Endpoint::Ssh { .. } if ssh.variant == SshVariant::OpenSsh => control_dir(control),
+        let sharing = match (&endpoint, control) {
+            (
+                Endpoint::Ssh {
+                    user, host, port, ..
+                },
+                Some(c),
+            ) if ssh.variant == SshVariant::OpenSsh => {
+                let server = format!(
+                    "{}@{host}:{}",
+                    user.as_deref().unwrap_or(""),
+                    port.unwrap_or(22)
+                );
+                control_socket(c, &server)
+            }
             _ => None,
         };
         let ssh = ssh.with_options(&ssh_options(sharing.as_deref(), timeout));
@@ -314,12 +335,10 @@ impl Link {
                 self.session = None;
                 let cmd = self.session_command().map_err(LinkError::Network)?;
                 self.stats.sessions += 1;
-                let (opened, head) =
+                let (session, head) =
                     Session::open_ssh(cmd, deadline.unwrap_or(self.timeout), &refname)
                         .map_err(LinkError::from_session)?;
-                if let Opened::V2(s) = opened {
-                    self.session = Some(s);
-                }
+                self.session = session;
                 Ok(head)
             }
             Endpoint::Http(_) => {
@@ -337,13 +356,14 @@ impl Link {
                         }
                     }
                 }
-                self.open_and_check(&refname, deadline.unwrap_or(self.timeout))
+                self.open_http(&refname, deadline.unwrap_or(self.timeout))
             }
             Endpoint::Other(_) => self.ls_remote(&refname),
         }
     }
 
-    fn open_and_check(
+    /// Opens the HTTP(S) session (kept for the next checks) and checks `refname` on it.
+    fn open_http(
         &mut self,
         refname: &str,
         deadline: Duration,
@@ -356,20 +376,13 @@ impl Link {
         let opened = Session::open_http(self.git.command([helper, "origin", &self.url]), deadline);
         self.stats.sessions += 1;
         match opened.map_err(LinkError::from_session)? {
-            Opened::V2(mut s) => {
+            Some(mut s) => {
                 let id = s.ls_ref(refname).map_err(LinkError::from_session)?;
-                tracing::debug!(
-                    kind = self.endpoint.kind(),
-                    "opened a session with the remote"
-                );
+                tracing::debug!("opened a session with the remote");
                 self.session = Some(s);
                 Ok(id)
             }
-            Opened::V0(refs) => Ok(refs
-                .into_iter()
-                .find(|(name, _)| name == refname)
-                .map(|(_, id)| id)),
-            Opened::NoV2 => {
+            None => {
                 tracing::info!(
                     "the remote's HTTP server does not speak git's protocol v2: checking it with git ls-remote"
                 );
@@ -593,16 +606,11 @@ mod tests {
 
     #[test]
     fn ssh_options_share_one_connection_except_where_openssh_cannot() {
-        let o = ssh_options(
-            Some(Path::new("/t/local/git-sync/ssh")),
-            Duration::from_secs(20),
-        );
+        let socket = Path::new("t").join("ssh").join("0123");
+        let o = ssh_options(Some(&socket), Duration::from_secs(20));
         let get = |k: &str| o.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
         assert_eq!(get("ControlMaster").as_deref(), Some("auto"));
-        assert_eq!(
-            get("ControlPath").as_deref(),
-            Some("/t/local/git-sync/ssh/%C")
-        );
+        assert_eq!(get("ControlPath"), Some(socket.display().to_string()));
         assert_eq!(get("BatchMode").as_deref(), Some("yes"));
         assert_eq!(get("ConnectTimeout").as_deref(), Some("20"));
         let plain = ssh_options(None, Duration::from_secs(90));
@@ -615,20 +623,26 @@ mod tests {
     fn a_long_tree_path_puts_the_socket_in_a_private_temporary_directory() {
         let dir = tempfile::tempdir().expect("tempdir");
         let short = dir.path().join("ssh");
-        assert_eq!(control_dir(&short).as_deref(), Some(short.as_path()));
+        let a = control_socket(&short, "git@host:22").expect("a socket");
+        assert_eq!(a.parent(), Some(short.as_path()));
+        let b = control_socket(&short, "git@other:22").expect("a socket");
+        assert_ne!(a, b, "one socket per server");
+        assert!(!a.display().to_string().contains('%'));
         let long = dir.path().join("x".repeat(120)).join("ssh");
-        let chosen = control_dir(&long).expect("a shorter place");
+        let chosen = control_socket(&long, "git@host:22").expect("a shorter place");
         assert!(
             chosen.starts_with(std::env::temp_dir()),
             "{}",
             chosen.display()
         );
+        assert!(chosen.as_os_str().len() < 100);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&chosen)
+        let parent = chosen.parent().expect("dir");
+        let mode = std::fs::metadata(parent)
             .expect("made")
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o700);
-        let _ = std::fs::remove_dir(&chosen);
+        let _ = std::fs::remove_dir(parent);
     }
 }

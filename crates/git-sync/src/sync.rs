@@ -171,11 +171,15 @@ impl Syncer {
             .run(["config", "--get", "remote.origin.url"])
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| config.sync.remote.clone());
+        let control = tree.sync_ssh_dir();
         let link = Link::new(
             &remote_url,
             tree.root(),
             config.sync.network_timeout,
-            &tree.sync_ssh_dir(),
+            config
+                .sync
+                .share_ssh_connection
+                .then_some(control.as_path()),
         );
         Ok(Self {
             tree,

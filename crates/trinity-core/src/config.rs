@@ -151,6 +151,10 @@ pub struct SyncConfig {
     /// given up as a network failure.
     #[serde(with = "humantime_serde")]
     pub network_timeout: Duration,
+    /// Over ssh (OpenSSH), git-sync's git commands and checks share one connection
+    /// (`ControlMaster`, a socket under `local/git-sync/ssh/`). Off: a connection each, as on
+    /// Windows, whose OpenSSH cannot share.
+    pub share_ssh_connection: bool,
     /// Heartbeats whose status did not change are committed at most this often.
     #[serde(with = "humantime_serde")]
     pub heartbeat_commit_interval: Duration,
@@ -175,6 +179,7 @@ impl Default for SyncConfig {
             pull_interval: Duration::from_secs(1),
             idle_pull_interval: Duration::from_secs(10),
             network_timeout: Duration::from_secs(20),
+            share_ssh_connection: true,
             heartbeat_commit_interval: Duration::from_secs(60),
             backoff_max: Duration::from_secs(60),
             stale_index_lock: Duration::from_secs(60),

@@ -372,18 +372,59 @@ impl Git {
     }
 }
 
+/// Starts `cmd` in a process group of its own (Unix), so that [`kill_group`] stops it with
+/// everything it started — git's ssh, a shell's children — and nothing else. (Windows:
+/// unchanged; [`kill_group`] stops the process tree.)
+pub fn own_group(cmd: &mut Command) -> &mut Command {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    cmd
+}
+
+/// Stops a child started with [`own_group`] and every process of its group (a daemonised
+/// ssh connection-sharing master has left it, and lives on), then reaps it.
+pub fn kill_group(child: &mut std::process::Child) {
+    #[cfg(unix)]
+    {
+        if let Some(pid) = i32::try_from(child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+    #[cfg(windows)]
+    {
+        // The tree: git and the ssh it started.
+        let _ = Command::new("taskkill")
+            .args(["/T", "/F", "/PID", &child.id().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// How a command run with a deadline ended.
 enum Finished {
     Done(std::process::Output),
     Killed { stderr: Vec<u8> },
 }
 
-/// Runs `cmd` collecting its output, killing it once `after` has passed. The output is read
-/// on two threads; the process is looked at every 10 ms (no signal handler is installed, so
-/// nothing else in the process is disturbed).
+/// Runs `cmd` collecting its output, killing it — with what it started — once `after` has
+/// passed. The output is read on two threads; the process is looked at every 10 ms (no signal
+/// handler is installed, so nothing else in the process is disturbed).
 fn output_within(cmd: &mut Command, after: Duration) -> std::io::Result<Finished> {
     let deadline = Instant::now() + after;
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut child = own_group(cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
     let collect = |pipe: Option<Box<dyn Read + Send>>| {
         let (tx, rx) = std::sync::mpsc::channel();
         if let Some(mut pipe) = pipe {
@@ -425,8 +466,7 @@ fn output_within(cmd: &mut Command, after: Duration) -> std::io::Result<Finished
             }));
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
             return Ok(Finished::Killed { stderr: drain(err) });
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -620,15 +660,40 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn a_command_past_its_deadline_is_stopped() {
+    fn a_command_past_its_deadline_is_stopped_with_what_it_started() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_file = dir.path().join("pid");
+        // git runs a shell, which runs a long sleep: all of it must go at the deadline.
+        let alias = format!(
+            "alias.slow=!sh -c 'echo $$ > {}; exec sleep 30'",
+            pid_file.display()
+        );
         let started = Instant::now();
         let err = Git::new()
-            .timeout(Duration::from_millis(200))
-            .run(["-c", "alias.slow=!sleep 20", "slow"])
+            .timeout(Duration::from_millis(500))
+            .run(["-c", &alias, "slow"])
             .expect_err("stopped");
         assert!(err.timed_out(), "{err}");
         assert!(err.to_string().contains("did not finish within"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
+        let pid = std::fs::read_to_string(&pid_file).expect("the sleep's pid");
+        // Gone, or a zombie waiting for init to reap it: either way no longer running.
+        let running = || {
+            std::fs::read_to_string(Path::new("/proc").join(pid.trim()).join("stat")).is_ok_and(
+                |stat| {
+                    stat.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+                },
+            )
+        };
+        let waited = Instant::now();
+        while running() {
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "the sleep started by git outlived the deadline"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // A quick command is unaffected.
         let v = Git::new()
             .timeout(Duration::from_secs(20))

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gix::ObjectId;
+use trinity_core::gitcmd::{kill_group, own_group};
 
 use super::pkt::{self, Packet};
 
@@ -50,13 +51,6 @@ pub enum SessionError {
     Store(String),
 }
 
-impl SessionError {
-    /// The text to classify (authentication, network…).
-    pub fn detail(&self) -> String {
-        self.to_string()
-    }
-}
-
 /// What the reader thread passes on.
 #[derive(Debug)]
 enum Msg {
@@ -65,18 +59,6 @@ enum Msg {
     Packet(Packet),
     /// The stream ended (with the read error, if any).
     End(Option<String>),
-}
-
-/// How the session was opened.
-#[derive(Debug)]
-pub enum Opened {
-    /// A v2 session, ready for requests.
-    V2(Session),
-    /// The server speaks only the original protocol: it advertised its branches (here, by
-    /// name) and the session is over.
-    V0(Vec<(String, ObjectId)>),
-    /// The HTTP server does not speak protocol v2 (`git remote-https` said `fallback`).
-    NoV2,
 }
 
 /// An open v2 session.
@@ -96,8 +78,7 @@ impl Drop for Session {
         // A v2 session ends with the end of its input; a server that does not notice is
         // stopped with the child.
         let _ = self.parts.stdin.write_all(b"0000");
-        let _ = self.parts.child.kill();
-        let _ = self.parts.child.wait();
+        kill_group(&mut self.parts.child);
     }
 }
 
@@ -185,7 +166,8 @@ struct Parts {
 impl Parts {
     fn spawn(mut cmd: Command, first_line: bool) -> Result<Self, SessionError> {
         let program = format!("{:?}", cmd.get_program());
-        let mut child = cmd
+        // In a group of its own: stopping the session stops the ssh a shell may have started.
+        let mut child = own_group(&mut cmd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -193,8 +175,7 @@ impl Parts {
             .map_err(|source| SessionError::Spawn { program, source })?;
         let stderr = collect_stderr(&mut child);
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
             return Err(SessionError::Protocol("no pipes to the child".into()));
         };
         let rx = reader(stdout, first_line);
@@ -208,8 +189,7 @@ impl Parts {
 
     fn closed(&mut self, why: Option<String>) -> SessionError {
         // Give the stderr reader a moment to see the child's last words.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
         let start = Instant::now();
         let mut said = String::new();
         while start.elapsed() < Duration::from_millis(200) {
@@ -241,8 +221,7 @@ impl Parts {
             Ok(Msg::End(why)) => Err(self.closed(why)),
             Ok(m) => Ok(m),
             Err(RecvTimeoutError::Timeout) => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+                kill_group(&mut self.child);
                 Err(SessionError::Timeout(deadline))
             }
             Err(RecvTimeoutError::Disconnected) => Err(self.closed(None)),
@@ -289,12 +268,14 @@ impl Session {
     /// request goes out with the connection, before the server's greeting arrives, so the
     /// check costs the session's set-up and one more round trip. git's `upload-pack` reads its
     /// branches once per process, so a session answers for the moment it was opened: it is
-    /// used for one check (and the fetch that follows), never kept for the next.
+    /// used for one check (and the fetch that follows), never kept for the next. Returns the
+    /// session (none when the server speaks only the original protocol: its advertisement
+    /// answered the check, and it is over) and the branch's commit.
     pub fn open_ssh(
         cmd: Command,
         deadline: Duration,
         refname: &str,
-    ) -> Result<(Opened, Option<ObjectId>), SessionError> {
+    ) -> Result<(Option<Session>, Option<ObjectId>), SessionError> {
         let mut parts = Parts::spawn(cmd, false)?;
         let until = Instant::now() + deadline;
         let request = request("ls-refs", None, &[format!("ref-prefix {refname}")]);
@@ -307,10 +288,7 @@ impl Session {
         }
         let first = parts.packet(until, deadline)?;
         if first.text() == Some(b"version 2") {
-            let Opened::V2(mut session) = Self::read_capabilities(parts, false, deadline, until)?
-            else {
-                return Err(SessionError::Protocol("no session".into()));
-            };
+            let mut session = Self::read_capabilities(parts, false, deadline, until)?;
             if session
                 .object_format
                 .as_deref()
@@ -323,7 +301,7 @@ impl Session {
             }
             session.requests += 1;
             let head = session.read_ls_ref(refname, until)?;
-            return Ok((Opened::V2(session), head));
+            return Ok((Some(session), head));
         }
         // The original protocol (the server did not take `GIT_PROTOCOL`): the advertisement
         // is the answer. The request sent ahead means nothing to it: the session just ends.
@@ -342,14 +320,14 @@ impl Session {
             p = parts.packet(until, deadline)?;
         }
         drop(parts.stdin);
-        let _ = parts.child.kill();
-        let _ = parts.child.wait();
+        kill_group(&mut parts.child);
         let head = refs.iter().find(|(n, _)| n == refname).map(|(_, id)| *id);
-        Ok((Opened::V0(refs), head))
+        Ok((None, head))
     }
 
-    /// Opens a session over HTTP(S): `cmd` runs `git remote-https <remote> <url>`.
-    pub fn open_http(cmd: Command, deadline: Duration) -> Result<Opened, SessionError> {
+    /// Opens a session over HTTP(S): `cmd` runs `git remote-https <remote> <url>`. `None`
+    /// when the server does not speak protocol v2 (the helper said `fallback`).
+    pub fn open_http(cmd: Command, deadline: Duration) -> Result<Option<Session>, SessionError> {
         let mut parts = Parts::spawn(cmd, true)?;
         let until = Instant::now() + deadline;
         parts
@@ -361,9 +339,8 @@ impl Session {
             Msg::Line(l) if l.is_empty() => {}
             Msg::Line(l) if l == "fallback" => {
                 drop(parts.stdin);
-                let _ = parts.child.kill();
-                let _ = parts.child.wait();
-                return Ok(Opened::NoV2);
+                kill_group(&mut parts.child);
+                return Ok(None);
             }
             other => {
                 return Err(SessionError::Protocol(format!(
@@ -382,7 +359,7 @@ impl Session {
                 "expected `version 2`, got {first:?}"
             )));
         }
-        Self::read_capabilities(parts, true, deadline, until)
+        Self::read_capabilities(parts, true, deadline, until).map(Some)
     }
 
     fn read_capabilities(
@@ -390,7 +367,7 @@ impl Session {
         stateless: bool,
         deadline: Duration,
         until: Instant,
-    ) -> Result<Opened, SessionError> {
+    ) -> Result<Session, SessionError> {
         let mut caps = Vec::new();
         loop {
             match parts.packet(until, deadline)? {
@@ -416,18 +393,13 @@ impl Session {
         let object_format = caps
             .iter()
             .find_map(|c| c.strip_prefix("object-format=").map(str::to_owned));
-        Ok(Opened::V2(Session {
+        Ok(Session {
             parts,
             stateless,
             object_format,
             deadline,
             requests: 0,
-        }))
-    }
-
-    /// Requests answered so far on this session.
-    pub fn requests(&self) -> u64 {
-        self.requests
+        })
     }
 
     fn packet(&mut self, until: Instant) -> Result<Packet, SessionError> {
