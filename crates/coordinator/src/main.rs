@@ -66,15 +66,48 @@ fn run(
         tracing::info!("disabled by coordinator.enabled = false");
         return Ok(ExitCode::SUCCESS);
     }
+    let config_lease_ttl = config.coordinator.lease_ttl;
+    let config_phases = config.coordinator.phases.clone();
     let mut coord = Coordinator::new(tree, pc, config, config_dir, SystemClock::shared());
     if cli.once {
         let _instance = trinity_core::daemon::InstanceLock::acquire(coord.tree(), &name)?;
         let mut report = coord.cycle()?;
-        // A lease on its way to the remote, or a verification running: see it through.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
-        while (coord.verifying() || matches!(report.standing, Standing::Claiming { .. }))
-            && std::time::Instant::now() < deadline
-        {
+        // A lease on its way to the remote, or a verification running: see it through, saying
+        // what is awaited and for how long at most.
+        let lease_wait = config_lease_ttl;
+        let verify_wait = verification_bound(&config_phases);
+        let mut waiting_for: Option<(&str, std::time::Instant)> = None;
+        loop {
+            let (what, bound) = if matches!(report.standing, Standing::Claiming { .. }) {
+                (
+                    "git-sync to push the lease to the remote (is git-sync running? see `git-sync --status`)",
+                    lease_wait,
+                )
+            } else if coord.verifying() {
+                ("the verification to finish", verify_wait)
+            } else {
+                break;
+            };
+            let since = match waiting_for {
+                Some((w, since)) if w == what => since,
+                _ => {
+                    eprintln!(
+                        "coordinator: waiting for {what}; giving up after {}",
+                        humantime::format_duration(bound)
+                    );
+                    let now = std::time::Instant::now();
+                    waiting_for = Some((what, now));
+                    now
+                }
+            };
+            if since.elapsed() >= bound {
+                print_report(&report);
+                eprintln!(
+                    "coordinator: gave up after {} waiting for {what}",
+                    humantime::format_duration(bound)
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             std::thread::sleep(std::time::Duration::from_millis(200));
             let next = coord.cycle()?;
             let mut actions = report.actions;
@@ -84,27 +117,40 @@ fn run(
                 actions,
             };
         }
-        match &report.standing {
-            Standing::Leading { epoch } => println!("leading (epoch {epoch})"),
-            Standing::Claiming { epoch } => {
-                println!("claimed the lease (epoch {epoch}); it has not reached the remote yet")
-            }
-            Standing::Following {
-                holder: Some(h),
-                epoch,
-            } => {
-                println!("following {h} (epoch {epoch})")
-            }
-            Standing::Following { holder: None, .. } => println!("no leader yet"),
-        }
-        for a in &report.actions {
-            println!("{a}");
-        }
+        print_report(&report);
         return Ok(ExitCode::SUCCESS);
     }
     trinity_core::daemon::run_with(service_token, |shutdown| daemon::run(coord, shutdown))
         .context("failed to start the async runtime")??;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The longest a verification can run: every phase's start and run deadlines, and a minute.
+fn verification_bound(phases: &[trinity_core::config::PhaseConfig]) -> std::time::Duration {
+    phases
+        .iter()
+        .map(|p| p.start_deadline + p.run_deadline)
+        .sum::<std::time::Duration>()
+        + std::time::Duration::from_secs(60)
+}
+
+fn print_report(report: &coordinator::CycleReport) {
+    match &report.standing {
+        Standing::Leading { epoch } => println!("leading (epoch {epoch})"),
+        Standing::Claiming { epoch } => {
+            println!("claimed the lease (epoch {epoch}); it has not reached the remote yet")
+        }
+        Standing::Following {
+            holder: Some(h),
+            epoch,
+        } => {
+            println!("following {h} (epoch {epoch})")
+        }
+        Standing::Following { holder: None, .. } => println!("no leader yet"),
+    }
+    for a in &report.actions {
+        println!("{a}");
+    }
 }
 
 fn print_status(tree: &trinity_core::Tree, json: bool) -> anyhow::Result<ExitCode> {

@@ -30,6 +30,11 @@ pub const PROBE_DEADLINE: Duration = Duration::from_secs(5);
 /// quick rate (`sync.pull_interval`) for this long, whatever else is in flight.
 pub const ACTIVE_WINDOW: Duration = Duration::from_secs(60);
 
+/// Where every check is a new connection with its handshake (ssh on Windows, whose OpenSSH
+/// cannot share one), the quick rate is never quicker than this: a third of the connections,
+/// for about a second more per handoff.
+pub const UNSHARED_MIN_INTERVAL: Duration = Duration::from_secs(3);
+
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -154,12 +159,18 @@ pub struct Schedule {
 impl Schedule {
     /// A schedule whose first check is at once and scans (whatever changed while the daemon
     /// was not running), then checks quickly for [`ACTIVE_WINDOW`]. `watching` is false when
-    /// there is no file watcher: every check scans then.
-    pub fn new(config: &trinity_core::config::SyncConfig, watching: bool, now: Instant) -> Self {
+    /// there is no file watcher: every check scans then. `quick` is `sync.pull_interval`, or
+    /// longer where each check costs a connection.
+    pub fn new(
+        config: &trinity_core::config::SyncConfig,
+        quick: Duration,
+        watching: bool,
+        now: Instant,
+    ) -> Self {
         Self {
             debounce: config.debounce,
-            quick: config.pull_interval,
-            idle: config.idle_pull_interval.max(config.pull_interval),
+            quick,
+            idle: config.idle_pull_interval.max(quick),
             watching,
             backoff: Backoff::new(config.backoff_max),
             quiet_until: None,
@@ -318,7 +329,16 @@ pub async fn run(
     if let Err(e) = &watcher {
         tracing::warn!(error = %e, "cannot watch the tree; scanning on every remote check instead");
     }
-    let mut schedule = Schedule::new(&config, watcher.is_ok(), Instant::now());
+    let quick = if syncer.link().connection_per_check() {
+        tracing::info!(
+            "every check of the remote opens an ssh connection (no connection sharing here): checking at most every {}",
+            humantime::format_duration(config.pull_interval.max(UNSHARED_MIN_INTERVAL))
+        );
+        config.pull_interval.max(UNSHARED_MIN_INTERVAL)
+    } else {
+        config.pull_interval
+    };
+    let mut schedule = Schedule::new(&config, quick, watcher.is_ok(), Instant::now());
     let mut released: Option<Instant> = None;
     tracing::info!(
         tree = %root.display(),
@@ -474,7 +494,7 @@ mod tests {
         };
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut s = Schedule::new(&config, true, t0);
+        let mut s = Schedule::new(&config, config.pull_interval, true, t0);
         let c = |scan, offline| {
             Some(Cycle {
                 scan,
@@ -547,7 +567,7 @@ mod tests {
         assert_eq!(s.after(cycle, Err(&local), at(31_000)), Duration::ZERO);
         assert_eq!(s.on(Event::CheckDue, at(32_000), false), c(true, false));
         // Without a watcher every check scans.
-        let mut blind = Schedule::new(&config, false, t0);
+        let mut blind = Schedule::new(&config, config.pull_interval, false, t0);
         for i in 0..3 {
             assert_eq!(
                 blind.on(Event::CheckDue, at(i * 1000), false),
@@ -565,7 +585,7 @@ mod tests {
         };
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let mut s = Schedule::new(&config, true, t0);
+        let mut s = Schedule::new(&config, config.pull_interval, true, t0);
         let cycle = Cycle {
             scan: false,
             offline: false,
@@ -615,7 +635,7 @@ mod tests {
         };
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut s = Schedule::new(&config, true, t0);
+        let mut s = Schedule::new(&config, config.pull_interval, true, t0);
         let cycle = Cycle {
             scan: false,
             offline: false,

@@ -216,6 +216,8 @@ pub struct Link {
     ssh: SshCommand,
     timeout: Duration,
     session: Option<Session>,
+    /// ssh sessions share one connection.
+    shared: bool,
     /// An HTTP server without protocol v2: `git ls-remote` until then.
     no_session_until: Option<Instant>,
     local_repo: Option<gix::Repository>,
@@ -255,6 +257,7 @@ impl Link {
             }
             _ => None,
         };
+        let shared = sharing.is_some();
         let ssh = ssh.with_options(&ssh_options(sharing.as_deref(), timeout));
         let git = Git::in_dir(root).with_ssh(ssh.clone()).timeout(timeout);
         Self {
@@ -265,6 +268,7 @@ impl Link {
             ssh,
             timeout,
             session: None,
+            shared,
             no_session_until: None,
             local_repo: None,
             stats: LinkStats::default(),
@@ -292,6 +296,12 @@ impl Link {
     /// The ssh command git-sync runs (the user's, with git-sync's options).
     pub fn ssh_command(&self) -> &SshCommand {
         &self.ssh
+    }
+
+    /// Whether each check of the remote opens a connection of its own (ssh where OpenSSH
+    /// cannot share one: on Windows, or with `sync.share_ssh_connection = false`).
+    pub fn connection_per_check(&self) -> bool {
+        matches!(self.endpoint, Endpoint::Ssh { .. }) && !self.shared
     }
 
     /// What the link has done so far.
@@ -616,6 +626,26 @@ mod tests {
         let plain = ssh_options(None, Duration::from_secs(90));
         assert!(plain.iter().all(|(n, _)| !n.starts_with("Control")));
         assert!(plain.contains(&("ConnectTimeout", "30".to_owned())));
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn windows_openssh_never_shares_a_connection() {
+        let dir = std::env::temp_dir().join("trinity-link-test");
+        assert_eq!(control_socket(&dir, "git@host:22"), None);
+        let link = Link::new(
+            "ssh://git@host/state.git",
+            &dir,
+            Duration::from_secs(20),
+            Some(&dir),
+        );
+        assert!(
+            !link.ssh_command().command.contains("ControlMaster"),
+            "{}",
+            link.ssh_command().command
+        );
+        assert!(link.ssh_command().command.contains("BatchMode=yes"));
+        assert!(link.connection_per_check());
     }
 
     #[cfg(unix)]
