@@ -157,6 +157,8 @@ try:
     else:
         time.sleep(idle)
     after = [sample(p.pid) for p in procs]
+    if idle <= 0:
+        raise SystemExit(0)
     print(f"\nidle for {idle:.0f} s (PC1's daemons; the others alike):")
     for (pc, dm), b, a in zip(names, before, after):
         if pc == "PC1" and a and b:
