@@ -22,7 +22,7 @@ use trinity_core::syncstate::SyncState;
 use trinity_core::{HandoffId, InstanceState, PcId, RecordId, SharedClock, SignalId, TaskId, Tree};
 
 use crate::leader::{LeaseEvent, LeaseKeeper, Standing};
-use crate::notify::Notifier;
+use crate::notifications::Notifier;
 use crate::report;
 use crate::verify::{self, Running, Workdir};
 
@@ -136,7 +136,19 @@ impl Coordinator {
             config.sync.mode,
             clock.clone(),
         );
-        let notifier = Notifier::new(&config.coordinator.notify_url);
+        let ca_file = config.coordinator.notify_ca_file.trim();
+        let ca_file = (!ca_file.is_empty()).then(|| {
+            let p = PathBuf::from(ca_file);
+            match &config_dir {
+                Some(dir) if p.is_relative() => dir.join(p),
+                _ => p,
+            }
+        });
+        let notifier = Notifier::new(
+            &config.coordinator.notify_url,
+            &config.coordinator.notify_format,
+            ca_file.as_deref(),
+        );
         Self {
             tree,
             pc,
@@ -179,6 +191,12 @@ impl Coordinator {
     /// Whether a verification runs now.
     pub fn verifying(&self) -> bool {
         !self.runs.is_empty()
+    }
+
+    /// Waits until the notifications sent so far are delivered (or given up), at most
+    /// `within`: before a `--once` run exits. False if some were still on their way.
+    pub fn flush_notifications(&self, within: std::time::Duration) -> bool {
+        self.notifier.flush(within)
     }
 
     /// The time by the coordinator's clock (injected; the system clock in the daemon).

@@ -9,7 +9,7 @@
 pub mod cycle;
 pub mod daemon;
 pub mod leader;
-pub mod notify;
+pub mod notifications;
 pub mod report;
 pub mod verify;
 

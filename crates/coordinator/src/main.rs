@@ -118,6 +118,13 @@ fn run(
             };
         }
         print_report(&report);
+        // Messages about what this run did go out before it exits (each is bounded: three
+        // attempts of at most ten seconds).
+        let bound = coordinator::notifications::TIMEOUT * coordinator::notifications::ATTEMPTS
+            + std::time::Duration::from_secs(5);
+        if !coord.flush_notifications(bound) {
+            eprintln!("coordinator: some notifications were still being sent when it stopped");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     trinity_core::daemon::run_with(service_token, |shutdown| daemon::run(coord, shutdown))

@@ -797,11 +797,13 @@ fn ntfy() -> (String, Received) {
                 if line.is_empty() {
                     break;
                 }
-                if let Some(v) = line.strip_prefix("Title: ") {
-                    title = v.to_owned();
-                }
-                if let Some(v) = line.strip_prefix("Content-Length: ") {
-                    len = v.parse().unwrap_or(0);
+                // Header names in any case (HTTP/1.1 makes no difference).
+                if let Some((name, v)) = line.split_once(':') {
+                    match name.trim().to_ascii_lowercase().as_str() {
+                        "title" => title = v.trim().to_owned(),
+                        "content-length" => len = v.trim().parse().unwrap_or(0),
+                        _ => {}
+                    }
                 }
             }
             let mut body = vec![0u8; len];
@@ -863,6 +865,73 @@ fn notifications_go_out_once_per_event() {
     assert!(
         bodies.iter().any(|b| b.contains("reassigned to")),
         "{bodies:?}"
+    );
+}
+
+/// Notifications over HTTPS to a webhook (a server with a certificate authority of its own,
+/// trusted through `notify_ca_file`), in Slack's shape, retried when the server fails.
+#[cfg(unix)]
+#[test]
+fn notifications_reach_an_https_webhook_and_a_failing_server_is_tried_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hook = trinity_netbed::https::Capture::start(dir.path()).expect("https server");
+    let mut f = Fixture::new();
+    f.config.coordinator.notify_url = hook.url("/services/T0/B0/XYZSECRET");
+    f.config.coordinator.notify_ca_file = hook.ca_file().display().to_string();
+    // The URL is not Slack's own host: say which shape it takes.
+    f.config.coordinator.notify_format = "slack".to_owned();
+    // The server fails twice (a 503, a 502), then takes the message; the next one it refuses
+    // (404: a deleted webhook), which is final.
+    hook.reply_next(&[503, 502, 200, 404]);
+    f.task("feature", Priority::High, 0, None, &[]);
+    let mut c = f.coordinator("PC3");
+    c.cycle().expect("cycle");
+    // PC1 submits its work: announced, then approved (no phases configured) — two messages.
+    f.submit("PC1", "feature");
+    c.cycle().expect("cycle");
+    assert!(c.flush_notifications(Duration::from_secs(30)), "delivered");
+    let got = hook.requests();
+    let text = |r: &trinity_netbed::https::Captured| -> String {
+        let body: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+        body["text"].as_str().expect("text").to_owned()
+    };
+    let finished: Vec<_> = got
+        .iter()
+        .filter(|r| text(r).starts_with("*Trinity: PC1 finished work*\n"))
+        .collect();
+    assert_eq!(finished.len(), 3, "two failures, then delivered: {got:?}");
+    for r in &got {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.target, "/services/T0/B0/XYZSECRET");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
+    let approved: Vec<_> = got
+        .iter()
+        .filter(|r| text(r).starts_with("*Trinity: APPROVE PC1*"))
+        .collect();
+    assert_eq!(approved.len(), 1, "a 404 is not tried again: {got:?}");
+    assert_eq!(got.len(), 4, "{got:?}");
+}
+
+/// A notification URL whose certificate no trusted authority signed is refused: nothing is sent.
+#[cfg(unix)]
+#[test]
+fn an_https_server_with_an_unknown_authority_is_not_trusted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hook = trinity_netbed::https::Capture::start(dir.path()).expect("https server");
+    let mut f = Fixture::new();
+    f.config.coordinator.notify_url = hook.url("/topic");
+    f.task("feature", Priority::High, 0, None, &[]);
+    let mut c = f.coordinator("PC3");
+    c.cycle().expect("cycle");
+    f.submit("PC1", "feature");
+    c.cycle().expect("cycle");
+    // Given up at once: a certificate that does not verify is not tried again.
+    assert!(c.flush_notifications(Duration::from_secs(30)), "given up");
+    assert!(
+        hook.requests().is_empty(),
+        "no request may reach an untrusted server: {:?}",
+        hook.requests()
     );
 }
 

@@ -396,9 +396,16 @@ pub struct CoordinatorConfig {
     pub coverage_min: f64,
     /// More medium-severity issues than this over all phases escalate the verdict to a person.
     pub medium_issue_limit: u32,
-    /// Where the leader POSTs one short message per handoff, verdict, escalation and dead PC
-    /// (an ntfy-compatible `http://` URL; empty: no notifications).
+    /// Where the leader POSTs one short message per handoff, verdict, escalation and dead PC:
+    /// an `https://` (or `http://`) URL — an ntfy topic, a Slack, Discord, Teams or Matrix
+    /// webhook, any JSON endpoint. Empty: no notifications.
     pub notify_url: String,
+    /// The request's shape: `auto` (from the URL's host: Slack, Teams, Discord; ntfy for any
+    /// other), `ntfy`, `slack` (also Teams and Matrix), `discord` or `json`.
+    pub notify_format: String,
+    /// A PEM file of the certificate authorities to trust for `notify_url` instead of the
+    /// public ones (a server of one's own). Empty: the public ones.
+    pub notify_ca_file: String,
 }
 
 impl Default for CoordinatorConfig {
@@ -414,6 +421,8 @@ impl Default for CoordinatorConfig {
             coverage_min: 0.0,
             medium_issue_limit: 10,
             notify_url: String::new(),
+            notify_format: "auto".to_owned(),
+            notify_ca_file: String::new(),
         }
     }
 }
@@ -691,9 +700,17 @@ impl Config {
             p.push("coordinator.coverage_min must be between 0 and 1".to_owned());
         }
         let url = self.coordinator.notify_url.trim();
-        if !url.is_empty() && !url.starts_with("http://") {
+        if !url.is_empty() && !url.starts_with("https://") && !url.starts_with("http://") {
+            // Not echoed: a webhook URL holds its secret.
+            p.push("coordinator.notify_url must start with https:// or http://".to_owned());
+        }
+        if !matches!(
+            self.coordinator.notify_format.trim(),
+            "" | "auto" | "ntfy" | "slack" | "teams" | "matrix" | "discord" | "json"
+        ) {
             p.push(format!(
-                "coordinator.notify_url {url:?} must start with http:// (ntfy over plain HTTP; put a local relay in front of an https server)"
+                "coordinator.notify_format {:?} is not one of auto, ntfy, slack, discord, json",
+                self.coordinator.notify_format
             ));
         }
         if self.sync.branch.trim().is_empty() {

@@ -84,10 +84,19 @@ fn certificates() -> io::Result<(String, Vec<u8>, Vec<u8>)> {
     Ok((ca_cert.pem(), cert.der().to_vec(), key.serialize_der()))
 }
 
-impl GitHttps {
-    /// Serves the repositories under `project_root` on a free loopback port; writes the
-    /// authority's certificate to `{dir}/ca.pem`.
-    pub fn start(project_root: &Path, dir: &Path) -> io::Result<Self> {
+/// A TLS server's parts: its runtime, listener and acceptor, and where the authority's
+/// certificate was written.
+struct Tls {
+    runtime: tokio::runtime::Runtime,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    ca: PathBuf,
+}
+
+impl Tls {
+    /// A fresh authority and server certificate (its PEM in `{dir}/ca.pem`), a runtime of one
+    /// thread, a listener on a free loopback port.
+    fn start(dir: &Path, name: &str) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let (ca_pem, cert, key) = certificates()?;
         let ca = dir.join("ca.pem");
@@ -105,13 +114,31 @@ impl GitHttps {
                 rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
             )
             .map_err(other)?;
-        let acceptor = TlsAcceptor::from(Arc::new(config));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
-            .thread_name("netbed-https")
+            .thread_name(name)
             .enable_all()
             .build()?;
         let listener = runtime.block_on(TcpListener::bind(("127.0.0.1", 0)))?;
+        Ok(Self {
+            runtime,
+            listener,
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            ca,
+        })
+    }
+}
+
+impl GitHttps {
+    /// Serves the repositories under `project_root` on a free loopback port; writes the
+    /// authority's certificate to `{dir}/ca.pem`.
+    pub fn start(project_root: &Path, dir: &Path) -> io::Result<Self> {
+        let Tls {
+            runtime,
+            listener,
+            acceptor,
+            ca,
+        } = Tls::start(dir, "netbed-https")?;
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
         let root = project_root.canonicalize()?;
@@ -409,6 +436,140 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     Ok(())
+}
+
+/// One request a [`Capture`] server received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    /// `POST`, `GET`…
+    pub method: String,
+    /// The path, query included.
+    pub target: String,
+    /// The headers as sent.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Captured {
+    /// A header's value (the name in any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, Default)]
+struct CaptureState {
+    requests: Vec<Captured>,
+    replies: std::collections::VecDeque<u16>,
+}
+
+/// An HTTPS server that records every request and answers 200 — or, first, the statuses it was
+/// told to ([`Capture::reply_next`]): a webhook receiver for tests, with a certificate authority
+/// of its own. Dropping it stops it.
+#[derive(Debug)]
+pub struct Capture {
+    addr: SocketAddr,
+    ca: PathBuf,
+    state: Arc<std::sync::Mutex<CaptureState>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Capture {
+    /// Starts on a free loopback port; the authority's certificate goes to `{dir}/ca.pem`.
+    pub fn start(dir: &Path) -> io::Result<Self> {
+        let Tls {
+            runtime,
+            listener,
+            acceptor,
+            ca,
+        } = Tls::start(dir, "netbed-capture")?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(std::sync::Mutex::new(CaptureState::default()));
+        let st = state.clone();
+        runtime.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut stream = BufReader::new(tls);
+                    while let Ok(Some(req)) = read_request(&mut stream).await {
+                        let status = {
+                            let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+                            let target = if req.query.is_empty() {
+                                req.path.clone()
+                            } else {
+                                format!("{}?{}", req.path, req.query)
+                            };
+                            s.requests.push(Captured {
+                                method: req.method.clone(),
+                                target,
+                                headers: req.headers.clone(),
+                                body: req.body.clone(),
+                            });
+                            s.replies.pop_front().unwrap_or(200)
+                        };
+                        let text =
+                            format!("{status} {}", if status < 400 { "OK" } else { "Error" });
+                        if respond(stream.get_mut(), &text, &[], b"").await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            ca,
+            state,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// The URL of `path` (`/hooks/secret`) on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.addr.port())
+    }
+
+    /// The certificate authority's certificate, for the client to trust.
+    pub fn ca_file(&self) -> &Path {
+        &self.ca
+    }
+
+    /// The next requests are answered with these statuses, in order; then 200 again.
+    pub fn reply_next(&self, statuses: &[u16]) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replies
+            .extend(statuses);
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Captured> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .requests
+            .clone()
+    }
 }
 
 #[cfg(test)]
