@@ -11,6 +11,7 @@ Every POST /v1/messages is answered as MODE says, and logged (one line a request
   529          overloaded_error
   500          api_error
   success      a streamed answer "hi" with usage (12 input, 5 output tokens)
+  hang         no answer at all (the CLI is then killed mid-request, to record a resumed session)
 Used by scripts/record-claude-fixtures.sh.
 """
 import json, sys, time
@@ -60,6 +61,9 @@ class H(BaseHTTPRequestHandler):
                 self.send_header("anthropic-ratelimit-unified-representative-claim", "five_hour")
             self.end_headers()
             self.wfile.write(json.dumps({"type": "error", "error": {"type": "rate_limit_error", "message": "Number of request tokens has exceeded your per-minute rate limit"}}).encode())
+            return
+        if MODE == "hang":
+            time.sleep(3600)
             return
         if MODE in ("529", "500"):
             code = int(MODE)

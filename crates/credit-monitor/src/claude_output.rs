@@ -11,8 +11,10 @@
 //! * `--output-format json`: only that `result` object (its retried attempts are not reported).
 //!
 //! 429 is a rate limit, 529 overloaded (never a reason to hand off), any other status an error;
-//! a result without an error is a success with its tokens and API time. Lines of other types,
-//! and text that is not JSON, are ignored.
+//! a result without an error is a success with its tokens and API time. Older versions
+//! (2.1.197) leave the status out of some results (`"result": "API Error: Repeated 529
+//! Overloaded errors…"`): the text tells then. Lines of other types, and text that is not JSON,
+//! are ignored.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -72,6 +74,22 @@ pub fn usage_tokens(usage: &Value) -> u64 {
     .sum()
 }
 
+/// An API error known only by its text: a rate limit, an overload, or an error.
+pub fn kind_of_text(text: &str) -> EventKind {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("rate_limit") || lower.contains("rate limit") || lower.contains("429") {
+        EventKind::RateLimit
+    } else if lower.contains("overloaded") || lower.contains("529") {
+        EventKind::Overloaded
+    } else {
+        EventKind::Error
+    }
+}
+
+fn by_text(now: DateTime<Utc>, text: &str) -> CreditEvent {
+    CreditEvent::new(now, kind_of_text(text))
+}
+
 fn by_status(now: DateTime<Utc>, status: Option<u64>) -> CreditEvent {
     let status = status.and_then(|s| u16::try_from(s).ok());
     let kind = match status {
@@ -86,7 +104,8 @@ fn by_status(now: DateTime<Utc>, status: Option<u64>) -> CreditEvent {
     e
 }
 
-fn event_of(v: &Value, now: DateTime<Utc>) -> Option<CreditEvent> {
+/// The event one parsed line of output stands for, if any.
+pub fn event_of(v: &Value, now: DateTime<Utc>) -> Option<CreditEvent> {
     match (v["type"].as_str(), v["subtype"].as_str()) {
         (Some("system"), Some("api_retry")) => {
             let mut e = by_status(now, v["error_status"].as_u64());
@@ -99,8 +118,11 @@ fn event_of(v: &Value, now: DateTime<Utc>) -> Option<CreditEvent> {
             if v["is_error"].as_bool() == Some(true) {
                 let status = v["api_error_status"].as_u64();
                 if status.is_none() && v["api_error_type"].is_null() {
-                    // An error of the run (a tool, a turn limit), not of the API.
-                    return None;
+                    // Older versions (2.1.197) name no status for some API errors ("API Error:
+                    // Repeated 529 Overloaded errors…"): the text tells. Any other error is
+                    // the run's (a tool, a turn limit), not the API's.
+                    let text = v["result"].as_str().unwrap_or("");
+                    return text.starts_with("API Error").then(|| by_text(now, text));
                 }
                 let mut e = by_status(now, status);
                 if v["api_error_type"].as_str() == Some("rate_limit_error") {

@@ -26,6 +26,8 @@ pub struct Options {
     pub transcript_poll: Duration,
     /// The transcripts directory, if tailing is on.
     pub transcripts: Option<PathBuf>,
+    /// The agents' output (`logs/agent.log`), read with the transcripts.
+    pub agent_log: Option<PathBuf>,
 }
 
 /// Why the daemon stopped with an error.
@@ -46,19 +48,21 @@ pub enum Wake {
     Events,
     /// The interval passed.
     Tick,
-    /// Time to read the transcripts.
+    /// Time to read the transcripts (and the agents' output).
     Transcripts,
+    /// Claude Code's `StopFailure` hook reported a failed turn: read them now.
+    Poked,
 }
 
-/// True when a file-system event concerns the events file (other writes in `local/credit/`,
-/// our own state and lock files among them, are not news).
-pub fn is_events_change(event: &notify::Event, events_file: &Path) -> bool {
+/// True when a file-system event concerns `file` (other writes in `local/credit/`, our own
+/// state and lock files among them, are not news).
+pub fn is_change_of(event: &notify::Event, file: &Path) -> bool {
     use notify::EventKind as K;
     matches!(event.kind, K::Create(_) | K::Modify(_) | K::Any)
         && event
             .paths
             .iter()
-            .any(|p| p.file_name() == events_file.file_name())
+            .any(|p| p.file_name() == file.file_name())
 }
 
 /// Runs until `shutdown` is cancelled.
@@ -87,11 +91,16 @@ pub async fn run(
     })?;
     let watched = events_file.clone();
     let (watcher, mut rx) = watch(&[(&events_dir, false)], move |event| {
-        is_events_change(event, &watched)
+        is_change_of(event, &watched)
     });
     if let Err(e) = &watcher {
         tracing::warn!(error = %e, "cannot watch the events file; evaluating on the interval only");
     }
+    let poke_file = monitor.tree().credit_poke_file();
+    let poked = poke_file.clone();
+    let (poke_watcher, mut pokes) = watch(&[(&events_dir, false)], move |event| {
+        is_change_of(event, &poked)
+    });
 
     let mut tick = ticker(options.interval);
     let mut transcript_tick = ticker(options.transcript_poll);
@@ -115,7 +124,11 @@ pub async fn run(
                 while rx.try_recv().is_ok() {}
                 Wake::Events
             }
-            _ = transcript_tick.tick(), if options.transcripts.is_some() => Wake::Transcripts,
+            _ = transcript_tick.tick(), if options.transcripts.is_some() || options.agent_log.is_some() => Wake::Transcripts,
+            Some(()) = pokes.recv() => {
+                while pokes.try_recv().is_ok() {}
+                Wake::Poked
+            }
         };
         let result = match wake {
             Wake::Events => monitor.step().map(Some),
@@ -130,6 +143,11 @@ pub async fn run(
                 r.map(Some)
             }
             Wake::Transcripts => read_transcripts(&monitor, &options, &mut tail, &tail_path),
+            Wake::Poked => {
+                let said = std::fs::read_to_string(&poke_file).unwrap_or_default();
+                tracing::info!(hook = %said.trim(), "Claude Code reported a failed turn: reading its transcript and output now");
+                read_transcripts(&monitor, &options, &mut tail, &tail_path)
+            }
         };
         match result {
             Ok(Some(outcome)) => report(&outcome, &mut last_level),
@@ -147,6 +165,7 @@ pub async fn run(
         alerts.end_pass();
     }
     drop(watcher);
+    drop(poke_watcher);
     tracing::info!("credit monitor stopped");
     Ok(())
 }
@@ -157,11 +176,13 @@ fn read_transcripts(
     tail: &mut TailState,
     tail_path: &Path,
 ) -> Result<Option<StepReport>, MonitorError> {
-    let Some(dir) = &options.transcripts else {
-        return Ok(None);
-    };
     let before = tail.clone();
-    let events = transcripts::poll(dir, tail, monitor.now());
+    let events = transcripts::poll(
+        options.transcripts.as_deref(),
+        options.agent_log.as_deref(),
+        tail,
+        monitor.now(),
+    );
     let outcome = if events.is_empty() {
         None
     } else {
@@ -243,22 +264,22 @@ mod tests {
         let file = Path::new("/t/local/credit/events.jsonl");
         let ev = |kind, path: &str| notify::Event::new(kind).add_path(PathBuf::from(path));
         let modify = notify::EventKind::Modify(ModifyKind::Data(DataChange::Any));
-        assert!(is_events_change(
+        assert!(is_change_of(
             &ev(modify, "/t/local/credit/events.jsonl"),
             file
         ));
-        assert!(is_events_change(
+        assert!(is_change_of(
             &ev(
                 notify::EventKind::Create(CreateKind::File),
                 "/t/local/credit/events.jsonl"
             ),
             file
         ));
-        assert!(!is_events_change(
+        assert!(!is_change_of(
             &ev(modify, "/t/local/credit/state.json"),
             file
         ));
-        assert!(!is_events_change(
+        assert!(!is_change_of(
             &ev(
                 notify::EventKind::Access(AccessKind::Any),
                 "/t/local/credit/events.jsonl"

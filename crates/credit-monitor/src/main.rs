@@ -251,6 +251,7 @@ fn run(
         interval: cli.interval.unwrap_or(config.credit.interval),
         transcript_poll: config.credit.transcript_poll_interval,
         transcripts: expand_home(&config.credit.claude_projects_dir),
+        agent_log: Some(monitor.tree().agent_log_file()),
     };
     trinity_core::daemon::run_with(service_token, |shutdown| {
         daemon::run(monitor, options, shutdown)

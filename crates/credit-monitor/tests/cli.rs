@@ -385,10 +385,99 @@ fn the_daemon_reads_transcripts_hands_off_and_stops_cleanly() {
 }
 
 fn claude_fixture(case: &str, file: &str) -> PathBuf {
+    claude_version_fixture("2.1.332", case, file)
+}
+
+fn claude_version_fixture(version: &str, case: &str, file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/claude-code/2.1.332")
+        .join("tests/fixtures/claude-code")
+        .join(version)
         .join(case)
         .join(file)
+}
+
+/// Claude Code 2.1.197 writes only the last of a request's three refusals to its transcript;
+/// the daemon also reads what the agent printed (`logs/agent.log`, written by the wake-daemon)
+/// and counts the three — once each, though both sources report the last. The StopFailure
+/// hook's poke makes it read them at once (the poll interval here is an hour).
+#[cfg(unix)]
+#[test]
+fn the_daemon_counts_an_older_claude_s_refusals_from_its_output_when_poked() {
+    let env = Env::new("");
+    let projects = env.root().join("projects");
+    std::fs::create_dir_all(projects.join("p")).expect("mkdir");
+    let config = env.root().join("trinity.toml");
+    let text_cfg = std::fs::read_to_string(&config).expect("config").replace(
+        "claude_projects_dir = \"\"",
+        &format!(
+            "claude_projects_dir = {:?}\ntranscript_poll_interval = \"1h\"",
+            projects.display().to_string()
+        ),
+    );
+    std::fs::write(&config, text_cfg).expect("config");
+    let tree = env.tree();
+    std::fs::create_dir_all(tree.logs_dir()).expect("logs");
+    let mut child = env
+        .cmd()
+        .args(["--interval", "1h"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn daemon");
+    let pc1 = PcId::new("PC1").expect("valid");
+    // Started: its first (and, with an hour's interval, only) pass has read both sources'
+    // ends, so what is written from now on is news.
+    wait_for("the daemon's first reading of its sources", || {
+        std::fs::read(tree.transcript_state_file()).is_ok()
+    });
+    // The run, as 2.1.197 wrote it: its transcript and its stream-json output.
+    std::fs::copy(
+        claude_version_fixture("2.1.197", "429", "transcript.jsonl"),
+        projects.join("p").join("session.jsonl"),
+    )
+    .expect("transcript");
+    std::fs::copy(
+        claude_version_fixture("2.1.197", "429", "stream.jsonl"),
+        tree.agent_log_file(),
+    )
+    .expect("agent.log");
+    // Claude Code's StopFailure hook (what it was given, recorded) pokes the monitor.
+    let hook = std::fs::read_to_string(claude_version_fixture(
+        "2.1.197",
+        "429",
+        "stop-failure.json",
+    ))
+    .expect("hook input");
+    let trinity = Path::new(BIN).with_file_name("trinity");
+    if trinity.is_file() {
+        let mut poke = env.t.command(&trinity);
+        poke.args(["agent", "stop-failure"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut p = poke.spawn().expect("trinity agent stop-failure");
+        std::io::Write::write_all(&mut p.stdin.take().expect("stdin"), hook.as_bytes())
+            .expect("hook input");
+        let o = p.wait_with_output().expect("wait");
+        assert!(o.status.success(), "{}", text(&o));
+    } else {
+        // Built alone: the hook's file, as `trinity agent stop-failure` writes it.
+        fsio::write_atomic(&tree.credit_poke_file(), b"{\"error\":\"rate_limit\"}\n")
+            .expect("poke");
+    }
+    let count = || {
+        fsio::load::<CreditStatus>(&tree.credit_file(&pc1))
+            .map(|d| d.value.rate_limit_count)
+            .unwrap_or(0)
+    };
+    wait_for("three rate limits and the handoff", || {
+        count() == 3 && env.handoffs().len() == 1 && env.signals("PC2").len() == 1
+    });
+    let status = trinity_testkit::stop(&mut child);
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(count(), 3, "each refusal once");
+    let log = std::fs::read_to_string(tree.logs_dir().join("credit-monitor.log")).expect("log");
+    assert!(log.contains("Claude Code reported a failed turn"), "{log}");
 }
 
 #[test]

@@ -559,7 +559,7 @@ fn transcripts_become_events_once_each() {
     let file = project.join("session-1.jsonl");
     std::fs::write(&file, &text).expect("copy");
 
-    let events = transcripts::poll(dir.path(), &mut state, now);
+    let events = transcripts::poll(Some(dir.path()), None, &mut state, now);
     let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
     assert_eq!(
         kinds,
@@ -588,7 +588,7 @@ fn transcripts_become_events_once_each() {
 
     // Nothing new: nothing read. The unterminated last line is read once it is complete,
     // and a response already counted is not counted again.
-    assert!(transcripts::poll(dir.path(), &mut state, now).is_empty());
+    assert!(transcripts::poll(Some(dir.path()), None, &mut state, now).is_empty());
     let mut more = std::fs::OpenOptions::new()
         .append(true)
         .open(&file)
@@ -599,7 +599,7 @@ fn transcripts_become_events_once_each() {
     let again = r#"{"type":"assistant","message":{"id":"msg_02","usage":{"input_tokens":10,"output_tokens":90}},"requestId":"req_02"}"#;
     writeln!(more, "{again}").expect("append");
     drop(more);
-    let events = transcripts::poll(dir.path(), &mut state, now);
+    let events = transcripts::poll(Some(dir.path()), None, &mut state, now);
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].tokens, Some(3));
 }
@@ -615,7 +615,7 @@ fn files_present_at_the_first_start_are_read_from_their_end() {
     )
     .expect("copy");
     let mut state = TailState::default();
-    assert!(transcripts::poll(dir.path(), &mut state, t0()).is_empty());
+    assert!(transcripts::poll(Some(dir.path()), None, &mut state, t0()).is_empty());
     assert!(state.started);
 }
 

@@ -1,10 +1,12 @@
 //! `trinity agent`: making Claude Code report by itself, through its hooks.
 //!
 //! `setup` prints (or, with `--write`, merges into the workdir's `.claude/settings.local.json`)
-//! two hooks: at `SessionStart`, `trinity agent context` prints the work handed to this PC,
+//! three hooks: at `SessionStart`, `trinity agent context` prints the work handed to this PC,
 //! which Claude Code adds to the conversation; at `Stop` (each time the agent finishes a turn),
 //! `trinity agent checkpoint` records the session id in this PC's current work, so a handoff
-//! carries the right conversation.
+//! carries the right conversation; at `StopFailure` (a turn ended by an API error — a rate or
+//! usage limit among them), `trinity agent stop-failure` tells the credit monitor to read the
+//! transcript at once rather than at its next poll.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,9 @@ enum AgentCommand {
     /// For the Stop hook: record the agent's session id in this PC's current work (reads
     /// Claude Code's hook input from standard input).
     Checkpoint,
+    /// For the StopFailure hook: a turn ended by an API error (a rate limit…); the credit
+    /// monitor reads the transcript at once (reads the hook input from standard input).
+    StopFailure,
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +56,7 @@ pub(crate) fn run(args: AgentArgs, config_path: Option<&Path>) -> anyhow::Result
         AgentCommand::Setup(a) => setup(a, config_path),
         AgentCommand::Context => context(config_path),
         AgentCommand::Checkpoint => checkpoint(config_path),
+        AgentCommand::StopFailure => stop_failure(config_path),
     }
 }
 
@@ -85,6 +91,7 @@ fn hooks(config_path: Option<&Path>) -> anyhow::Result<Value> {
     Ok(json!({
         "SessionStart": [{"hooks": [{"type": "command", "command": hook_command(config_path, "context")?, "timeout": 30}]}],
         "Stop": [{"hooks": [{"type": "command", "command": hook_command(config_path, "checkpoint")?, "timeout": 30}]}],
+        "StopFailure": [{"hooks": [{"type": "command", "command": hook_command(config_path, "stop-failure")?, "timeout": 30}]}],
     }))
 }
 
@@ -138,7 +145,9 @@ fn setup(a: SetupArgs, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
             !entry["hooks"].as_array().is_some_and(|hs| {
                 hs.iter().any(|h| {
                     h["command"].as_str().is_some_and(|c| {
-                        c.contains(" agent context") || c.contains(" agent checkpoint")
+                        c.contains(" agent context")
+                            || c.contains(" agent checkpoint")
+                            || c.contains(" agent stop-failure")
                     })
                 })
             })
@@ -216,5 +225,30 @@ fn checkpoint(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         Some(next)
     })
     .context("cannot update this PC's instance file")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The StopFailure hook: writes what Claude Code said (the session, the error: `rate_limit`,
+/// `billing_error`…) to `local/credit/poke.json`, which the credit monitor watches; it then
+/// reads the transcript and the agent's output at once. Counting stays with the monitor, which
+/// counts each refusal once whichever source reports it.
+fn stop_failure(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let (_, tree) = crate::load_tree(config_path)?;
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .context("cannot read the hook input")?;
+    let hook: Value = serde_json::from_str(&input).unwrap_or(Value::Null);
+    let short = |v: &Value| -> String { v.as_str().unwrap_or("").chars().take(200).collect() };
+    let poke = json!({
+        "at": Utc::now().to_rfc3339(),
+        "session_id": short(&hook["session_id"]),
+        "error": short(&hook["error"]),
+    });
+    let file = tree.credit_poke_file();
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    fsio::write_atomic(&file, (poke.to_string() + "\n").as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -502,6 +502,7 @@ fn every_command_has_help() {
         &["agent", "setup"],
         &["agent", "context"],
         &["agent", "checkpoint"],
+        &["agent", "stop-failure"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");
@@ -752,6 +753,33 @@ fn agent_hooks_are_set_up_merged_once_and_report() {
         settings["hooks"]["SessionStart"].as_array().map(Vec::len),
         Some(1)
     );
+    assert!(
+        settings["hooks"]["StopFailure"][0]["hooks"][0]["command"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("agent stop-failure")),
+        "{settings}"
+    );
+    // Claude Code's StopFailure hook input (as 2.1.332 sends it on a rate limit) pokes the
+    // credit monitor: local/credit/poke.json names the session and the error.
+    let mut cmd = env.cmd();
+    cmd.args(["--config", "PC1/trinity.toml", "agent", "stop-failure"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("stop-failure");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(br#"{"session_id":"9708dab7-4eeb-4349-a414-5e2da24c8a5d","hook_event_name":"StopFailure","error":"rate_limit","last_assistant_message":"API Error: Request rejected (429)"}"#)
+        .expect("write");
+    ok(&child.wait_with_output().expect("wait"));
+    let poke: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.path("PC1/.trinity/local/credit/poke.json")).expect("poke"),
+    )
+    .expect("json");
+    assert_eq!(poke["error"], "rate_limit");
+    assert_eq!(poke["session_id"], "9708dab7-4eeb-4349-a414-5e2da24c8a5d");
     // The context the SessionStart hook prints.
     let out = ok(&t(&["agent", "context"]));
     assert!(out.contains("No task is assigned"), "{out}");

@@ -472,6 +472,12 @@ impl Tree {
         self.local_dir().join("credit").join("transcripts.json")
     }
 
+    /// `local/credit/poke.json`: written by Claude Code's `StopFailure` hook (`trinity agent
+    /// stop-failure`) when a turn failed, so the credit monitor reads its sources at once.
+    pub fn credit_poke_file(&self) -> PathBuf {
+        self.local_dir().join("credit").join("poke.json")
+    }
+
     /// `local/git-sync/state.json`: what git-sync tells the other daemons.
     pub fn sync_state_file(&self) -> PathBuf {
         self.local_dir().join("git-sync").join("state.json")
@@ -879,6 +885,7 @@ mod tests {
                 FileKind::Local,
                 PathClass::Local,
             ),
+            (tree.credit_poke_file(), FileKind::Local, PathClass::Local),
             (tree.wake_epochs_file(), FileKind::Local, PathClass::Local),
             (tree.agent_file(), FileKind::Local, PathClass::Local),
             (
