@@ -76,6 +76,7 @@ fn bench(pcs: usize, tasks: usize, rounds: usize) -> (Duration, Duration, Durati
             avg_response_time: 2.0,
             exhausted_until: None,
             next_pc: Some(ids[(i + 1) % ids.len()].clone()),
+            tokens_by_day: Default::default(),
         };
         fsio::save(&tree.credit_file(pc), &Doc::new(credit)).expect("credit");
     }

@@ -85,9 +85,7 @@ impl Monitor {
 
     /// Appends `event` and acts on the new evaluation, all under the credit lock.
     pub fn record(&self, event: &CreditEvent) -> Result<StepReport, MonitorError> {
-        let _lock = self.lock()?;
-        daemon::append_line_locked(&self.tree.credit_events_file(), &event.to_line())?;
-        self.step_locked(false)
+        self.record_many(std::slice::from_ref(event))
     }
 
     /// Appends several events (from a transcript) and acts once.
@@ -95,6 +93,12 @@ impl Monitor {
         let _lock = self.lock()?;
         for e in events {
             daemon::append_line_locked(&self.tree.credit_events_file(), &e.to_line())?;
+        }
+        // Their tokens, once: counted where they are appended.
+        if events.iter().any(|e| e.tokens.is_some_and(|t| t > 0)) {
+            let mut state = self.load_state()?;
+            state.count_tokens(events);
+            self.save_state(&state)?;
         }
         self.step_locked(false)
     }
@@ -328,6 +332,7 @@ impl Monitor {
                 .exhausted_until
                 .or(state.paused_until.filter(|u| *u > now)),
             next_pc: next_pc.cloned(),
+            tokens_by_day: state.tokens_by_day.clone(),
         };
         let existing = fsio::load::<CreditStatus>(&path).ok();
         let doc = match existing {

@@ -3,6 +3,8 @@
 //! errors. Both the decision (`monitor`) and the writing of a handoff (`handoff`) use them;
 //! neither depends on the other's internals.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use trinity_core::fsio::IoError;
@@ -75,6 +77,30 @@ pub struct TriggerState {
     /// The newest reset request (a `reset` event) taken; the epoch when none was yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset_applied: Option<DateTime<Utc>>,
+    /// Tokens used per UTC day (`YYYY-MM-DD`), the last [`TOKEN_DAYS`] days: counted as each
+    /// event is recorded, so resets and the event log's compaction lose nothing of them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tokens_by_day: BTreeMap<String, u64>,
+}
+
+/// Days of token counts kept and published.
+pub const TOKEN_DAYS: usize = 7;
+
+impl TriggerState {
+    /// Adds the tokens of `events` to their days, keeping the last [`TOKEN_DAYS`] days.
+    pub fn count_tokens(&mut self, events: &[trinity_core::credit::CreditEvent]) {
+        for e in events {
+            if let Some(t) = e.tokens.filter(|t| *t > 0) {
+                *self
+                    .tokens_by_day
+                    .entry(e.ts.format("%Y-%m-%d").to_string())
+                    .or_insert(0) += t;
+            }
+        }
+        while self.tokens_by_day.len() > TOKEN_DAYS {
+            self.tokens_by_day.pop_first();
+        }
+    }
 }
 
 impl TriggerState {
@@ -121,6 +147,7 @@ impl Default for TriggerState {
             escalated: false,
             pending: None,
             reset_applied: None,
+            tokens_by_day: BTreeMap::new(),
         }
     }
 }

@@ -369,6 +369,7 @@ fn when_nobody_can_take_over_it_escalates_once_and_wakes_nobody() {
         avg_response_time: 0.0,
         exhausted_until: Some(in_two_hours),
         next_pc: None,
+        tokens_by_day: Default::default(),
     };
     fsio::save(&env.tree.credit_file(&pc("PC3")), &Doc::new(out)).expect("credit");
     let m = env.monitor("PC1");
@@ -488,6 +489,40 @@ fn overloaded_storms_never_hand_off() {
         assert_eq!(o.evaluation.level, CreditLevel::Healthy);
     }
     assert!(handoffs(&env).is_empty());
+}
+
+#[test]
+fn tokens_are_counted_per_day_and_survive_a_reset() {
+    let env = Env::new();
+    let m = env.monitor("PC1");
+    let with_tokens = |n: u64| CreditEvent {
+        tokens: Some(n),
+        ..env.event(EventKind::Success)
+    };
+    m.record(&with_tokens(1_000)).expect("record");
+    m.record_many(&[with_tokens(200), with_tokens(30)])
+        .expect("record");
+    m.record(&env.event(EventKind::Success)).expect("no tokens");
+    env.advance(24 * 3600);
+    m.record(&with_tokens(7)).expect("record");
+    m.reset().expect("reset");
+    let status = fsio::load::<CreditStatus>(&env.tree.credit_file(&pc("PC1")))
+        .expect("credit status")
+        .value;
+    let days: Vec<(&str, u64)> = status
+        .tokens_by_day
+        .iter()
+        .map(|(d, n)| (d.as_str(), *n))
+        .collect();
+    assert_eq!(days, [("2026-11-21", 1_230), ("2026-11-22", 7)]);
+    // Only the last seven days are kept.
+    for _ in 0..8 {
+        env.advance(24 * 3600);
+        m.record(&with_tokens(1)).expect("record");
+    }
+    let state = m.load_state().expect("state");
+    assert_eq!(state.tokens_by_day.len(), credit_monitor::state::TOKEN_DAYS);
+    assert!(!state.tokens_by_day.contains_key("2026-11-22"));
 }
 
 #[test]

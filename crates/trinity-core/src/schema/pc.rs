@@ -170,6 +170,9 @@ pub struct CreditStatus {
     /// The PC a handoff would go to now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_pc: Option<PcId>,
+    /// Tokens used per UTC day (`YYYY-MM-DD`), the last seven days.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tokens_by_day: BTreeMap<String, u64>,
 }
 
 impl Schema for CreditStatus {
@@ -183,6 +186,17 @@ impl Schema for CreditStatus {
         super::check_non_negative("fraction", self.fraction, &mut problems);
         for (rule, fraction) in &self.rules {
             super::check_non_negative(&format!("rules.{rule}"), *fraction, &mut problems);
+        }
+        if self.tokens_by_day.len() > 14 {
+            problems.push(format!(
+                "tokens_by_day has {} days, at most 14",
+                self.tokens_by_day.len()
+            ));
+        }
+        for day in self.tokens_by_day.keys() {
+            if chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").is_err() {
+                problems.push(format!("tokens_by_day: `{day}` is not a date (YYYY-MM-DD)"));
+            }
         }
         if self.level == CreditLevel::Exhausted && self.rule.is_none() {
             problems.push("level EXHAUSTED needs the rule that decided it".to_owned());
