@@ -954,6 +954,7 @@ fn the_dashboard_page_renders_the_fleet() {
         avg_response_time: 4.5,
         exhausted_until: None,
         next_pc: Some(pc("PC2")),
+        tokens_by_day: BTreeMap::new(),
     };
     fsio::save(&f.tree.credit_file(&pc("PC1")), &Doc::new(credit)).expect("credit");
     f.task("feature", Priority::High, 0, None, &[]);
