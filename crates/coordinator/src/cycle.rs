@@ -29,6 +29,7 @@ use crate::verify::{self, Running, Workdir};
 mod assign;
 mod liveness;
 mod reports;
+mod timeline;
 mod verdicts;
 
 use verdicts::read_verifications;
@@ -66,6 +67,8 @@ pub struct FleetView {
     pub pending: Vec<(HandoffId, Handoff)>,
     /// Handoffs archived so far.
     pub processed: u64,
+    /// The archived handoffs of the last day (by the time in their ids).
+    pub recent_processed: Vec<HandoffId>,
     /// Tasks, claims and done records.
     pub queue: QueueView,
     /// Verification results by handoff.
@@ -102,6 +105,8 @@ pub struct Coordinator {
     last_epoch: Option<u64>,
     queue: QueueReader,
     reports_at: Option<DateTime<Utc>>,
+    timeline: Option<trinity_core::schema::Timeline>,
+    unreadable: BTreeSet<HandoffId>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -170,6 +175,8 @@ impl Coordinator {
             last_epoch: None,
             queue: QueueReader::default(),
             reports_at: None,
+            timeline: None,
+            unreadable: BTreeSet::new(),
         }
     }
 
@@ -251,6 +258,7 @@ impl Coordinator {
         if let Some(a) = actions.last() {
             self.last_action = Some((now, a.clone()));
         }
+        self.track(&fleet, &view, now);
         self.write_reports(&fleet, &view, epoch, now);
         Ok(CycleReport { standing, actions })
     }
@@ -265,6 +273,10 @@ impl Coordinator {
         self.last_epoch = Some(epoch);
         self.woken.clear();
         self.buried.clear();
+        // The timeline carries on from the tree: what the leader before wrote, not what this
+        // PC remembers from an earlier leadership.
+        self.timeline = None;
+
         self.delivered.clear();
         self.assigned.clear();
         // The handoffs already in the tree were announced by the leader before (at most once
@@ -331,13 +343,14 @@ impl Coordinator {
             }
         }
         view.pending = read_pending(&self.tree);
-        view.processed = std::fs::read_dir(self.tree.processed_handoff_dir())
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-                    .count() as u64
-            })
-            .unwrap_or(0);
+        let archived = handoff_files(&self.tree.processed_handoff_dir());
+        view.processed = archived.len() as u64;
+        let horizon = now - trinity_core::schema::Timeline::KEEP;
+        view.recent_processed = archived
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| id.created_at() >= horizon)
+            .collect();
         view.queue = self.queue.read(&self.tree);
         view.verifications = read_verifications(&self.tree);
         view

@@ -10,6 +10,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod leader;
 pub mod notifications;
+pub mod page;
 pub mod report;
 pub mod verify;
 

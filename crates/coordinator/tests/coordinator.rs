@@ -1001,6 +1001,165 @@ fn the_dashboard_page_renders_the_fleet() {
     }
 }
 
+/// A day of the fleet on the page: PC1 works, meets its usage limit and hands off to PC2; the
+/// leader restarts. The timeline has both phases of PC1 with the reset ahead, the handoff
+/// drawn between the rows, the countdown, the tokens per day, the latest events, and the last
+/// action survives the restart.
+#[test]
+fn the_dashboard_draws_the_day_with_handoffs_resets_and_tokens() {
+    use trinity_core::schema::{CreditLevel, CreditStatus, Phase, Timeline};
+    let f = Fixture::new();
+    let credit = |level: CreditLevel, until: Option<DateTime<Utc>>| CreditStatus {
+        format_version: 1,
+        pc: pc("PC1"),
+        updated_at: f.now(),
+        level,
+        rule: Some("usage_limit".to_owned()),
+        fraction: 0.5,
+        reason: String::new(),
+        rules: BTreeMap::new(),
+        rate_limit_count: 0,
+        error_rate: 0.0,
+        avg_response_time: 2.0,
+        exhausted_until: until,
+        next_pc: Some(pc("PC2")),
+        tokens_by_day: [("2026-03-01", 912_450), ("2026-03-02", 1_843_200)]
+            .into_iter()
+            .map(|(d, n)| (d.to_owned(), n))
+            .collect(),
+    };
+    let save_credit = |c: CreditStatus| {
+        fsio::save(&f.tree.credit_file(&pc("PC1")), &Doc::new(c)).expect("credit");
+    };
+    // 09:00: PC1 works; a task waits and the leader gives it to a PC on standby.
+    save_credit(credit(CreditLevel::Healthy, None));
+    f.beat("PC1", HeartbeatStatus::Active, &[]);
+    f.task("feature", Priority::High, 0, None, &[]);
+    f.claim("PC1", "feature", 0);
+    f.instance("PC1", InstanceState::Active, Some("feature"), None);
+    f.task("docs", Priority::Medium, 0, None, &[]);
+    let mut c = f.coordinator("PC3");
+    let report = c.cycle().expect("cycle");
+    assert!(
+        report.actions.iter().any(|a| a.contains("docs")),
+        "{:?}",
+        report.actions
+    );
+    // 12:00: PC1 met its usage limit (reset 12:43), handed off to PC2 and pauses.
+    f.clock.advance(Duration::from_secs(3 * 3600));
+    let reset = f.now() + chrono::Duration::minutes(43);
+    save_credit(credit(CreditLevel::Exhausted, Some(reset)));
+    let mut hb = Heartbeat::new(pc("PC1"), HeartbeatStatus::Paused, f.now());
+    hb.paused_until = Some(reset);
+    fsio::save(&f.tree.heartbeat_file(&pc("PC1")), &Doc::new(hb)).expect("heartbeat");
+    f.instance("PC1", InstanceState::HandoffComplete, None, None);
+    f.beat("PC2", HeartbeatStatus::Active, &[]);
+    f.beat("PC3", HeartbeatStatus::Idle, &[]);
+    f.instance("PC2", InstanceState::Active, Some("feature"), None);
+    let h = Handoff {
+        format_version: 1,
+        from_pc: pc("PC1"),
+        to_pc: pc("PC2"),
+        timestamp: f.now() - chrono::Duration::minutes(1),
+        reason: HandoffReason::UsageLimit,
+        task_queue: Vec::new(),
+        current_work: None,
+        credit_state: None,
+        epoch: None,
+        authored_by: None,
+        leader_epoch: None,
+    };
+    let id = h.id().expect("id");
+    fsio::create(&f.tree.processed_handoff_file(&id), &h).expect("archived handoff");
+    c.cycle().expect("cycle");
+    // 12:01: the leader restarts (its memory gone); it carries the timeline on.
+    drop(c);
+    f.clock.advance(Duration::from_secs(60));
+    for (p, s) in [
+        ("PC2", HeartbeatStatus::Active),
+        ("PC3", HeartbeatStatus::Idle),
+    ] {
+        f.beat(p, s, &[]);
+    }
+    let mut c = f.coordinator("PC3");
+    c.cycle().expect("cycle");
+
+    let tl = fsio::load::<Timeline>(&f.tree.timeline_file())
+        .expect("timeline")
+        .value;
+    let pc1: Vec<_> = tl.pcs[&pc("PC1")]
+        .iter()
+        .map(|s| (s.phase, s.from, s.until))
+        .collect();
+    let noon = t0() + chrono::Duration::hours(3);
+    assert_eq!(
+        pc1,
+        [
+            (Phase::Active, t0(), None),
+            (Phase::Exhausted, noon, Some(reset)),
+        ],
+        "the restarted leader carries PC1's phase on: {tl:#?}"
+    );
+    assert!(
+        tl.events
+            .iter()
+            .any(|e| e.handoff == id && e.reason == HandoffReason::UsageLimit),
+        "{tl:#?}"
+    );
+    let page = f.tree.dashboard_html_file();
+    let html = std::fs::read_to_string(&page).expect("page");
+    for want in [
+        r#"<rect class="span active""#,
+        r#"<rect class="span exhausted""#,
+        r#"<rect class="ahead""#,
+        r#"<line class="handoff""#,
+        "<b>PC1</b> exhausted until <b>12:43 UTC</b> — in 42m (as of 12:01 UTC)",
+        "<td class=\"n\">1.84 M</td>",
+        "<td class=\"n\">912 k</td>",
+        "handoff PC1 → PC2 (usage limit)",
+        "assigned a task to",
+    ] {
+        assert!(html.contains(want), "the page lacks {want:?}:\n{html}");
+    }
+    assert!(
+        !html.contains("Last autonomous action: none yet"),
+        "the restarted leader forgot the last action:\n{html}"
+    );
+    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| which(b).is_some())
+    else {
+        eprintln!("no chromium here: the page was checked as text only");
+        return;
+    };
+    let out = std::process::Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dom = String::from_utf8_lossy(&out.stdout);
+    // Parsed as SVG inside HTML: the drawing's elements are in the document.
+    for want in [
+        "<svg id=\"timeline-day\"",
+        "<svg id=\"timeline-hour\"",
+        "class=\"span exhausted\"",
+        "class=\"handoff\"",
+        "Usage-limit resets",
+        "exhausted until",
+        "1.84 M",
+    ] {
+        assert!(
+            dom.contains(want),
+            "the rendered page lacks {want:?}:\n{dom}"
+        );
+    }
+}
+
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)

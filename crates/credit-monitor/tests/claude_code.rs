@@ -17,6 +17,9 @@ use trinity_core::config::CreditConfig;
 use trinity_core::credit::{self, CreditEvent, EventKind, Rules};
 use trinity_core::schema::CreditLevel;
 
+#[path = "support/replay.rs"]
+mod replay;
+
 /// Every version the monitor supports, oldest first (docs/credit-monitor.md).
 const VERSIONS: [&str; 2] = ["2.1.197", "2.1.332"];
 
@@ -51,7 +54,10 @@ fn tail(version: &str, case: &str, read: Read) -> Vec<CreditEvent> {
         Read::Output => (None, Some(log.as_path())),
     };
     let mut state = TailState::default();
-    let now = Utc::now();
+    // Read at the time of the recording: the output's lines carry no time and are stamped
+    // with it, as the daemon stamps them when it reads them.
+    let now = replay::recorded_at(&fixture(version, case).join("transcript.jsonl"))
+        .unwrap_or_else(Utc::now);
     assert!(transcripts::poll(transcripts, output, &mut state, now).is_empty());
     let project = projects.join("-work-project");
     std::fs::create_dir_all(&project).expect("project dir");

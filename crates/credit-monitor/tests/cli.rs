@@ -8,6 +8,9 @@ use trinity_core::fsio;
 use trinity_core::schema::{CreditLevel, CreditStatus, Handoff, Heartbeat, HeartbeatStatus};
 use trinity_core::{PcId, Tree, validate};
 
+#[path = "support/replay.rs"]
+mod replay;
+
 const BIN: &str = env!("CARGO_BIN_EXE_credit-monitor");
 
 struct Env {
@@ -431,11 +434,11 @@ fn the_daemon_counts_an_older_claude_s_refusals_from_its_output_when_poked() {
         std::fs::read(tree.transcript_state_file()).is_ok()
     });
     // The run, as 2.1.197 wrote it: its transcript and its stream-json output.
-    std::fs::copy(
-        claude_version_fixture("2.1.197", "429", "transcript.jsonl"),
-        projects.join("p").join("session.jsonl"),
-    )
-    .expect("transcript");
+    replay::copy_transcript_as_of(
+        &claude_version_fixture("2.1.197", "429", "transcript.jsonl"),
+        &projects.join("p").join("session.jsonl"),
+        chrono::Utc::now(),
+    );
     std::fs::copy(
         claude_version_fixture("2.1.197", "429", "stream.jsonl"),
         tree.agent_log_file(),

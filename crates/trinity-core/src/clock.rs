@@ -9,6 +9,19 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+/// A duration for people, to its two largest units: "42s", "12m", "3h 5m", "2d 3h".
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 if s % 3600 / 60 == 0 => format!("{}h", s / 3600),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ if s % 86400 / 3600 == 0 => format!("{}d", s / 86400),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
 /// A source of "now".
 pub trait Clock: Send + Sync + fmt::Debug {
     /// The current wall-clock time.
@@ -71,6 +84,24 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_to_their_two_largest_units() {
+        let d = |s| human_duration(Duration::from_secs(s));
+        assert_eq!(
+            [
+                d(0),
+                d(42),
+                d(60),
+                d(754),
+                d(3600),
+                d(3600 + 300),
+                d(86400),
+                d(2 * 86400 + 3 * 3600 + 59)
+            ],
+            ["0s", "42s", "1m", "12m", "1h", "1h 5m", "1d", "2d 3h"]
+        );
+    }
 
     #[test]
     fn manual_clock_moves_only_when_told() {

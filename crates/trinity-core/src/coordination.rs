@@ -12,7 +12,11 @@ use chrono::{DateTime, Utc};
 
 use crate::ids::{PcId, TaskId};
 use crate::queue::{QueueView, TaskState, role_fits};
-use crate::schema::{Kpis, Lease, Liveness, PhaseResult, PhaseStatus, Verdict, Verification};
+use crate::schema::{
+    CreditLevel, CreditStatus, Heartbeat, HeartbeatStatus, InstanceStatus, Kpis, Lease, Liveness,
+    Phase, PhaseResult, PhaseStatus, Verdict, Verification,
+};
+use crate::state::InstanceState;
 
 /// What a coordinator should do about the lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +114,57 @@ pub fn liveness(
         Liveness::Suspect
     } else {
         Liveness::Alive
+    }
+}
+
+/// What a PC is doing, for the dashboard's timeline: from its liveness (as the leader judges
+/// it) and its own files. Silence and death come first (its files may be hours old); then a
+/// deliberate stop, exhaustion (until its reset when known), a pause after a handoff, and
+/// whether its agent works. `None` when nothing is known of it.
+pub fn phase_of(
+    liveness: Liveness,
+    heartbeat: Option<&Heartbeat>,
+    instance: Option<&InstanceStatus>,
+    credit: Option<&CreditStatus>,
+    now: DateTime<Utc>,
+) -> Option<(Phase, Option<DateTime<Utc>>)> {
+    match liveness {
+        Liveness::Dead => return Some((Phase::Dead, None)),
+        Liveness::Suspect => return Some((Phase::Silent, None)),
+        Liveness::Alive | Liveness::Unknown => {}
+    }
+    let future = |t: Option<DateTime<Utc>>| t.filter(|t| *t > now);
+    let status = heartbeat.map(|h| h.status);
+    let paused_until = future(heartbeat.and_then(|h| h.paused_until));
+    let exhausted_until = future(credit.and_then(|c| c.exhausted_until));
+    if status == Some(HeartbeatStatus::Stopped) {
+        return Some((Phase::Stopped, None));
+    }
+    if credit.is_some_and(|c| c.level == CreditLevel::Exhausted)
+        || status == Some(HeartbeatStatus::Exhausted)
+    {
+        return Some((Phase::Exhausted, exhausted_until.or(paused_until)));
+    }
+    if matches!(
+        status,
+        Some(HeartbeatStatus::Paused | HeartbeatStatus::HandoffInitiated)
+    ) {
+        return Some((Phase::Paused, paused_until.or(exhausted_until)));
+    }
+    if let Some(i) = instance {
+        return Some(match i.state {
+            InstanceState::Active | InstanceState::Remediation => (Phase::Active, None),
+            InstanceState::Standby
+            | InstanceState::HandoffReady
+            | InstanceState::Verification
+            | InstanceState::Approved
+            | InstanceState::Failed
+            | InstanceState::HandoffComplete => (Phase::Standby, None),
+        });
+    }
+    match status? {
+        HeartbeatStatus::Active | HeartbeatStatus::HandoffAccepted => Some((Phase::Active, None)),
+        _ => Some((Phase::Standby, None)),
     }
 }
 
@@ -423,6 +478,97 @@ mod tests {
     }
 
     const TTL: Duration = Duration::from_secs(120);
+
+    #[test]
+    fn a_pcs_phase_for_the_timeline() {
+        let now = t0();
+        let later = now + chrono::Duration::minutes(40);
+        let hb = |status, paused_until| Heartbeat {
+            paused_until,
+            ..Heartbeat::new(pc("PC1"), status, now)
+        };
+        let inst = |state| InstanceStatus {
+            format_version: 1,
+            pc: pc("PC1"),
+            state,
+            since: now,
+            current_work: None,
+            claimed_tasks: Vec::new(),
+            handoff: None,
+            epoch: 0,
+        };
+        let credit = |level: &str, until: Option<DateTime<Utc>>| -> CreditStatus {
+            let mut v = serde_json::json!({
+                "pc": "PC1", "updated_at": now, "level": level, "rule": "usage_limit",
+            });
+            if let Some(u) = until {
+                v["exhausted_until"] = serde_json::json!(u);
+            }
+            serde_json::from_value(v).expect("credit")
+        };
+        use HeartbeatStatus as H;
+        use InstanceState as I;
+        let alive = Liveness::Alive;
+        let active = hb(H::Active, None);
+        let working = inst(I::Active);
+        assert_eq!(phase_of(Liveness::Unknown, None, None, None, now), None);
+        assert_eq!(
+            phase_of(Liveness::Dead, Some(&active), Some(&working), None, now),
+            Some((Phase::Dead, None))
+        );
+        assert_eq!(
+            phase_of(Liveness::Suspect, Some(&active), None, None, now),
+            Some((Phase::Silent, None))
+        );
+        assert_eq!(
+            phase_of(alive, Some(&active), Some(&working), None, now),
+            Some((Phase::Active, None))
+        );
+        assert_eq!(
+            phase_of(
+                alive,
+                Some(&hb(H::Idle, None)),
+                Some(&inst(I::Approved)),
+                None,
+                now
+            ),
+            Some((Phase::Standby, None))
+        );
+        assert_eq!(
+            phase_of(alive, Some(&hb(H::Idle, None)), None, None, now),
+            Some((Phase::Standby, None))
+        );
+        let exhausted = credit("EXHAUSTED", Some(later));
+        assert_eq!(
+            phase_of(alive, Some(&active), Some(&working), Some(&exhausted), now),
+            Some((Phase::Exhausted, Some(later)))
+        );
+        // A reset time already past is no countdown.
+        assert_eq!(
+            phase_of(alive, None, None, Some(&exhausted), later),
+            Some((Phase::Exhausted, None))
+        );
+        assert_eq!(
+            phase_of(
+                alive,
+                Some(&hb(H::Paused, Some(later))),
+                Some(&inst(I::HandoffComplete)),
+                Some(&credit("WARNING", None)),
+                now
+            ),
+            Some((Phase::Paused, Some(later)))
+        );
+        assert_eq!(
+            phase_of(
+                alive,
+                Some(&hb(H::Stopped, None)),
+                Some(&working),
+                None,
+                now
+            ),
+            Some((Phase::Stopped, None))
+        );
+    }
 
     #[test]
     fn the_preferred_leader_takes_a_missing_lease_at_once_others_wait() {

@@ -102,6 +102,8 @@ pub enum FileKind {
     CreditDashboard,
     /// `dashboards/CREDIT_DASHBOARD.html`.
     DashboardHtml,
+    /// `dashboards/timeline.json`.
+    Timeline,
     /// `escalations/{id}.json`.
     Escalation(RecordId),
     /// `postmortems/{id}.md`.
@@ -143,6 +145,7 @@ impl FileKind {
             | FileKind::Verification(_)
             | FileKind::CreditDashboard
             | FileKind::DashboardHtml
+            | FileKind::Timeline
             | FileKind::Report(_) => PathClass::Leader,
             FileKind::Local => PathClass::Local,
         }
@@ -168,6 +171,7 @@ impl FileKind {
             FileKind::Verification(_) => "verification result",
             FileKind::CreditDashboard => "credit dashboard",
             FileKind::DashboardHtml => "dashboard page",
+            FileKind::Timeline => "timeline",
             FileKind::Escalation(_) => "escalation",
             FileKind::Postmortem(_) => "post-mortem",
             FileKind::Report(_) => "report",
@@ -396,6 +400,11 @@ impl Tree {
     /// `dashboards/CREDIT_DASHBOARD.html`.
     pub fn dashboard_html_file(&self) -> PathBuf {
         self.root.join("dashboards").join("CREDIT_DASHBOARD.html")
+    }
+
+    /// `dashboards/timeline.json`.
+    pub fn timeline_file(&self) -> PathBuf {
+        self.root.join("dashboards").join("timeline.json")
     }
 
     /// `escalations/`.
@@ -708,6 +717,7 @@ impl Tree {
             }
             ["dashboards", "credit_status.json"] => Ok(FileKind::CreditDashboard),
             ["dashboards", "CREDIT_DASHBOARD.html"] => Ok(FileKind::DashboardHtml),
+            ["dashboards", "timeline.json"] => Ok(FileKind::Timeline),
             ["escalations", f] => {
                 let stem = f
                     .strip_suffix(".json")
@@ -847,6 +857,7 @@ mod tests {
                 FileKind::DashboardHtml,
                 PathClass::Leader,
             ),
+            (tree.timeline_file(), FileKind::Timeline, PathClass::Leader),
             (
                 tree.escalation_file(&rec),
                 FileKind::Escalation(rec.clone()),

@@ -9,7 +9,7 @@ use crate::ids::{HandoffId, PcId};
 use crate::layout::{FileKind, SYNCED_DIRS, Tree};
 use crate::schema::{
     Claim, CreditDashboard, CreditStatus, Done, Escalation, Fleet, Handoff, Heartbeat,
-    InstanceStatus, Lease, MultiInstanceStatus, Schema, Task, Verification, WakeSignal,
+    InstanceStatus, Lease, MultiInstanceStatus, Schema, Task, Timeline, Verification, WakeSignal,
 };
 
 /// The largest conversation a handoff may carry (`work.conversation_max_bytes` is capped by it).
@@ -142,6 +142,9 @@ pub fn validate_file(tree: &Tree, path: &Path, fleet: Option<&Fleet>) -> Result<
             FileKind::Verification(id) => m("handoff", id, &load!(Verification).handoff_id),
             FileKind::CreditDashboard => {
                 load!(CreditDashboard);
+            }
+            FileKind::Timeline => {
+                load!(Timeline);
             }
             FileKind::Escalation(id) => m("id", id, &load!(Escalation).id),
         }
@@ -347,6 +350,7 @@ pub fn schema_versions() -> Vec<(&'static str, u32)> {
         v::<Verification>(),
         v::<MultiInstanceStatus>(),
         v::<CreditDashboard>(),
+        v::<Timeline>(),
         v::<Escalation>(),
     ]
 }

@@ -12,7 +12,7 @@ use trinity_core::fsio;
 use trinity_core::layout::{FileKind, Tree};
 use trinity_core::schema::{
     Claim, CreditDashboard, CreditStatus, Doc, Done, Escalation, Fleet, Handoff, Heartbeat,
-    InstanceStatus, Lease, MultiInstanceStatus, Schema, Task, Verification, WakeSignal,
+    InstanceStatus, Lease, MultiInstanceStatus, Schema, Task, Timeline, Verification, WakeSignal,
 };
 use trinity_core::validate::{self, validate_file};
 
@@ -90,6 +90,7 @@ fn valid_fixtures_round_trip_and_validate() {
             FileKind::MultiStatus => round_trip::<MultiInstanceStatus>(path),
             FileKind::Verification(_) => round_trip::<Verification>(path),
             FileKind::CreditDashboard => round_trip::<CreditDashboard>(path),
+            FileKind::Timeline => round_trip::<Timeline>(path),
             FileKind::Escalation(_) => round_trip::<Escalation>(path),
             FileKind::Postmortem(_)
             | FileKind::Conversation(_)

@@ -1,7 +1,10 @@
 //! The leader's reports: status, dashboards, integration status, KPIs and instance logs,
 //! rewritten only when their contents change (spaced, and refreshed every few minutes).
 
+use trinity_core::schema::{MultiInstanceStatus, Timeline};
+
 use super::*;
+use crate::page;
 
 impl Coordinator {
     pub(super) fn write_reports(
@@ -19,6 +22,15 @@ impl Coordinator {
             return;
         }
         self.reports_at = Some(now);
+        // The fleet's last action may be an earlier leader's (a restart, a failover, or its
+        // status arriving late): the newest one the status file holds counts.
+        if let Ok(doc) = fsio::load::<MultiInstanceStatus>(&self.tree.multi_status_file())
+            && let (Some(at), Some(what)) =
+                (doc.value.last_autonomous_action, doc.value.last_action)
+            && self.last_action.as_ref().is_none_or(|(mine, _)| *mine < at)
+        {
+            self.last_action = Some((at, what));
+        }
         let mut status = report::status(fleet, view, &self.pc, epoch, now);
         if let Some((at, what)) = &self.last_action {
             status.last_autonomous_action = Some(*at);
@@ -30,7 +42,16 @@ impl Coordinator {
             }
         }
         let dashboard = report::dashboard(fleet, view, now);
-        let html = report::dashboard_html(&status, &dashboard);
+        let empty = Timeline::new(self.pc.clone(), now);
+        let timeline = self.timeline.as_ref().unwrap_or(&empty);
+        let html = page::dashboard_html(&page::Page {
+            status: &status,
+            dashboard: &dashboard,
+            timeline,
+            credit: &view.credit,
+            now,
+        });
+        let timeline_json = to_json(timeline);
         let integration = report::integration_status(&status, view);
         let kpi_week = report::kpi_week(&status, now);
         let (Some(status_json), Some(dash_json)) = (to_json(&status), to_json(&dashboard)) else {
@@ -39,10 +60,17 @@ impl Coordinator {
         };
         let status_key = report::without_times(&status_json);
         let dash_key = report::without_times(&dash_json);
-        let html_key = format!("{status_key}\n{dash_key}");
+        // The page changes with what it shows: the status, the credit figures, the timeline
+        // and the tokens (its countdowns are written "as of" its time).
+        let tokens: Vec<_> = view.credit.values().map(|c| &c.tokens_by_day).collect();
+        let timeline_key = timeline_json.as_deref().map(report::without_times);
+        let html_key = format!("{status_key}\n{dash_key}\n{timeline_key:?}\n{tokens:?}");
         self.write_if_changed(self.tree.multi_status_file(), status_json, status_key);
         self.write_if_changed(self.tree.credit_dashboard_file(), dash_json, dash_key);
         self.write_if_changed(self.tree.dashboard_html_file(), html, html_key);
+        if let (Some(json), Some(key)) = (timeline_json, timeline_key) {
+            self.write_if_changed(self.tree.timeline_file(), json, key);
+        }
         let key = report::without_times(&integration);
         if let Ok(id) = RecordId::new("integration-status") {
             self.write_report(self.tree.report_file(&id), integration, key, false);

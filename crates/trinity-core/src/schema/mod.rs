@@ -24,6 +24,7 @@ mod fleet;
 mod handoff;
 mod pc;
 mod tasks;
+mod timeline;
 
 pub use common::{
     CodeSnapshot, CreditLevel, CreditSnapshot, CurrentWork, HandoffReason, Priority, TaskRef,
@@ -36,6 +37,7 @@ pub use fleet::Fleet;
 pub use handoff::{Handoff, MAX_WAKE_MESSAGE_CHARS, WakeSignal, WakeTask};
 pub use pc::{CreditStatus, DaemonBeat, Heartbeat, HeartbeatStatus, InstanceStatus};
 pub use tasks::{Claim, Done, Outcome, Task};
+pub use timeline::{Phase, Span, Timeline, TimelineEvent};
 
 /// How a schema's files are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
