@@ -5,13 +5,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use trinity_core::daemon::{InstanceError, InstanceLock, ticker, watch};
-use trinity_core::{DaemonName, Tree, pcfiles};
+use trinity_core::{DaemonId, Tree, pcfiles};
 
 use crate::cycle::{Coordinator, CycleError};
 use crate::leader::Standing;
-
-/// The daemon's name: its log file, lock file and heartbeat entry.
-pub const NAME: &str = "coordinator";
 
 /// How often the heartbeat's daemon entry is refreshed.
 const BEAT_INTERVAL: Duration = Duration::from_secs(30);
@@ -57,7 +54,7 @@ fn is_interesting(event: &notify::Event) -> bool {
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(mut coord: Coordinator, shutdown: CancellationToken) -> Result<(), DaemonError> {
-    let name = DaemonName::new(NAME).map_err(CycleError::from)?;
+    let name = DaemonId::Coordinator.name();
     let _instance = InstanceLock::acquire(coord.tree(), &name)?;
     coord.fleet()?;
     let started_at = coord.now();

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod leader;
 pub mod notifications;
 pub mod page;
+pub mod program;
 pub mod report;
 pub mod verify;
 

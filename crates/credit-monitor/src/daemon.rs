@@ -8,14 +8,11 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use trinity_core::daemon::{InstanceError, InstanceLock, OperatorAlerts, ticker, watch};
 use trinity_core::schema::{CreditLevel, HeartbeatStatus};
-use trinity_core::{DaemonName, pcfiles};
+use trinity_core::{DaemonId, DaemonName, pcfiles};
 
 use crate::monitor::{Monitor, StepReport};
 use crate::state::{Action, MonitorError};
 use crate::transcripts::{self, TailState};
-
-/// The daemon's name, for its log and lock files and the heartbeat.
-pub const NAME: &str = "credit-monitor";
 
 /// How the loop is paced.
 #[derive(Debug, Clone)]
@@ -71,7 +68,7 @@ pub async fn run(
     options: Options,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let name = DaemonName::new(NAME).map_err(MonitorError::from)?;
+    let name = DaemonId::CreditMonitor.name();
     let _instance = InstanceLock::acquire(monitor.tree(), &name)?;
     let started_at = monitor.now();
     // Fail early on a tree without a usable fleet.

@@ -17,6 +17,7 @@ pub mod claude_output;
 pub mod daemon;
 pub mod handoff;
 pub mod monitor;
+pub mod program;
 pub mod state;
 pub mod transcripts;
 

@@ -172,6 +172,44 @@ fn status_shows_every_rule_and_json_parses() {
     assert_eq!(v["rules"].as_array().map(Vec::len), Some(7));
 }
 
+/// `--once` evaluates the rules and acts on them, as the daemon's tick does: two rate limits
+/// recorded by hand (the third arrives by the events file, as from a transcript) hand off.
+#[test]
+fn once_evaluates_and_acts_like_the_daemons_tick() {
+    let env = Env::new("");
+    let o = env.run(&["--once"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("PC1: HEALTHY"),
+        "{}",
+        text(&o)
+    );
+    env.run(&["--record-rate-limit"]);
+    env.run(&["--record-rate-limit"]);
+    let tree = env.tree();
+    let line = trinity_core::credit::CreditEvent::new(
+        chrono::Utc::now(),
+        trinity_core::credit::EventKind::RateLimit,
+    )
+    .to_line();
+    trinity_core::daemon::append_line_locked(&tree.credit_events_file(), &line).expect("event");
+    assert!(env.handoffs().is_empty());
+    let o = env.run(&["--once"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("handoff: PC1 → PC2"), "{out}");
+    assert!(out.contains("PC1: EXHAUSTED"), "{out}");
+    assert_eq!(env.handoffs().len(), 1);
+    // --once and an action are one or the other.
+    let o = env.run(&["--once", "--reset"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot be used with"),
+        "{}",
+        text(&o)
+    );
+}
+
 #[test]
 fn bad_input_is_refused_with_a_clear_message() {
     let env = Env::new("");

@@ -7,13 +7,10 @@ use std::time::Duration;
 
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
-use trinity_core::DaemonName;
+use trinity_core::DaemonId;
 use trinity_core::daemon::{InstanceError, InstanceLock, watch};
 
 use crate::sync::{SyncError, Syncer};
-
-/// The daemon's name, for its log and lock files.
-pub const NAME: &str = "git-sync";
 
 /// Without file events, the working tree is still scanned every this many remote checks.
 pub const SCAN_EVERY_TICKS: u32 = 10;
@@ -307,7 +304,7 @@ pub async fn run(
     config: trinity_core::config::SyncConfig,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let name = DaemonName::new(NAME).map_err(SyncError::from)?;
+    let name = DaemonId::GitSync.name();
     let tree = trinity_core::Tree::new(&root);
     let _instance = InstanceLock::acquire(&tree, &name)?;
     let watch_root = root.clone();

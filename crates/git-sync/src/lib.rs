@@ -4,5 +4,6 @@ pub mod daemon;
 pub mod link;
 pub mod merge;
 pub mod message;
+pub mod program;
 pub mod repo;
 pub mod sync;

@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use trinity_core::daemon::DAEMONS;
 use trinity_core::fsio;
 use trinity_core::schema::{Claim, Handoff, InstanceStatus, Lease, Verdict, Verification};
-use trinity_core::{InstanceState, PcId, TaskId, Tree};
+use trinity_core::{DaemonId, InstanceState, PcId, TaskId, Tree};
 
 /// How long one step may take before the demo gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,7 +51,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .map(Path::to_owned)
             .context("this program has no directory")?,
     };
-    for d in DAEMONS {
+    for d in DaemonId::ALL {
         let p = bin_dir.join(format!("{d}{}", std::env::consts::EXE_SUFFIX));
         if !p.is_file() {
             bail!(
@@ -96,7 +95,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!(
         "Trinity demo: {} PCs sharing one bare git repository, each running the real daemons ({}).",
         demo.pcs.len(),
-        DAEMONS.join(", ")
+        DaemonId::ALL.map(DaemonId::as_str).join(", ")
     );
     println!("Directory: {}\n", dir.display());
     let result = demo.play();
@@ -168,8 +167,8 @@ impl Demo {
         self.begin("", &format!("setting up {} (trinity init)", pcs.join(", ")));
         self.set_up()?;
         for pc in &pcs {
-            for d in DAEMONS {
-                self.start_daemon(d, pc)?;
+            for d in DaemonId::ALL {
+                self.start_daemon(d.as_str(), pc)?;
             }
         }
         self.wait("the preferred leader's lease on the remote", || {
@@ -321,8 +320,8 @@ impl Demo {
             &silent,
             "goes silent (all four daemons killed) while holding chapter",
         );
-        for d in DAEMONS {
-            self.kill(d, &silent);
+        for d in DaemonId::ALL {
+            self.kill(d.as_str(), &silent);
         }
         let watcher = pcs
             .iter()
@@ -353,8 +352,8 @@ impl Demo {
         );
 
         self.begin(&silent, "comes back");
-        for d in DAEMONS {
-            self.start_daemon(d, &silent)?;
+        for d in DaemonId::ALL {
+            self.start_daemon(d.as_str(), &silent)?;
         }
         let runs_before = self.agent_runs(&silent, "chapter");
         self.wait(&format!("{silent} standing down"), || {
@@ -723,7 +722,7 @@ impl Demo {
     fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
         for pc in &self.pcs {
-            for d in DAEMONS {
+            for d in DaemonId::ALL {
                 let path = self.tree(pc).logs_dir().join(format!("{d}.log"));
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
                 if text.is_empty() {

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use clap::Args;
 use trinity_core::config::{Config, SyncMode};
-use trinity_core::daemon::{DAEMONS, FileLock};
+use trinity_core::daemon::FileLock;
 use trinity_core::fsio;
 use trinity_core::gitcmd::Git;
 use trinity_core::schema::{CreditStatus, Fleet, Handoff, Heartbeat, WakeSignal};
 use trinity_core::syncstate::SyncState;
-use trinity_core::{DaemonName, PcId, Tree};
+use trinity_core::{DaemonId, PcId, Tree};
 
 /// Check this PC: configuration, state tree, remote, daemons, sync, clock, agent.
 #[derive(Debug, Args)]
@@ -349,18 +349,17 @@ fn daemons(r: &mut Report, config: &Config, tree: &Tree, pc: &PcId) {
         .ok()
         .map(|d| d.value);
     let now = Utc::now();
-    for name in DAEMONS {
-        if name == "coordinator" && !config.coordinator.enabled {
+    for id in DaemonId::ALL {
+        let name = id.as_str();
+        if id == DaemonId::Coordinator && !config.coordinator.enabled {
             r.ok(name, "disabled on this PC (coordinator.enabled = false)");
             continue;
         }
-        if name == "git-sync" && config.sync.mode == SyncMode::None {
+        if id == DaemonId::GitSync && config.sync.mode == SyncMode::None {
             r.ok(name, "not needed (sync.mode none)");
             continue;
         }
-        let Ok(dn) = DaemonName::new(name) else {
-            continue;
-        };
+        let dn = id.name();
         let running = match FileLock::try_acquire(&tree.lock_file(&dn)) {
             Ok(Some(_free)) => false,
             Ok(None) => true,

@@ -11,7 +11,7 @@ use clap::Args;
 use trinity_core::DaemonName;
 use trinity_core::layout::Tree;
 
-use trinity_core::daemon::DAEMONS;
+use trinity_core::DaemonId;
 
 #[derive(Debug, Args)]
 pub(crate) struct LogsArgs {
@@ -71,10 +71,13 @@ pub(crate) fn run(args: LogsArgs, config_path: Option<&Path>) -> anyhow::Result<
             format!("logs present: {}", present.join(", "))
         };
         // The daemons, and the CLI itself, write logs.
-        let known = if DAEMONS.contains(&daemon.as_str()) || daemon.as_str() == "trinity" {
+        let known = if daemon.as_str().parse::<DaemonId>().is_ok() || daemon.as_str() == "trinity" {
             String::new()
         } else {
-            format!("; daemons are {}", DAEMONS.join(", "))
+            format!(
+                "; daemons are {}",
+                DaemonId::ALL.map(DaemonId::as_str).join(", ")
+            )
         };
         bail!("no log file {} ({hint}{known})", path.display());
     }

@@ -11,10 +11,6 @@ use crate::fsio::IoError;
 use crate::ids::DaemonName;
 use crate::layout::Tree;
 
-/// Every daemon a PC runs, by program name (also its log, lock and heartbeat entry name), in
-/// the order they are started: git-sync first, the coordinator last.
-pub const DAEMONS: [&str; 4] = ["git-sync", "credit-monitor", "wake-daemon", "coordinator"];
-
 /// An exclusive lock on a file, held until dropped. The operating system releases it when the
 /// process dies, so a lock left by a crashed process is simply taken over.
 #[derive(Debug)]

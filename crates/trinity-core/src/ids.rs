@@ -199,6 +199,66 @@ string_id!(
     |s| check_component("daemon name", s, &['-', '_'])
 );
 
+/// Trinity's four daemons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DaemonId {
+    /// `git-sync`: keeps the tree in step with the fleet.
+    GitSync,
+    /// `credit-monitor`: detects exhaustion and hands off.
+    CreditMonitor,
+    /// `wake-daemon`: accepts handoffs and starts the agent.
+    WakeDaemon,
+    /// `coordinator`: leads the fleet when it holds the lease.
+    Coordinator,
+}
+
+impl DaemonId {
+    /// Every daemon, in the order they are started.
+    pub const ALL: [DaemonId; 4] = [
+        DaemonId::GitSync,
+        DaemonId::CreditMonitor,
+        DaemonId::WakeDaemon,
+        DaemonId::Coordinator,
+    ];
+
+    /// Its program's name, and the name of its log, lock and service: `git-sync`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DaemonId::GitSync => "git-sync",
+            DaemonId::CreditMonitor => "credit-monitor",
+            DaemonId::WakeDaemon => "wake-daemon",
+            DaemonId::Coordinator => "coordinator",
+        }
+    }
+
+    /// Its name as the files that carry names know it (heartbeats, locks, logs).
+    pub fn name(self) -> DaemonName {
+        DaemonName(self.as_str().to_owned())
+    }
+}
+
+impl fmt::Display for DaemonId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DaemonId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| {
+                IdError::new(
+                    "daemon",
+                    s,
+                    "is not one of git-sync, credit-monitor, wake-daemon, coordinator",
+                )
+            })
+    }
+}
+
 impl SignalId {
     /// A fresh id: `{YYYYMMDDTHHMMSSZ}-{from}-{what}-{nonce}`, at most [`MAX_ID_LEN`] bytes.
     /// Ids sort by time; the nonce (process id and a counter) keeps ids made in the same second

@@ -26,13 +26,12 @@ pub mod program;
 pub mod queue;
 pub mod rotation;
 pub mod schema;
-pub mod service;
 pub mod state;
 pub mod syncstate;
 pub mod validate;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
-pub use ids::{DaemonName, HandoffId, IdError, PcId, RecordId, SignalId, TaskId};
+pub use ids::{DaemonId, DaemonName, HandoffId, IdError, PcId, RecordId, SignalId, TaskId};
 pub use layout::{FileKind, PathClass, Tree};
 pub use state::InstanceState;
 

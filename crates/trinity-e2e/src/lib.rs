@@ -21,7 +21,7 @@ pub use trinity_netbed::{Cut, NetRemote, Transport};
 pub const DAEMONS: [&str; 3] = ["git-sync", "credit-monitor", "wake-daemon"];
 
 /// Every daemon, the coordinator included.
-pub const ALL_DAEMONS: [&str; 4] = trinity_core::daemon::DAEMONS;
+pub const ALL_DAEMONS: [&str; 4] = ["git-sync", "credit-monitor", "wake-daemon", "coordinator"];
 
 /// The workspace's programs, next to the test's executable (`target/<profile>/`).
 pub fn bin(name: &str) -> PathBuf {

@@ -5,12 +5,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use trinity_core::daemon::{InstanceError, InstanceLock, OperatorAlerts, ticker, watch};
-use trinity_core::{DaemonName, pcfiles};
+use trinity_core::{DaemonId, DaemonName, pcfiles};
 
 use crate::receive::{Receiver, WakeError};
-
-/// The daemon's name, for its log and lock files and the heartbeat.
-pub const NAME: &str = "wake-daemon";
 
 /// How often the daemon's entry in the heartbeat is refreshed.
 pub const BEAT_INTERVAL: Duration = Duration::from_secs(30);
@@ -43,7 +40,7 @@ pub async fn run(
     poll_interval: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let name = DaemonName::new(NAME).map_err(WakeError::from)?;
+    let name = DaemonId::WakeDaemon.name();
     let _instance = InstanceLock::acquire(receiver.tree(), &name)?;
     receiver.fleet()?;
     let started_at = receiver.now();

@@ -16,6 +16,7 @@ pub mod agent;
 mod coordinated;
 pub mod daemon;
 pub mod journal;
+pub mod program;
 pub mod receive;
 pub mod send;
 
