@@ -6,19 +6,18 @@
 //! suspects it woke, which dead PCs it handled, which verdicts it delivered.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-use trinity_core::config::{Config, SyncMode};
+use trinity_core::config::Config;
 use trinity_core::coordination::{self, ChangeWatch, Criteria, Idle};
 use trinity_core::fsio::{self, SaveError};
-use trinity_core::queue::{QueueReader, QueueView};
+use trinity_core::queue::QueueReader;
 use trinity_core::schema::{
-    CreditLevel, CreditStatus, CurrentWork, Doc, Escalation, EscalationKind, Fleet, Handoff,
-    HandoffReason, Heartbeat, HeartbeatStatus, InstanceStatus, Liveness, PhaseResult, PhaseStatus,
-    Schema, TaskRef, Verdict, Verification, WakeSignal, WakeTask,
+    CreditLevel, CurrentWork, Doc, Escalation, EscalationKind, Fleet, Handoff, HandoffReason,
+    HeartbeatStatus, Liveness, PhaseResult, PhaseStatus, Schema, TaskRef, Verdict, Verification,
+    WakeSignal, WakeTask,
 };
-use trinity_core::syncstate::SyncState;
 use trinity_core::{HandoffId, InstanceState, PcId, RecordId, SharedClock, SignalId, TaskId, Tree};
 
 use crate::leader::{LeaseEvent, LeaseKeeper, Standing};
@@ -32,7 +31,10 @@ mod reports;
 mod timeline;
 mod verdicts;
 
-use verdicts::read_verifications;
+pub(crate) use verdicts::read_verifications;
+
+use crate::view::handoff_files;
+pub use crate::view::{FleetView, read_pending};
 
 /// Why a cycle failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,29 +56,6 @@ pub struct CycleReport {
     pub actions: Vec<String>,
 }
 
-/// Everything the leader reads in one cycle.
-#[derive(Debug, Default)]
-pub struct FleetView {
-    /// Heartbeats by PC.
-    pub heartbeats: BTreeMap<PcId, Heartbeat>,
-    /// Instance states by PC.
-    pub instances: BTreeMap<PcId, InstanceStatus>,
-    /// Credit by PC.
-    pub credit: BTreeMap<PcId, CreditStatus>,
-    /// Handoffs waiting for their receiver.
-    pub pending: Vec<(HandoffId, Handoff)>,
-    /// Handoffs archived so far.
-    pub processed: u64,
-    /// The archived handoffs of the last day (by the time in their ids).
-    pub recent_processed: Vec<HandoffId>,
-    /// Tasks, claims and done records.
-    pub queue: QueueView,
-    /// Verification results by handoff.
-    pub verifications: BTreeMap<HandoffId, Verification>,
-    /// Liveness by PC, by the leader's clock.
-    pub liveness: BTreeMap<PcId, (Liveness, Option<DateTime<Utc>>)>,
-}
-
 struct Run {
     epoch: u64,
     record: Verification,
@@ -85,13 +64,13 @@ struct Run {
 
 /// The coordinator of one PC.
 pub struct Coordinator {
-    tree: Tree,
+    pub(crate) tree: Tree,
     pc: PcId,
-    config: Config,
+    pub(crate) config: Config,
     config_dir: Option<PathBuf>,
     clock: SharedClock,
     keeper: LeaseKeeper,
-    watch: ChangeWatch,
+    pub(crate) watch: ChangeWatch,
     woken: BTreeSet<PcId>,
     buried: BTreeSet<PcId>,
     assigned: BTreeMap<PcId, DateTime<Utc>>,
@@ -103,7 +82,7 @@ pub struct Coordinator {
     written: BTreeMap<PathBuf, (String, DateTime<Utc>)>,
     leading_since: Option<DateTime<Utc>>,
     last_epoch: Option<u64>,
-    queue: QueueReader,
+    pub(crate) queue: QueueReader,
     reports_at: Option<DateTime<Utc>>,
     timeline: Option<trinity_core::schema::Timeline>,
     unreadable: BTreeSet<HandoffId>,
@@ -287,75 +266,6 @@ impl Coordinator {
             .collect();
     }
 
-    /// Reads the fleet's files and judges liveness, as of one commit: git-sync's checkouts are
-    /// held back while it reads (a PC's finished work is never seen half-arrived — its claim
-    /// gone but its done record and submission not there yet — and assigned again).
-    pub fn read(&mut self, fleet: &Fleet, now: DateTime<Utc>) -> FleetView {
-        let _settled = trinity_core::syncstate::hold_checkouts(&self.tree);
-        let mut view = FleetView::default();
-        let c = &self.config.coordinator;
-        // Silence counts only up to the last moment this PC saw the remote: a leader whose own
-        // sync lags or is cut off (network, an overloaded machine) declares nobody dead for it.
-        let observed_until = match self.config.sync.mode {
-            SyncMode::Git => SyncState::load(&self.tree)
-                .and_then(|s| s.remote_seen_at)
-                .map(|t| t.min(now)),
-            SyncMode::None => Some(now),
-        };
-        for pc in &fleet.pcs {
-            let hb_path = self.tree.heartbeat_file(pc);
-            let in_path = self.tree.instance_file(pc);
-            let cr_path = self.tree.credit_file(pc);
-            let read = |p: &Path| fsio::read_bounded(p, 256 * 1024).ok();
-            let (hb, inst, cr) = (read(&hb_path), read(&in_path), read(&cr_path));
-            let fp = (hb.is_some() || inst.is_some() || cr.is_some()).then(|| {
-                coordination::fingerprint(&[
-                    hb.as_deref().unwrap_or(b""),
-                    inst.as_deref().unwrap_or(b""),
-                    cr.as_deref().unwrap_or(b""),
-                ])
-            });
-            let seen = self.watch.observe(pc, fp, now);
-            let live = if pc == &self.pc {
-                Liveness::Alive
-            } else {
-                match observed_until {
-                    Some(until) => {
-                        coordination::liveness(seen, until, c.suspect_after, c.dead_after)
-                    }
-                    None => Liveness::Unknown,
-                }
-            };
-            view.liveness.insert(pc.clone(), (live, seen));
-            if let Some(v) = hb.and_then(|b| trinity_core::schema::from_bytes::<Heartbeat>(&b).ok())
-            {
-                view.heartbeats.insert(pc.clone(), v);
-            }
-            if let Some(v) =
-                inst.and_then(|b| trinity_core::schema::from_bytes::<InstanceStatus>(&b).ok())
-            {
-                view.instances.insert(pc.clone(), v);
-            }
-            if let Some(v) =
-                cr.and_then(|b| trinity_core::schema::from_bytes::<CreditStatus>(&b).ok())
-            {
-                view.credit.insert(pc.clone(), v);
-            }
-        }
-        view.pending = read_pending(&self.tree);
-        let archived = handoff_files(&self.tree.processed_handoff_dir());
-        view.processed = archived.len() as u64;
-        let horizon = now - trinity_core::schema::Timeline::KEEP;
-        view.recent_processed = archived
-            .into_iter()
-            .map(|(id, _)| id)
-            .filter(|id| id.created_at() >= horizon)
-            .collect();
-        view.queue = self.queue.read(&self.tree);
-        view.verifications = read_verifications(&self.tree);
-        view
-    }
-
     fn lead(
         &mut self,
         fleet: &Fleet,
@@ -402,42 +312,6 @@ fn bad(what: &str) -> SaveError {
         path: PathBuf::from(what),
         source: std::io::Error::other(what.to_owned()),
     })
-}
-
-/// The verdict in the seed's words.
-pub fn verdict_word(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Approve => "APPROVE",
-        Verdict::Deny => "DENY",
-        Verdict::Escalate => "ESCALATE",
-    }
-}
-
-/// The handoffs in `handoff/` (not archived), oldest first.
-pub fn read_pending(tree: &Tree) -> Vec<(HandoffId, Handoff)> {
-    let mut out: Vec<(HandoffId, Handoff)> = handoff_files(&tree.handoff_dir())
-        .into_iter()
-        .filter_map(|(id, path)| Some((id, fsio::load::<Handoff>(&path).ok()?.value)))
-        .collect();
-    out.sort_by_key(|(id, _)| (id.created_at(), id.clone()));
-    out
-}
-
-/// The handoff files in `dir` (`handoff/` or `handoff/processed/`) with their ids: every
-/// `*.json` file named by a valid handoff id.
-fn handoff_files(dir: &Path) -> Vec<(HandoffId, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"))
-        .filter_map(|p| {
-            let id = HandoffId::new(p.file_stem()?.to_str()?).ok()?;
-            Some((id, p))
-        })
-        .collect()
 }
 
 impl Coordinator {

@@ -14,5 +14,6 @@ pub mod page;
 pub mod program;
 pub mod report;
 pub mod verify;
+pub mod view;
 
 pub use cycle::{Coordinator, CycleReport};

@@ -16,8 +16,6 @@ use trinity_core::schema::{
     TimelineEvent, Verdict,
 };
 
-use crate::cycle::verdict_word;
-
 /// What the page shows.
 #[derive(Debug, Clone, Copy)]
 pub struct Page<'a> {
@@ -109,7 +107,7 @@ fn tokens_text(n: u64) -> String {
 fn event_text(e: &TimelineEvent) -> String {
     let (from, to) = (e.handoff.from_pc(), e.handoff.to_pc());
     match (e.verdict, e.reason) {
-        (Some(v), _) => format!("{} — {from}'s finished work", verdict_word(v)),
+        (Some(v), _) => format!("{} — {from}'s finished work", v.as_str()),
         (None, HandoffReason::WorkComplete) => format!("{from} finished work, submitted"),
         (None, HandoffReason::Reassignment) => format!("reassigned {from}'s work to {to}"),
         (None, HandoffReason::Assignment) => format!("assigned a task to {to}"),

@@ -13,7 +13,7 @@ use trinity_core::schema::{
     InstanceStatus, InstanceSummary, MultiInstanceStatus, Schema, Verdict,
 };
 
-use crate::cycle::{FleetView, verdict_word};
+use crate::view::FleetView;
 
 /// The fleet status the leader publishes.
 pub fn status(
@@ -132,7 +132,7 @@ pub fn integration_status(status: &MultiInstanceStatus, view: &FleetView) -> Str
         out.push_str("None yet.\n");
     }
     for v in latest.iter().take(20) {
-        let verdict = v.verdict.map_or("running", verdict_word);
+        let verdict = v.verdict.map_or("running", Verdict::as_str);
         let task = v
             .task
             .as_ref()
@@ -225,7 +225,7 @@ pub fn instance_logs(fleet: &Fleet, view: &FleetView, now: DateTime<Utc>) -> Vec
                     text,
                     "- `{}`: {} — {}",
                     v.handoff_id,
-                    verdict_word(verdict),
+                    verdict.as_str(),
                     v.reasons.join("; ")
                 );
             }

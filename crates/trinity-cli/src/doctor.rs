@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use clap::Args;
+use trinity_core::clock::human_duration;
 use trinity_core::config::{Config, SyncMode};
 use trinity_core::daemon::FileLock;
 use trinity_core::fsio;
@@ -381,7 +382,7 @@ fn daemons(r: &mut Report, config: &Config, tree: &Tree, pc: &PcId) {
                 format!("start it: `{name}` (or its service: `deploy/systemd/trinity.sh start`)")
             };
             let last = log_age.map_or(String::new(), |a| {
-                format!("; its log was last written {} ago", human(a))
+                format!("; its log was last written {} ago", human_duration(a))
             });
             r.fail(name, format!("not running{last}"), how);
             continue;
@@ -393,14 +394,20 @@ fn daemons(r: &mut Report, config: &Config, tree: &Tree, pc: &PcId) {
         match reported {
             Some(age) if age > HUNG_AFTER => r.warn(
                 name,
-                format!("running, but its last report is {} old", human(age)),
+                format!(
+                    "running, but its last report is {} old",
+                    human_duration(age)
+                ),
                 format!("restart it; its log: `trinity logs {name}`"),
             ),
             _ => r.ok(
                 name,
                 format!(
                     "running{}",
-                    log_age.map_or(String::new(), |a| format!(", log written {} ago", human(a)))
+                    log_age.map_or(String::new(), |a| format!(
+                        ", log written {} ago",
+                        human_duration(a)
+                    ))
                 ),
             ),
         }
@@ -431,7 +438,7 @@ fn sync(r: &mut Report, config: &Config, tree: &Tree) {
             format!(
                 "{} commit(s) not on the remote for {}",
                 s.commits_ahead,
-                human(age)
+                human_duration(age)
             ),
             "is git-sync running? `trinity logs git-sync`",
         ),
@@ -439,7 +446,7 @@ fn sync(r: &mut Report, config: &Config, tree: &Tree) {
             "sync",
             format!(
                 "in step with the remote {} ago, {} commit(s) waiting",
-                human(age),
+                human_duration(age),
                 s.commits_ahead
             ),
         ),
@@ -508,7 +515,7 @@ fn waiting(r: &mut Report, tree: &Tree, pc: &PcId) {
             "wake",
             format!(
                 "{stale_signals} wake signal(s) and {stale_handoffs} handoff(s) for {pc} older than {}",
-                human(UNHANDLED_AFTER)
+                human_duration(UNHANDLED_AFTER)
             ),
             "is the wake-daemon running? `wake-daemon --status` lists them; `trinity logs wake-daemon`",
         );
@@ -600,8 +607,4 @@ fn modified_age(path: &Path, now: DateTime<Utc>) -> Option<Duration> {
     let m = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
     let t: DateTime<Utc> = m.into();
     (now - t).to_std().ok()
-}
-
-fn human(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }

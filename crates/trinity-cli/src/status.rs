@@ -10,9 +10,10 @@ use clap::Args;
 use serde::Serialize;
 use trinity_core::fsio::{self, LoadError};
 use trinity_core::layout::{FileKind, Tree};
+use trinity_core::queue::{QueueView, TaskState};
 use trinity_core::schema::{
-    Claim, CreditLevel, CreditStatus, Done, Escalation, Fleet, Handoff, Heartbeat, HeartbeatStatus,
-    InstanceStatus, Lease, Schema, Task, WakeSignal,
+    CreditLevel, CreditStatus, Escalation, Fleet, Handoff, Heartbeat, HeartbeatStatus,
+    InstanceStatus, Lease, Schema, WakeSignal,
 };
 use trinity_core::{InstanceState, PcId};
 
@@ -90,7 +91,10 @@ struct Queue {
     tasks: usize,
     claimed: usize,
     done: usize,
+    /// Ready to be taken.
     waiting: usize,
+    /// Waiting for dependencies.
+    blocked: usize,
 }
 
 pub(crate) fn run(args: StatusArgs, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -169,6 +173,8 @@ impl Reader<'_> {
 }
 
 fn build(tree: &Tree, this_pc: Option<PcId>, now: DateTime<Utc>) -> Report {
+    // One moment of the tree: git-sync does not update it while status reads.
+    let _settled = trinity_core::syncstate::hold_checkouts(tree);
     let mut r = Reader {
         tree,
         problems: Vec::new(),
@@ -246,24 +252,21 @@ fn build(tree: &Tree, this_pc: Option<PcId>, now: DateTime<Utc>) -> Report {
         }
     }
 
-    let mut queue = Queue::default();
-    let mut task_ids = Vec::new();
-    for (path, _) in r.list(&tree.spawn_queue_dir()) {
-        if let Some(t) = r.load::<Task>(&path) {
-            task_ids.push(t.id);
-        }
+    // The queue as `task list` and `work next` see it.
+    let view = QueueView::read(tree);
+    r.problems.extend(view.unreadable.iter().cloned());
+    let mut queue = Queue {
+        tasks: view.tasks.len(),
+        ..Queue::default()
+    };
+    for (_, state) in view.listing() {
+        *match state {
+            TaskState::Queued => &mut queue.waiting,
+            TaskState::Blocked { .. } => &mut queue.blocked,
+            TaskState::Claimed { .. } => &mut queue.claimed,
+            TaskState::Done { .. } => &mut queue.done,
+        } += 1;
     }
-    queue.tasks = task_ids.len();
-    for (path, _) in r.list(&tree.claims_dir()) {
-        queue.claimed += usize::from(r.load::<Claim>(&path).is_some());
-    }
-    for (path, _) in r.list(&tree.done_dir()) {
-        queue.done += usize::from(r.load::<Done>(&path).is_some());
-    }
-    queue.waiting = task_ids
-        .iter()
-        .filter(|id| !tree.claim_file(id).exists() && !tree.done_file(id).exists())
-        .count();
     let mut escalations = 0;
     for (path, _) in r.list(&tree.escalation_dir()) {
         escalations += usize::from(r.load::<Escalation>(&path).is_some());
@@ -295,12 +298,7 @@ fn build(tree: &Tree, this_pc: Option<PcId>, now: DateTime<Utc>) -> Report {
 /// "42s", "12m", "3h 5m", "2d 3h"; "in 5s" for the future (a clock ahead of ours).
 fn ago(secs: i64) -> String {
     let (future, s) = (secs < 0, secs.unsigned_abs());
-    let text = match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
-    };
+    let text = trinity_core::clock::human_duration(std::time::Duration::from_secs(s));
     if future {
         format!("in {text}")
     } else {
@@ -410,8 +408,8 @@ fn print_table(r: &Report) {
         );
     }
     println!(
-        "Queue: {} task(s): {} waiting, {} claimed, {} done",
-        r.queue.tasks, r.queue.waiting, r.queue.claimed, r.queue.done
+        "Queue: {} task(s): {} waiting, {} blocked, {} claimed, {} done",
+        r.queue.tasks, r.queue.waiting, r.queue.blocked, r.queue.claimed, r.queue.done
     );
     if r.escalations > 0 {
         println!("Escalations: {} (see escalations/)", r.escalations);
@@ -469,6 +467,45 @@ mod tests {
         assert_eq!(ago(3 * 3600 + 5 * 60), "3h 5m ago");
         assert_eq!(ago(2 * 86400 + 3600), "2d 1h ago");
         assert_eq!(ago(-5), "in 5s");
+    }
+
+    /// A task waiting for a dependency is blocked, not waiting (it was counted as waiting).
+    #[test]
+    fn the_queue_counts_tasks_by_their_state() {
+        use trinity_core::schema::{Claim, Priority, Task};
+        use trinity_core::{PcId, TaskId};
+        let dir = tempfile::tempdir().expect("temp");
+        let tree = Tree::new(dir.path());
+        let now = Utc::now();
+        let id = |s: &str| TaskId::new(s).expect("id");
+        let pc1 = PcId::new("PC1").expect("pc");
+        for (name, deps) in [("api", vec![]), ("docs", vec![id("api")]), ("ui", vec![])] {
+            let t = Task {
+                format_version: 1,
+                id: id(name),
+                description: format!("do {name}"),
+                priority: Priority::Medium,
+                created_at: now,
+                created_by: pc1.clone(),
+                dependencies: deps,
+                role: None,
+            };
+            fsio::create(&tree.task_file(&t.id), &t).expect("task");
+        }
+        let claim = Claim {
+            format_version: 1,
+            task_id: id("ui"),
+            pc: pc1,
+            claimed_at: now,
+            epoch: 0,
+            handoff: None,
+        };
+        fsio::create(&tree.claim_file(&claim.task_id), &claim).expect("claim");
+        let q = build(&tree, None, now).queue;
+        assert_eq!(
+            (q.tasks, q.waiting, q.blocked, q.claimed, q.done),
+            (3, 1, 1, 1, 0)
+        );
     }
 
     #[test]

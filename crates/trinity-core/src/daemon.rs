@@ -291,19 +291,11 @@ pub fn start(program: &str, path: Option<&Path>) -> Result<Start, StartError> {
     })
 }
 
-/// Runs a daemon's async loop until Ctrl-C, Ctrl-Break or SIGTERM, on one thread: a daemon's
-/// loop handles one event at a time and does its file and git work inline, so no worker
-/// thread is ever started or handed over (that churn made memory creep up over hours).
-pub fn run_until_signal<F, Fut, T>(run: F) -> std::io::Result<T>
-where
-    F: FnOnce(CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
-    run_with(None, run)
-}
-
-/// [`run_until_signal`], or, given a token (a Windows service's: the service control manager
-/// cancels it), until that token is cancelled.
+/// Runs a daemon's async loop until Ctrl-C, Ctrl-Break or SIGTERM or, given a token (a Windows
+/// service's: the service control manager cancels it), until that token is cancelled. On one
+/// thread: a daemon's loop handles one event at a time and does its file and git work inline,
+/// so no worker thread is ever started or handed over (that churn made memory creep up over
+/// hours).
 pub fn run_with<F, Fut, T>(shutdown: Option<CancellationToken>, run: F) -> std::io::Result<T>
 where
     F: FnOnce(CancellationToken) -> Fut,

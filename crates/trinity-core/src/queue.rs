@@ -220,15 +220,9 @@ pub fn role_fits(task: &Task, roles: &[String]) -> bool {
     }
 }
 
-/// A task's age at `now`, for people: `3m`, `2h`, `5d`.
+/// A task's age at `now`, for people: `3m`, `2h 5m`, `5d`.
 pub fn age(task: &Task, now: DateTime<Utc>) -> String {
-    let secs = (now - task.created_at).num_seconds().max(0);
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m", s / 60),
-        s if s < 86_400 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
+    crate::clock::human_duration((now - task.created_at).to_std().unwrap_or_default())
 }
 
 fn read_dir<T: crate::schema::Schema>(

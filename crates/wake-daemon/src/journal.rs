@@ -79,6 +79,24 @@ pub enum Step {
     },
 }
 
+impl Step {
+    /// The step's name in logs and `--status`: `claims-written`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Step::Received => "received",
+            Step::Archived => "archived",
+            Step::ClaimsWritten { .. } => "claims-written",
+            Step::Claimed => "claimed",
+            Step::InstanceWritten => "instance-written",
+            Step::CreditReset => "credit-reset",
+            Step::Launching { .. } => "launching",
+            Step::Launched { .. } => "launched",
+            Step::Done => "done",
+            Step::Refused { .. } => "refused",
+        }
+    }
+}
+
 /// `local/wake/handoffs/{id}.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HandoffRecord {

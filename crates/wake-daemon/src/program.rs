@@ -15,7 +15,6 @@ use trinity_core::{DaemonId, HandoffId, PcId, SystemClock, fsio};
 use trinity_runtime::{Flags, Opened, Pending, Program};
 
 use crate::journal::{AgentRecord, HandoffRecord, SignalRecord, Step};
-use crate::receive::step_name;
 use crate::send::{self, Outgoing};
 use crate::{Receiver, daemon};
 
@@ -193,7 +192,7 @@ impl Program for WakeDaemon {
                 out,
                 "  {} {} (won {}, lost {}){detail}",
                 h.id,
-                step_name(&h.step),
+                h.step.as_str(),
                 h.won.len(),
                 h.lost.len()
             )?;

@@ -382,19 +382,3 @@ fn is_temp(p: &Path) -> bool {
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.ends_with(trinity_core::layout::TEMP_SUFFIX))
 }
-
-/// The step's name in logs and fail points.
-pub fn step_name(step: &Step) -> &'static str {
-    match step {
-        Step::Received => "received",
-        Step::Archived => "archived",
-        Step::ClaimsWritten { .. } => "claims-written",
-        Step::Claimed => "claimed",
-        Step::InstanceWritten => "instance-written",
-        Step::CreditReset => "credit-reset",
-        Step::Launching { .. } => "launching",
-        Step::Launched { .. } => "launched",
-        Step::Done => "done",
-        Step::Refused { .. } => "refused",
-    }
-}

@@ -284,8 +284,6 @@ impl Coordinator {
 
 fn silent_text(seen: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     seen.and_then(|s| (now - s).to_std().ok())
-        .map(|d| {
-            humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
-        })
+        .map(trinity_core::clock::human_duration)
         .unwrap_or_else(|| "ever".to_owned())
 }

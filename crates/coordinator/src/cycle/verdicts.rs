@@ -28,7 +28,7 @@ impl Coordinator {
             if let Some(verdict) = v.verdict {
                 actions.push(format!(
                     "verified {id}: {} — {}",
-                    verdict_word(verdict),
+                    verdict.as_str(),
                     v.reasons.join("; ")
                 ));
             }
@@ -252,7 +252,7 @@ impl Coordinator {
             );
         }
         self.notifier.send(
-            format!("Trinity: {} {}", verdict_word(verdict), record.pc),
+            format!("Trinity: {} {}", verdict.as_str(), record.pc),
             format!("{}{task}: {}", record.handoff_id, record.reasons.join("; ")),
         );
         record
@@ -277,12 +277,12 @@ impl Coordinator {
             None,
             epoch,
             now,
-            &format!("{}: {}", verdict_word(verdict), v.reasons.join("; ")),
+            &format!("{}: {}", verdict.as_str(), v.reasons.join("; ")),
         )?;
         if verdict != Verdict::Deny {
             return Ok(format!(
                 "told {to} the verdict on {id}: {}",
-                verdict_word(verdict)
+                verdict.as_str()
             ));
         }
         let Some(work) = h.current_work.clone() else {
@@ -347,7 +347,7 @@ impl Coordinator {
     }
 }
 
-pub(super) fn read_verifications(tree: &Tree) -> BTreeMap<HandoffId, Verification> {
+pub(crate) fn read_verifications(tree: &Tree) -> BTreeMap<HandoffId, Verification> {
     let mut out = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir(tree.verification_dir()) else {
         return out;

@@ -141,6 +141,23 @@ pub enum Verdict {
     Escalate,
 }
 
+impl Verdict {
+    /// The verdict in the seed's words: `APPROVE`, `DENY`, `ESCALATE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Approve => "APPROVE",
+            Verdict::Deny => "DENY",
+            Verdict::Escalate => "ESCALATE",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `verification/{handoff-id}.json`, owned by the coordinator leader.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verification {

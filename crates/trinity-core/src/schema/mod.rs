@@ -246,11 +246,6 @@ impl<T: Schema> Doc<T> {
         Ok(Self { value, unknown })
     }
 
-    /// True when the file held fields this build does not know.
-    pub fn has_unknown_fields(&self) -> bool {
-        !self.unknown.is_empty()
-    }
-
     /// The dotted paths of the unknown fields, for log lines.
     pub fn unknown_fields(&self) -> Vec<String> {
         self.unknown

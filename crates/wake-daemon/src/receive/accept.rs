@@ -125,7 +125,7 @@ impl Receiver {
                     Step::Done
                 }
             };
-            let name = step_name(&next);
+            let name = next.as_str();
             record.step = next;
             self.journal.save_handoff(&record)?;
             failpoint::hit(&format!("wake:{name}"));
