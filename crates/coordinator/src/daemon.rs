@@ -10,9 +10,6 @@ use trinity_core::{DaemonId, Tree, pcfiles};
 use crate::cycle::{Coordinator, CycleError};
 use crate::leader::Standing;
 
-/// How often the heartbeat's daemon entry is refreshed.
-const BEAT_INTERVAL: Duration = Duration::from_secs(30);
-
 /// Why the daemon stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -70,7 +67,7 @@ pub async fn run(mut coord: Coordinator, shutdown: CancellationToken) -> Result<
     }
     let mut tick = ticker(interval);
     let mut busy = ticker(Duration::from_secs(1));
-    let mut beat = ticker(BEAT_INTERVAL);
+    let mut beat = ticker(pcfiles::BEAT_INTERVAL);
     tracing::info!(pc = %coord.pc(), interval = %humantime::format_duration(interval), "coordinator started");
     let mut standing: Option<Standing> = None;
     loop {

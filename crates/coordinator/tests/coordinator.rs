@@ -965,24 +965,9 @@ fn the_dashboard_page_renders_the_fleet() {
     let page = f.tree.dashboard_html_file();
     let html = std::fs::read_to_string(&page).expect("page");
     assert!(html.contains("<td class=\"warn\">WARNING</td>"), "{html}");
-    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| which(b).is_some())
-    else {
-        eprintln!("no chromium here: the page was checked as text only");
+    let Some(dom) = rendered(&page) else {
         return;
     };
-    let out = std::process::Command::new(browser)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .expect("run chromium");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dom = String::from_utf8_lossy(&out.stdout);
     for want in [
         "Trinity fleet",
         "PC1",
@@ -1125,24 +1110,9 @@ fn the_dashboard_draws_the_day_with_handoffs_resets_and_tokens() {
         !html.contains("Last autonomous action: none yet"),
         "the restarted leader forgot the last action:\n{html}"
     );
-    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| which(b).is_some())
-    else {
-        eprintln!("no chromium here: the page was checked as text only");
+    let Some(dom) = rendered(&page) else {
         return;
     };
-    let out = std::process::Command::new(browser)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .expect("run chromium");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dom = String::from_utf8_lossy(&out.stdout);
     // Parsed as SVG inside HTML: the drawing's elements are in the document.
     for want in [
         "<svg id=\"timeline-day\"",
@@ -1158,6 +1128,28 @@ fn the_dashboard_draws_the_day_with_handoffs_resets_and_tokens() {
             "the rendered page lacks {want:?}:\n{dom}"
         );
     }
+}
+
+/// The page's document as headless Chromium parsed it; `None` (said) where there is no Chromium.
+fn rendered(page: &std::path::Path) -> Option<String> {
+    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| which(b).is_some())
+    else {
+        eprintln!("no chromium here: the page was checked as text only");
+        return None;
+    };
+    let out = std::process::Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn which(program: &str) -> Option<PathBuf> {

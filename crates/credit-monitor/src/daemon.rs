@@ -225,7 +225,7 @@ fn refresh_heartbeat(
     let now = monitor.now();
     let pause_over = outcome.state.paused_until.is_none_or(|u| u <= now);
     let exhausted = outcome.evaluation.level == CreditLevel::Exhausted;
-    let result = pcfiles::update_heartbeat(monitor.tree(), monitor.pc(), now, |hb| {
+    let result = pcfiles::beat_with(monitor.tree(), monitor.pc(), name, started_at, now, |hb| {
         if hb.status == HeartbeatStatus::HandoffInitiated && pause_over {
             hb.status = HeartbeatStatus::Idle;
             hb.paused_until = None;
@@ -236,15 +236,6 @@ fn refresh_heartbeat(
         if hb.paused_until.is_some_and(|u| u <= now) {
             hb.paused_until = None;
         }
-        hb.daemons.insert(
-            name.clone(),
-            trinity_core::schema::DaemonBeat {
-                pid: std::process::id(),
-                started_at,
-                updated_at: now,
-                version: Some(trinity_core::VERSION.to_owned()),
-            },
-        );
     });
     if let Err(e) = result {
         tracing::warn!(error = %e, "cannot update the heartbeat");

@@ -83,11 +83,7 @@ fn main() -> ExitCode {
 
 /// Loads the configuration the way every Trinity program does, printing its warnings.
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<trinity_core::config::Config> {
-    let loaded = trinity_core::config::load(&trinity_core::config::Sources::from_env(path))?;
-    for warning in &loaded.warnings {
-        eprintln!("warning: {warning}");
-    }
-    Ok(loaded.config)
+    Ok(trinity_core::daemon::load_config("trinity", path)?.config)
 }
 
 /// The configuration and its state tree, which must exist.

@@ -69,7 +69,23 @@ pub fn beat(
     started_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<Heartbeat, UpdateError> {
+    beat_with(tree, pc, daemon, started_at, now, |_| {})
+}
+
+/// How often each daemon refreshes its entry in the heartbeat.
+pub const BEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`beat`], with `also` changing the heartbeat in the same update.
+pub fn beat_with(
+    tree: &Tree,
+    pc: &PcId,
+    daemon: &DaemonName,
+    started_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    also: impl FnOnce(&mut Heartbeat),
+) -> Result<Heartbeat, UpdateError> {
     update_heartbeat(tree, pc, now, |hb| {
+        also(hb);
         hb.daemons.insert(
             daemon.clone(),
             DaemonBeat {

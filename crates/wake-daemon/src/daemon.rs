@@ -9,9 +9,6 @@ use trinity_core::{DaemonId, DaemonName, pcfiles};
 
 use crate::receive::{Receiver, WakeError};
 
-/// How often the daemon's entry in the heartbeat is refreshed.
-pub const BEAT_INTERVAL: Duration = Duration::from_secs(30);
-
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -76,7 +73,7 @@ pub async fn run(
         tracing::warn!(error = %e, "cannot watch the wake directory; polling only");
     }
     let mut poll = ticker(poll_interval);
-    let mut beat = ticker(BEAT_INTERVAL);
+    let mut beat = ticker(pcfiles::BEAT_INTERVAL);
     tracing::info!(pc = %receiver.pc(), dir = %dir.display(), "wake-daemon started");
     let mut alerts = OperatorAlerts::default();
     loop {
