@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use trinity_core::daemon::{InstanceError, InstanceLock, ticker, watch};
+use trinity_core::daemon::{InstanceError, InstanceLock};
 use trinity_core::{DaemonId, Tree, pcfiles};
+use trinity_runtime::Events;
 
 use crate::cycle::{Coordinator, CycleError};
 use crate::leader::Standing;
@@ -49,6 +50,14 @@ fn is_interesting(event: &notify::Event) -> bool {
     })
 }
 
+/// What wakes the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    Beat,
+    Tick,
+    Changed,
+}
+
 /// Runs until `shutdown` is cancelled.
 pub async fn run(mut coord: Coordinator, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let name = DaemonId::Coordinator.name();
@@ -57,36 +66,36 @@ pub async fn run(mut coord: Coordinator, shutdown: CancellationToken) -> Result<
     let started_at = coord.now();
     let interval = coord.config_interval();
     let dirs = watched(coord.tree());
-    for dir in &dirs {
-        let _ = std::fs::create_dir_all(dir);
-    }
     let dirs: Vec<_> = dirs.iter().map(|d| (d.as_path(), false)).collect();
-    let (watcher, mut rx) = watch(&dirs, is_interesting);
-    if let Err(e) = &watcher {
-        tracing::warn!(error = %e, "cannot watch the state tree; cycling on the timer only");
-    }
-    let mut tick = ticker(interval);
-    let mut busy = ticker(Duration::from_secs(1));
-    let mut beat = ticker(pcfiles::BEAT_INTERVAL);
+    let mut events = Events::new();
+    events.watch(
+        &dirs,
+        is_interesting,
+        Wake::Changed,
+        "cycling on the timer only",
+    );
+    events.every(interval, Wake::Tick);
+    // Every second while a verification runs or a lease waits for the remote.
+    let busy = events.every(Duration::from_secs(1), Wake::Tick);
+    events.every(pcfiles::BEAT_INTERVAL, Wake::Beat);
     tracing::info!(pc = %coord.pc(), interval = %humantime::format_duration(interval), "coordinator started");
     let mut standing: Option<Standing> = None;
     loop {
         let hurry = coord.verifying() || matches!(standing, Some(Standing::Claiming { .. }));
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = beat.tick() => {
-                if let Err(e) = pcfiles::beat(coord.tree(), coord.pc(), &name, started_at, coord.now()) {
+        events.enable(busy, hurry);
+        match events.next(&shutdown).await {
+            None => break,
+            Some(Wake::Beat) => {
+                if let Err(e) =
+                    pcfiles::beat(coord.tree(), coord.pc(), &name, started_at, coord.now())
+                {
                     tracing::warn!(error = %e, "cannot update the heartbeat");
                 }
                 continue;
             }
-            _ = tick.tick() => {}
-            _ = busy.tick(), if hurry => {}
-            Some(()) = rx.recv() => {
-                // Let a burst of changes settle into one cycle.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                while rx.try_recv().is_ok() {}
-            }
+            Some(Wake::Tick) => {}
+            // Let a burst of changes settle into one cycle.
+            Some(Wake::Changed) => events.settle(Duration::from_millis(100)).await,
         }
         match coord.cycle() {
             Ok(report) => {
@@ -114,7 +123,6 @@ pub async fn run(mut coord: Coordinator, shutdown: CancellationToken) -> Result<
         }
     }
     coord.stop_runs();
-    drop(watcher);
     tracing::info!("coordinator stopped");
     Ok(())
 }

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
-use trinity_core::daemon::{InstanceError, InstanceLock, OperatorAlerts, ticker, watch};
+use trinity_core::daemon::{InstanceError, InstanceLock, OperatorAlerts};
 use trinity_core::schema::{CreditLevel, HeartbeatStatus};
 use trinity_core::{DaemonId, DaemonName, pcfiles};
+use trinity_runtime::Events;
 
 use crate::monitor::{Monitor, StepReport};
 use crate::state::{Action, MonitorError};
@@ -79,28 +80,26 @@ pub async fn run(
         .parent()
         .map(Path::to_owned)
         .unwrap_or_else(|| monitor.tree().local_dir());
-    std::fs::create_dir_all(&events_dir).map_err(|source| {
-        MonitorError::Io(trinity_core::fsio::IoError::new(
-            "create directory",
-            &events_dir,
-            source,
-        ))
-    })?;
-    let watched = events_file.clone();
-    let (watcher, mut rx) = watch(&[(&events_dir, false)], move |event| {
-        is_change_of(event, &watched)
-    });
-    if let Err(e) = &watcher {
-        tracing::warn!(error = %e, "cannot watch the events file; evaluating on the interval only");
-    }
     let poke_file = monitor.tree().credit_poke_file();
+    let mut events = Events::new();
+    let watched = events_file.clone();
+    events.watch(
+        &[(&events_dir, false)],
+        move |event| is_change_of(event, &watched),
+        Wake::Events,
+        "evaluating on the interval only",
+    );
     let poked = poke_file.clone();
-    let (poke_watcher, mut pokes) = watch(&[(&events_dir, false)], move |event| {
-        is_change_of(event, &poked)
-    });
-
-    let mut tick = ticker(options.interval);
-    let mut transcript_tick = ticker(options.transcript_poll);
+    events.watch(
+        &[(&events_dir, false)],
+        move |event| is_change_of(event, &poked),
+        Wake::Poked,
+        "reading the transcripts on their interval only",
+    );
+    events.every(options.interval, Wake::Tick);
+    if options.transcripts.is_some() || options.agent_log.is_some() {
+        events.every(options.transcript_poll, Wake::Transcripts);
+    }
     let tail_path = monitor.tree().transcript_state_file();
     let mut tail = TailState::load(&tail_path);
     tracing::info!(
@@ -113,20 +112,7 @@ pub async fn run(
 
     let mut last_level = None;
     let mut alerts = OperatorAlerts::default();
-    loop {
-        let wake = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tick.tick() => Wake::Tick,
-            Some(()) = rx.recv() => {
-                while rx.try_recv().is_ok() {}
-                Wake::Events
-            }
-            _ = transcript_tick.tick(), if options.transcripts.is_some() || options.agent_log.is_some() => Wake::Transcripts,
-            Some(()) = pokes.recv() => {
-                while pokes.try_recv().is_ok() {}
-                Wake::Poked
-            }
-        };
+    while let Some(wake) = events.next(&shutdown).await {
         let result = match wake {
             Wake::Events => monitor.step().map(Some),
             Wake::Tick => {
@@ -161,8 +147,6 @@ pub async fn run(
         }
         alerts.end_pass();
     }
-    drop(watcher);
-    drop(poke_watcher);
     tracing::info!("credit monitor stopped");
     Ok(())
 }

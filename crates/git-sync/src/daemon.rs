@@ -8,7 +8,8 @@ use std::time::Duration;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use trinity_core::DaemonId;
-use trinity_core::daemon::{InstanceError, InstanceLock, watch};
+use trinity_core::daemon::{InstanceError, InstanceLock};
+use trinity_runtime::{Events, Next};
 
 use crate::sync::{SyncError, Syncer};
 
@@ -307,24 +308,23 @@ pub async fn run(
     let name = DaemonId::GitSync.name();
     let tree = trinity_core::Tree::new(&root);
     let _instance = InstanceLock::acquire(&tree, &name)?;
+    let mut events = Events::new();
     let watch_root = root.clone();
-    let (watcher, mut rx) = watch(&[(&root, true)], move |event| {
-        is_tree_change(event, &watch_root)
-    });
+    let watching = events.watch(
+        &[(&root, true)],
+        move |event| is_tree_change(event, &watch_root),
+        Event::TreeChanged,
+        "scanning on every remote check instead",
+    );
     // A remote on this machine: watch its branches too, so a push by another PC is seen at
     // once instead of at the next pull tick (the tick stays as the fallback).
-    let refs = syncer.local_remote().map(|r| r.join("refs").join("heads"));
-    let (remote_watcher, mut remote_rx) = watch(
-        &refs.iter().map(|r| (r.as_path(), true)).collect::<Vec<_>>(),
-        |event| !matches!(event.kind, notify::EventKind::Access(_)),
-    );
-    if refs.is_some()
-        && let Err(e) = &remote_watcher
-    {
-        tracing::info!(error = %e, "cannot watch the remote's branches; checking every pull_interval");
-    }
-    if let Err(e) = &watcher {
-        tracing::warn!(error = %e, "cannot watch the tree; scanning on every remote check instead");
+    if let Some(refs) = syncer.local_remote().map(|r| r.join("refs").join("heads")) {
+        events.watch(
+            &[(&refs, true)],
+            |event| !matches!(event.kind, notify::EventKind::Access(_)),
+            Event::RemoteMoved,
+            "checking every pull_interval",
+        );
     }
     let quick = if syncer.link().connection_per_check() {
         tracing::info!(
@@ -335,7 +335,7 @@ pub async fn run(
     } else {
         config.pull_interval
     };
-    let mut schedule = Schedule::new(&config, quick, watcher.is_ok(), Instant::now());
+    let mut schedule = Schedule::new(&config, quick, watching, Instant::now());
     let mut released: Option<Instant> = None;
     tracing::info!(
         tree = %root.display(),
@@ -344,22 +344,15 @@ pub async fn run(
         "git-sync started"
     );
     loop {
-        let quiet_until = schedule.quiet_until();
-        let debounce = async {
-            match quiet_until {
-                Some(t) => tokio::time::sleep_until(t.into()).await,
-                None => std::future::pending().await,
+        let due = schedule.next_check(Instant::now());
+        let deadline = schedule.quiet_until().map_or(due, |q| q.min(due));
+        let event = match events.next_until(&shutdown, Some(deadline.into())).await {
+            Next::Shutdown => break,
+            Next::Wake(event) => event,
+            Next::Deadline if schedule.quiet_until().is_some_and(|q| q <= Instant::now()) => {
+                Event::QuietPeriodOver
             }
-        };
-        let event = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(()) = rx.recv() => Event::TreeChanged,
-            Some(()) = remote_rx.recv() => {
-                while remote_rx.try_recv().is_ok() {}
-                Event::RemoteMoved
-            }
-            _ = debounce => Event::QuietPeriodOver,
-            _ = tokio::time::sleep_until(schedule.next_check(Instant::now()).into()) => Event::CheckDue,
+            Next::Deadline => Event::CheckDue,
         };
         let Some(mut cycle) = schedule.on(event, Instant::now(), syncer.heartbeat_due()) else {
             continue;
@@ -416,8 +409,7 @@ pub async fn run(
             released = Some(Instant::now());
         }
     }
-    drop(watcher);
-    drop(remote_watcher);
+    drop(events);
     syncer.close_link();
     let link = syncer.link().stats();
     tracing::info!(

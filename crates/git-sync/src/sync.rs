@@ -99,6 +99,23 @@ pub struct Maintenance {
     pub pruned: bool,
 }
 
+impl SyncError {
+    /// What a failed push means: `None` for a lost race (fetch, merge and try again), else the
+    /// error — the network, credentials, or a refusal.
+    pub(crate) fn from_push(e: &trinity_core::gitcmd::GitError) -> Option<Self> {
+        if e.timed_out() {
+            return Some(SyncError::Network(e.to_string()));
+        }
+        let stderr = e.stderr().to_owned();
+        match classify_failure(&format!("{stderr} {e}")) {
+            Failure::Race => None,
+            Failure::Auth => Some(SyncError::Auth(stderr)),
+            Failure::Network => Some(SyncError::Network(stderr)),
+            Failure::Other => Some(SyncError::Push(stderr)),
+        }
+    }
+}
+
 impl From<LinkError> for SyncError {
     fn from(e: LinkError) -> Self {
         match e {

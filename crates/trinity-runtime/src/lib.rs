@@ -21,8 +21,10 @@ use tokio_util::sync::CancellationToken;
 use trinity_core::daemon::{InstanceLock, Start};
 use trinity_core::{DaemonId, logging};
 
+pub mod events;
 pub mod service;
 
+pub use events::{Events, Next, Timer};
 pub use service::DaemonArgs;
 
 /// The flags every daemon takes (flattened into its command line).

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use trinity_core::daemon::{InstanceError, InstanceLock, OperatorAlerts, ticker, watch};
+use trinity_core::daemon::{InstanceError, InstanceLock, OperatorAlerts};
 use trinity_core::{DaemonId, DaemonName, pcfiles};
+use trinity_runtime::Events;
 
 use crate::receive::{Receiver, WakeError};
 
@@ -49,46 +50,24 @@ pub async fn run(
         tracing::warn!(error = %e, "cannot write this PC's roles into its heartbeat");
     }
     let dir = receiver.tree().wake_dir(receiver.pc());
-    std::fs::create_dir_all(&dir).map_err(|source| {
-        WakeError::Io(trinity_core::fsio::IoError::new(
-            "create directory",
-            &dir,
-            source,
-        ))
-    })?;
+    // And git-sync's state: a handoff waiting for its claims to reach the remote goes on as
+    // soon as git-sync reports them pushed.
     let sync_dir = receiver
         .tree()
         .sync_state_file()
         .parent()
         .map(|d| d.to_owned());
-    if let Some(d) = &sync_dir {
-        let _ = std::fs::create_dir_all(d);
-    }
-    // And git-sync's state: a handoff waiting for its claims to reach the remote goes on as
-    // soon as git-sync reports them pushed.
     let mut dirs = vec![(dir.as_path(), false)];
     dirs.extend(sync_dir.as_deref().map(|d| (d, false)));
-    let (watcher, mut rx) = watch(&dirs, is_signal_change);
-    if let Err(e) = &watcher {
-        tracing::warn!(error = %e, "cannot watch the wake directory; polling only");
-    }
-    let mut poll = ticker(poll_interval);
-    let mut beat = ticker(pcfiles::BEAT_INTERVAL);
+    let mut events = Events::new();
+    events.watch(&dirs, is_signal_change, Event::SignalFile, "polling only");
+    events.every(poll_interval, Event::Poll);
+    events.every(pcfiles::BEAT_INTERVAL, Event::Beat);
     tracing::info!(pc = %receiver.pc(), dir = %dir.display(), "wake-daemon started");
     let mut alerts = OperatorAlerts::default();
-    loop {
-        let event = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = beat.tick() => Event::Beat,
-            _ = poll.tick() => Event::Poll,
-            Some(()) = rx.recv() => {
-                while rx.try_recv().is_ok() {}
-                Event::SignalFile
-            }
-        };
+    while let Some(event) = events.next(&shutdown).await {
         handle(&receiver, event, &name, started_at, &mut alerts);
     }
-    drop(watcher);
     tracing::info!("wake-daemon stopped");
     Ok(())
 }

@@ -145,19 +145,14 @@ impl Syncer {
                 .git()
                 .run(["push", "--porcelain", "--quiet", &lease, "origin", &spec])
         {
-            if e.timed_out() {
-                return Err(SyncError::Network(e.to_string()));
-            }
-            return match classify_failure(&format!("{} {e}", e.stderr())) {
-                Failure::Race => {
+            return match SyncError::from_push(&e) {
+                Some(e) => Err(e),
+                None => {
                     tracing::info!(
                         "the remote moved while compacting; the compaction waits for a later check"
                     );
                     Ok(None)
                 }
-                Failure::Auth => Err(SyncError::Auth(e.stderr().to_owned())),
-                Failure::Network => Err(SyncError::Network(e.stderr().to_owned())),
-                Failure::Other => Err(SyncError::Push(e.stderr().to_owned())),
             };
         }
         failpoint::hit("compact:pushed");

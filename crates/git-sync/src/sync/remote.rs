@@ -114,9 +114,9 @@ impl Syncer {
                     tracing::debug!(head = %short(head), "pushed");
                     return Ok(());
                 }
-                Err(e) if e.timed_out() => return Err(SyncError::Network(e.to_string())),
-                Err(e) => match classify_failure(&format!("{} {e}", e.stderr())) {
-                    Failure::Race => {
+                Err(e) => match SyncError::from_push(&e) {
+                    Some(failure) => return Err(failure),
+                    None => {
                         report.races += 1;
                         self.state.push_races += 1;
                         let before = self.store.tracking()?;
@@ -138,9 +138,6 @@ impl Syncer {
                         );
                         self.merge_remote(index_free, report)?;
                     }
-                    Failure::Auth => return Err(SyncError::Auth(e.stderr().to_owned())),
-                    Failure::Network => return Err(SyncError::Network(e.stderr().to_owned())),
-                    Failure::Other => return Err(SyncError::Push(e.stderr().to_owned())),
                 },
             }
         }
