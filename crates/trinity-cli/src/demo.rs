@@ -723,7 +723,7 @@ impl Demo {
         let mut out = String::new();
         for pc in &self.pcs {
             for d in DaemonId::ALL {
-                let path = self.tree(pc).logs_dir().join(format!("{d}.log"));
+                let path = self.tree(pc).log_file(&d.name());
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
                 if text.is_empty() {
                     continue;

@@ -250,7 +250,7 @@ fn ensure_clone(
     remote: &str,
     state_dir: &Path,
 ) -> anyhow::Result<(&'static str, Fleet)> {
-    if state_dir.join(".git").exists() {
+    if Tree::new(state_dir).git_dir().exists() {
         let git = Git::in_dir(state_dir);
         let Ok(origin) = git.run(["remote", "get-url", "origin"]) else {
             bail!(
@@ -419,7 +419,11 @@ fn create_branch(state_dir: &Path, branch: &str, fleet: &Fleet, pc: &PcId) -> an
     fleet_text.push_str(std::str::from_utf8(&schema::to_bytes(fleet)?)?);
     fsio::write_new(&tree.fleet_file(), fleet_text.as_bytes())?;
     fsio::write_new(&tree.gitignore_file(), GITIGNORE.as_bytes())?;
-    git.run(["add", "fleet.toml", ".gitignore"])?;
+    git.run([
+        "add",
+        trinity_core::layout::FLEET_FILE,
+        trinity_core::layout::GITIGNORE_FILE,
+    ])?;
     git.run([
         "commit",
         "-q",

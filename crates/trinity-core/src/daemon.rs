@@ -113,7 +113,7 @@ impl InstanceLock {
     /// Takes the tree for `daemon`, or says who has it.
     pub fn acquire(tree: &Tree, daemon: &DaemonName) -> Result<Self, InstanceError> {
         let path = tree.lock_file(daemon);
-        let pid_file = path.with_extension("pid");
+        let pid_file = tree.pid_file(daemon);
         match FileLock::try_acquire(&path)? {
             Some(lock) => {
                 let _ = crate::fsio::write_atomic(

@@ -217,6 +217,12 @@ pub fn is_synced(rel: &str) -> bool {
     !(rel.is_empty() || UNSYNCED_DIRS.contains(&first) || temp)
 }
 
+/// The fleet's file at the tree's root: `fleet.toml`.
+pub const FLEET_FILE: &str = "fleet.toml";
+
+/// The tree's `.gitignore`, at its root.
+pub const GITIGNORE_FILE: &str = ".gitignore";
+
 /// The directories synced to every PC, in the order `trinity status` reads them.
 pub const SYNCED_DIRS: &[&str] = &[
     "heartbeat",
@@ -259,12 +265,12 @@ impl Tree {
 
     /// `fleet.toml`.
     pub fn fleet_file(&self) -> PathBuf {
-        self.root.join("fleet.toml")
+        self.root.join(FLEET_FILE)
     }
 
     /// `.gitignore`.
     pub fn gitignore_file(&self) -> PathBuf {
-        self.root.join(".gitignore")
+        self.root.join(GITIGNORE_FILE)
     }
 
     /// `heartbeat/`.
@@ -400,6 +406,12 @@ impl Tree {
     /// `dashboards/CREDIT_DASHBOARD.html`.
     pub fn dashboard_html_file(&self) -> PathBuf {
         self.root.join("dashboards").join("CREDIT_DASHBOARD.html")
+    }
+
+    /// `local/conflicts/{stamp}-{path with / as __}`: our side of a merge no rule decides.
+    pub fn conflict_copy_file(&self, stamp: &str, rel: &str) -> PathBuf {
+        self.conflicts_dir()
+            .join(format!("{stamp}-{}", rel.replace('/', "__")))
     }
 
     /// `dashboards/timeline.json`.
@@ -596,6 +608,11 @@ impl Tree {
     /// `local/run/{daemon}.lock`: one running instance per daemon and tree.
     pub fn lock_file(&self, daemon: &DaemonName) -> PathBuf {
         self.local_dir().join("run").join(format!("{daemon}.lock"))
+    }
+
+    /// `local/run/{daemon}.pid`: the process id of the daemon holding the lock.
+    pub fn pid_file(&self, daemon: &DaemonName) -> PathBuf {
+        self.local_dir().join("run").join(format!("{daemon}.pid"))
     }
 
     /// `logs/`: one log file per daemon, never synced.

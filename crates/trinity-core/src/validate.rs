@@ -230,7 +230,7 @@ pub fn files_under(dir: &Path) -> Result<Vec<PathBuf>, fsio::IoError> {
         let name = path.file_name().unwrap_or_default();
         let at_tree_root = path
             .parent()
-            .is_some_and(|p| p.join("fleet.toml").is_file());
+            .is_some_and(|p| p.join(crate::layout::FLEET_FILE).is_file());
         name == ".git" || (at_tree_root && crate::layout::UNSYNCED_DIRS.iter().any(|d| name == *d))
     })?;
     out.sort();
@@ -298,7 +298,7 @@ pub fn find_tree_root(path: &Path) -> Option<PathBuf> {
     };
     start?
         .ancestors()
-        .find(|dir| dir.join("fleet.toml").is_file())
+        .find(|dir| dir.join(crate::layout::FLEET_FILE).is_file())
         .map(Path::to_owned)
 }
 
@@ -324,7 +324,7 @@ pub fn implied_root(path: &Path) -> Option<PathBuf> {
             return Some(root_of(start));
         }
     }
-    let top_level = |name: &str| SYNCED_DIRS.contains(&name) || name == "fleet.toml";
+    let top_level = |name: &str| SYNCED_DIRS.contains(&name) || name == crate::layout::FLEET_FILE;
     (0..comps.len().saturating_sub(1))
         .rev()
         .find(|&i| top_level(&comps[i]))

@@ -260,10 +260,9 @@ impl Syncer {
     pub(super) fn keep_conflict(&mut self, c: &merge::Conflict<ObjectId>) -> Result<(), SyncError> {
         let now = self.now();
         let stamp = trinity_core::ids::file_timestamp(now);
-        let flat = c.path.replace('/', "__");
+        let keep = self.tree.conflict_copy_file(&stamp, &c.path);
         if let Some(ours) = c.ours {
             let bytes = self.store.blob(ours)?;
-            let keep = self.tree.conflicts_dir().join(format!("{stamp}-{flat}"));
             fsio::write_atomic(&keep, &bytes)?;
         }
         self.state.conflicts += 1;
@@ -284,8 +283,11 @@ impl Syncer {
             handoff: None,
             paths: vec![c.path.clone()],
             details: Some(format!(
-                "The remote's version is in the tree; {}'s is in local/conflicts/{stamp}-{flat} on that PC.",
-                self.pc
+                "The remote's version is in the tree; {}'s is in {} on that PC.",
+                self.pc,
+                keep.strip_prefix(self.tree.root())
+                    .unwrap_or(&keep)
+                    .display()
             )),
         };
         let path = self.tree.escalation_file(&id);

@@ -211,7 +211,10 @@ impl Syncer {
                 report.heartbeat_deferred = true;
                 continue;
             }
-            if rel.starts_with("heartbeat/") {
+            if matches!(
+                Tree::classify_relative(rel),
+                Ok(trinity_core::layout::FileKind::Heartbeat(_))
+            ) {
                 heartbeat_in = true;
             }
             let written = self.store.write_blob(&bytes)?;
