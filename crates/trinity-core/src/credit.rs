@@ -116,11 +116,11 @@ pub struct CreditEvent {
 }
 
 /// Why an event line was refused.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum EventError {
     /// Not JSON of the event format.
     #[error("not a credit event: {0}")]
-    Parse(String),
+    Parse(#[source] serde_json::Error),
     /// Parsed, but a figure is out of range.
     #[error("invalid credit event: {0}")]
     Invalid(String),
@@ -158,8 +158,7 @@ impl CreditEvent {
 
     /// Parses one line and checks its figures.
     pub fn parse_line(line: &str) -> Result<Self, EventError> {
-        let event: CreditEvent =
-            serde_json::from_str(line).map_err(|e| EventError::Parse(e.to_string()))?;
+        let event: CreditEvent = serde_json::from_str(line).map_err(EventError::Parse)?;
         event.check().map_err(EventError::Invalid)?;
         Ok(event)
     }

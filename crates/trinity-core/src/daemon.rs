@@ -1,5 +1,8 @@
-//! What every daemon needs: one instance per tree, file locks between processes, and a
-//! shutdown signal that tests can trigger without sending real signals.
+//! The pieces every daemon is made of, below the program shell (`trinity-runtime`): file locks
+//! between processes and one instance per tree, appends to shared logs, the start (the
+//! configuration, this PC, its tree), the one-thread runtime stopped by a signal or a token that
+//! tests and the Windows service cancel, file watchers and timers, alerts said once, and
+//! giving freed memory back.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -17,10 +17,7 @@ impl Receiver {
             let next = match &record.step {
                 Step::Done => return Ok(Progress::Done),
                 Step::Refused { reason } => return Ok(Progress::Refused(reason.clone())),
-                Step::Received => match self.archive(&id)? {
-                    Ok(()) => Step::Archived,
-                    Err(reason) => Step::Refused { reason },
-                },
+                Step::Received => self.archive(&id)?,
                 Step::Archived => {
                     let h = self.handoff(&id)?;
                     self.write_claims(&h)?;
@@ -138,9 +135,10 @@ impl Receiver {
         Ok(fsio::load::<Handoff>(&path)?.value)
     }
 
-    /// Validates the handoff file and moves it to `handoff/processed/`. `Ok(Err(reason))`
-    /// refuses the handoff.
-    pub(super) fn archive(&self, id: &HandoffId) -> Result<Result<(), String>, WakeError> {
+    /// Validates the handoff file and moves it to `handoff/processed/`: the next step,
+    /// [`Step::Archived`], or [`Step::Refused`] with the reason.
+    pub(super) fn archive(&self, id: &HandoffId) -> Result<Step, WakeError> {
+        let refuse = |reason: String| Ok(Step::Refused { reason });
         let pending = self.tree.handoff_file(id);
         let archived = self.tree.processed_handoff_file(id);
         let source = if pending.is_file() {
@@ -148,32 +146,24 @@ impl Receiver {
         } else if archived.is_file() {
             archived.clone()
         } else {
-            return Ok(Err(format!(
-                "its handoff file handoff/{id}.json does not exist"
-            )));
+            return refuse(format!("its handoff file handoff/{id}.json does not exist"));
         };
         let fleet = self.fleet()?;
         if let Err(problem) = validate::validate_file(&self.tree, &source, Some(&fleet)) {
             if source == pending {
                 fsio::quarantine(&self.tree, &pending, &problem.message, self.now())?;
             }
-            return Ok(Err(format!(
-                "its handoff file is invalid: {}",
-                problem.message
-            )));
+            return refuse(format!("its handoff file is invalid: {}", problem.message));
         }
         let h = match fsio::load::<Handoff>(&source) {
             Ok(d) => d.value,
-            Err(e) => return Ok(Err(e.to_string())),
+            Err(e) => return refuse(e.to_string()),
         };
         if h.to_pc != self.pc {
-            return Ok(Err(format!(
-                "the handoff is for {}, not {}",
-                h.to_pc, self.pc
-            )));
+            return refuse(format!("the handoff is for {}, not {}", h.to_pc, self.pc));
         }
         if let Some(reason) = self.deposed_leader(h.leader_epoch) {
-            return Ok(Err(reason));
+            return refuse(reason);
         }
         // Epochs: work reassigned by the coordinator carries a newer epoch; anything older
         // than the newest seen for its tasks is stale.
@@ -185,9 +175,9 @@ impl Receiver {
             .filter_map(|t| epochs.0.get(t).map(|e| (t, *e)))
             .find(|(_, e)| *e > epoch)
         {
-            return Ok(Err(format!(
+            return refuse(format!(
                 "its epoch {epoch} is older than epoch {newest} already seen for task {task}"
-            )));
+            ));
         }
         // The claims before the archive: from the moment the handoff leaves `handoff/`, this
         // PC's claims say it is busy (a coordinator reading in between would see a PC with no
@@ -212,7 +202,7 @@ impl Receiver {
             *e = (*e).max(epoch);
         }
         self.journal.save_epochs(&epochs)?;
-        Ok(Ok(()))
+        Ok(Step::Archived)
     }
 
     /// Writes a claim for every task of the handoff that nobody else holds. A claim held by the
