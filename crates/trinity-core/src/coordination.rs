@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::ids::{PcId, TaskId};
+use crate::ids::{HandoffId, PcId, TaskId};
 use crate::queue::{QueueView, TaskState, role_fits};
 use crate::schema::{
-    CreditLevel, CreditStatus, Heartbeat, HeartbeatStatus, InstanceStatus, Kpis, Lease, Liveness,
-    Phase, PhaseResult, PhaseStatus, Verdict, Verification,
+    CreditLevel, CreditStatus, Handoff, HandoffReason, Heartbeat, HeartbeatStatus, InstanceStatus,
+    Kpis, Lease, Liveness, Phase, PhaseResult, PhaseStatus, TaskRef, Verdict, Verification,
 };
 use crate::state::InstanceState;
 
@@ -309,6 +309,82 @@ pub struct Idle {
     pub tokens: u64,
 }
 
+/// The work of a PC declared dead, to be handed to a live one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reassignment {
+    /// Its unfinished tasks: its claims (the work in progress first, then by priority and
+    /// age), then the work on its way to it that it never accepted.
+    pub tasks: Vec<TaskRef>,
+    /// The work epoch the reassignment carries: above every claim it takes over, so the dead
+    /// PC's late claims lose.
+    pub work_epoch: u64,
+}
+
+/// What of `dead`'s work goes to another PC: the tasks it claimed and did not finish, and the
+/// tasks of handoffs addressed to it that it never accepted (nobody else would ever take them)
+/// — leaving out tasks already on their way in another reassignment, finished ones, and those
+/// another PC holds. `current` is the task it was working on.
+pub fn reassignment(
+    dead: &PcId,
+    queue: &QueueView,
+    pending: &[(HandoffId, Handoff)],
+    current: Option<&TaskId>,
+) -> Reassignment {
+    let in_flight: BTreeSet<&TaskId> = pending
+        .iter()
+        .filter(|(_, h)| h.reason == HandoffReason::Reassignment)
+        .flat_map(|(_, h)| h.task_queue.iter().map(|t| &t.id))
+        .collect();
+    let mut claims: Vec<_> = queue
+        .claims
+        .values()
+        .filter(|c| &c.pc == dead && !queue.done.contains_key(&c.task_id))
+        .collect();
+    claims.sort_by_key(|c| {
+        let task = queue.tasks.get(&c.task_id);
+        (
+            Some(&c.task_id) != current,
+            task.map_or(u8::MAX, |t| t.priority.rank()),
+            task.map(|t| t.created_at),
+            c.task_id.clone(),
+        )
+    });
+    let mut tasks: Vec<TaskRef> = claims
+        .iter()
+        .filter(|c| !in_flight.contains(&c.task_id))
+        .map(|c| match queue.tasks.get(&c.task_id) {
+            Some(t) => TaskRef {
+                id: t.id.clone(),
+                priority: t.priority,
+                description: t.description.clone(),
+            },
+            None => TaskRef {
+                id: c.task_id.clone(),
+                priority: Default::default(),
+                description: String::new(),
+            },
+        })
+        .collect();
+    for (_, h) in pending
+        .iter()
+        .filter(|(_, h)| &h.to_pc == dead && h.reason != HandoffReason::WorkComplete)
+    {
+        for t in &h.task_queue {
+            if !in_flight.contains(&t.id)
+                && !queue.done.contains_key(&t.id)
+                && !tasks.iter().any(|x| x.id == t.id)
+                && queue.claims.get(&t.id).is_none_or(|c| &c.pc == dead)
+            {
+                tasks.push(t.clone());
+            }
+        }
+    }
+    Reassignment {
+        tasks,
+        work_epoch: claims.iter().map(|c| c.epoch).max().unwrap_or(0) + 1,
+    }
+}
+
 /// Which PC gets which task: each idle PC, in the given order, gets the best queued task that
 /// fits its roles — priority, then age (dependencies done, unclaimed, not in `taken`).
 pub fn assign(queue: &QueueView, idle: &[Idle], taken: &BTreeSet<TaskId>) -> Vec<(PcId, TaskId)> {
@@ -478,6 +554,102 @@ mod tests {
     }
 
     const TTL: Duration = Duration::from_secs(120);
+
+    #[test]
+    fn a_dead_pcs_work_is_its_unfinished_claims_then_what_it_never_accepted() {
+        use crate::schema::{Claim, Done, Outcome, Priority, Task};
+        let t = |m: i64| t0() + chrono::Duration::minutes(m);
+        let id = |s: &str| TaskId::new(s).expect("task");
+        let mut q = QueueView::default();
+        for (name, priority, minute) in [
+            ("api", Priority::Medium, 0),
+            ("ui", Priority::High, 1),
+            ("web", Priority::High, 2),
+            ("docs", Priority::Critical, 3),
+            ("db", Priority::Low, 4),
+        ] {
+            q.tasks.insert(
+                id(name),
+                Task {
+                    format_version: 1,
+                    id: id(name),
+                    description: format!("do {name}"),
+                    priority,
+                    created_at: t(minute),
+                    created_by: pc("PC1"),
+                    dependencies: Vec::new(),
+                    role: None,
+                },
+            );
+        }
+        let claim = |task: &str, who: &str, epoch: u64| Claim {
+            format_version: 1,
+            task_id: id(task),
+            pc: pc(who),
+            claimed_at: t(10),
+            epoch,
+            handoff: None,
+        };
+        for c in [
+            claim("api", "PC2", 2),
+            claim("web", "PC2", 5),
+            claim("ui", "PC2", 1),
+            claim("docs", "PC2", 9),
+            claim("db", "PC3", 1),
+        ] {
+            q.claims.insert(c.task_id.clone(), c);
+        }
+        q.done.insert(
+            id("docs"),
+            Done {
+                format_version: 1,
+                task_id: id("docs"),
+                pc: pc("PC2"),
+                finished_at: t(20),
+                outcome: Outcome::Completed,
+                summary: String::new(),
+                commit: None,
+            },
+        );
+        let handoff = |to: &str, reason, tasks: &[&str]| {
+            let h = Handoff {
+                format_version: 1,
+                from_pc: pc("PC3"),
+                to_pc: pc(to),
+                timestamp: t(30),
+                reason,
+                task_queue: tasks
+                    .iter()
+                    .map(|n| TaskRef {
+                        id: id(n),
+                        priority: Priority::Medium,
+                        description: String::new(),
+                    })
+                    .collect(),
+                current_work: None,
+                credit_state: None,
+                epoch: None,
+                authored_by: None,
+                leader_epoch: None,
+            };
+            (h.id().expect("id"), h)
+        };
+        let pending = [
+            // "ui" is on its way to PC1 already (an earlier reassignment).
+            handoff("PC1", HandoffReason::Reassignment, &["ui"]),
+            // Given to PC2, never accepted: "cli" goes too, "db" is PC3's.
+            handoff("PC2", HandoffReason::Assignment, &["cli", "db"]),
+        ];
+        let r = reassignment(&pc("PC2"), &q, &pending, Some(&id("api")));
+        let ids: Vec<&str> = r.tasks.iter().map(|t| t.id.as_str()).collect();
+        // The work in progress first, then by priority; done and in-flight work left out.
+        assert_eq!(ids, ["api", "web", "cli"]);
+        assert_eq!(r.tasks[0].description, "do api");
+        // Above every unfinished claim it held (web's 5).
+        assert_eq!(r.work_epoch, 6);
+        // Nothing for a PC that held nothing.
+        assert!(reassignment(&pc("PC9"), &q, &[], None).tasks.is_empty());
+    }
 
     #[test]
     fn a_pcs_phase_for_the_timeline() {

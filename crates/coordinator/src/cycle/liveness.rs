@@ -111,69 +111,10 @@ impl Coordinator {
         actions: &mut Vec<String>,
     ) {
         let silent = silent_text(seen, now);
-        let claims: Vec<_> = view
-            .queue
-            .claims
-            .values()
-            .filter(|c| &c.pc == dead && !view.queue.done.contains_key(&c.task_id))
-            .cloned()
-            .collect();
-        let in_flight: BTreeSet<TaskId> = view
-            .pending
-            .iter()
-            .filter(|(_, h)| h.reason == HandoffReason::Reassignment)
-            .flat_map(|(_, h)| h.task_queue.iter().map(|t| t.id.clone()))
-            .collect();
-        let mut claims = claims;
-        // The work in progress first, then by priority and age, as the queue orders work.
-        let current = view
-            .instances
-            .get(dead)
-            .and_then(|i| i.current_work.as_ref().map(|w| w.task_id.clone()));
-        claims.sort_by_key(|c| {
-            let task = view.queue.tasks.get(&c.task_id);
-            (
-                Some(&c.task_id) != current.as_ref(),
-                task.map_or(u8::MAX, |t| t.priority.rank()),
-                task.map(|t| t.created_at),
-                c.task_id.clone(),
-            )
-        });
-        let mut tasks: Vec<TaskRef> = claims
-            .iter()
-            .filter(|c| !in_flight.contains(&c.task_id))
-            .map(|c| match view.queue.tasks.get(&c.task_id) {
-                Some(t) => TaskRef {
-                    id: t.id.clone(),
-                    priority: t.priority,
-                    description: t.description.clone(),
-                },
-                None => TaskRef {
-                    id: c.task_id.clone(),
-                    priority: Default::default(),
-                    description: String::new(),
-                },
-            })
-            .collect();
-        // Work on its way to the dead PC that it never accepted (an assignment, a handoff):
-        // nobody else would ever take it. If the PC comes back and accepts it late, the claim
-        // at the higher work epoch wins and it drops the task.
-        for (_, h) in view
-            .pending
-            .iter()
-            .filter(|(_, h)| &h.to_pc == dead && h.reason != HandoffReason::WorkComplete)
-        {
-            for t in &h.task_queue {
-                if !in_flight.contains(&t.id)
-                    && !view.queue.done.contains_key(&t.id)
-                    && !tasks.iter().any(|x| x.id == t.id)
-                    && view.queue.claims.get(&t.id).is_none_or(|c| &c.pc == dead)
-                {
-                    tasks.push(t.clone());
-                }
-            }
-        }
         let inst = view.instances.get(dead);
+        let current = inst.and_then(|i| i.current_work.as_ref().map(|w| &w.task_id));
+        let coordination::Reassignment { tasks, work_epoch } =
+            coordination::reassignment(dead, &view.queue, &view.pending, current);
         let last_work = inst.and_then(|i| i.current_work.clone());
         let hb_time = view.heartbeats.get(dead).map(|h| h.timestamp);
         let target = if tasks.is_empty() {
@@ -200,7 +141,6 @@ impl Coordinator {
                 "{dead} is DEAD (silent for {silent}); it held no work"
             ));
         } else if let Some(to) = target {
-            let work_epoch = claims.iter().map(|c| c.epoch).max().unwrap_or(0) + 1;
             let current_work = last_work
                 .clone()
                 .filter(|w| tasks.iter().any(|t| t.id == w.task_id));
