@@ -159,11 +159,25 @@ impl Drop for Demo {
 }
 
 impl Demo {
+    /// The scenarios in order: the fleet up, work queued and verified, the three handoff
+    /// tests around the ring, a PC gone silent and back, the fleet in step.
     fn play(&mut self) -> anyhow::Result<()> {
         let pcs = self.pcs.clone();
-        let first = pcs[0].clone();
         let leader = pcs[pcs.len() - 1].clone();
+        self.start_fleet(&leader)?;
+        let holder = self.queue_and_verify(&pcs[0])?;
+        let holder = self.round_the_ring(holder)?;
+        self.silence_and_return(holder, &leader)?;
+        self.begin("", "all PCs in step");
+        self.wait("the fleet in sync", || Ok(self.in_sync()))?;
+        self.say("", "every PC's tree is at the remote's head");
+        Ok(())
+    }
 
+    /// Every PC initialised and its four daemons started; the preferred leader's lease on the
+    /// remote.
+    fn start_fleet(&mut self, leader: &str) -> anyhow::Result<()> {
+        let pcs = self.pcs.clone();
         self.begin("", &format!("setting up {} (trinity init)", pcs.join(", ")));
         self.set_up()?;
         for pc in &pcs {
@@ -178,16 +192,21 @@ impl Demo {
         })?;
         let epoch = self.remote_lease()?.map_or(0, |l| l.epoch);
         self.say(
-            &leader,
+            leader,
             &format!("leads the fleet (lease epoch {epoch}, on the remote)"),
         );
+        Ok(())
+    }
 
+    /// Three tasks queued, two assigned; intro finished and verified; chapter (after intro)
+    /// assigned. Returns chapter's holder.
+    fn queue_and_verify(&mut self, first: &str) -> anyhow::Result<String> {
         self.begin(
             "",
             "queueing work: intro (high), chapter (after intro), appendix (low)",
         );
         self.trinity(
-            &first,
+            first,
             &[
                 "task",
                 "add",
@@ -199,7 +218,7 @@ impl Demo {
             ],
         )?;
         self.trinity(
-            &first,
+            first,
             &[
                 "task",
                 "add",
@@ -211,7 +230,7 @@ impl Demo {
             ],
         )?;
         self.trinity(
-            &first,
+            first,
             &[
                 "task",
                 "add",
@@ -260,12 +279,18 @@ impl Demo {
         self.wait("chapter assigned", || {
             Ok(self.claim_holder("chapter").is_some())
         })?;
-        let mut holder = self.claim_holder("chapter").unwrap_or_default();
+        let holder = self.claim_holder("chapter").unwrap_or_default();
         self.wait(&format!("{holder}'s agent on chapter"), || {
             Ok(self.agent_runs(&holder, "chapter") >= 1)
         })?;
         self.say(&holder, "works on chapter (its agent reports progress)");
+        Ok(holder)
+    }
 
+    /// Tests 1 to 3: a forced handoff, three rate limits, and the rest of the ring back to where
+    /// chapter started. Returns chapter's holder.
+    fn round_the_ring(&mut self, mut holder: String) -> anyhow::Result<String> {
+        let pcs = self.pcs.clone();
         // Test 1: a forced handoff.
         let ring_start = holder.clone();
         self.begin(
@@ -312,8 +337,15 @@ impl Demo {
                         .is_some_and(|w| w.task_id.as_str() == "chapter")
             }))
         })?;
-        let chapter_runs = self.agent_runs_anywhere("chapter");
+        Ok(holder)
+    }
 
+    /// Chapter's holder goes silent (its daemons killed): its work is reassigned and resumed
+    /// elsewhere; it comes back and does not resume it.
+    fn silence_and_return(&mut self, holder: String, leader: &str) -> anyhow::Result<()> {
+        let pcs = self.pcs.clone();
+        let first_pc = pcs[0].clone();
+        let chapter_runs = self.agent_runs_anywhere("chapter");
         // A PC goes silent.
         let silent = holder.clone();
         self.begin(
@@ -376,9 +408,6 @@ impl Demo {
                 .instance_seen_by(&first_pc, &heir)
                 .is_some_and(|i| i.claimed_tasks.iter().any(|t| t.as_str() == "chapter")))
         })?;
-        self.begin("", "all PCs in step");
-        self.wait("the fleet in sync", || Ok(self.in_sync()))?;
-        self.say("", "every PC's tree is at the remote's head");
         Ok(())
     }
 
