@@ -307,7 +307,15 @@ fn ago(secs: i64) -> String {
 }
 
 fn print_table(r: &Report) {
-    let dash = "-".to_owned();
+    print_fleet(r);
+    println!();
+    print_pcs(r);
+    println!();
+    print_work(r);
+}
+
+/// The rotation and who coordinates.
+fn print_fleet(r: &Report) {
     if r.rotation.is_empty() {
         println!(
             "Fleet: unknown (no valid fleet.toml in {})",
@@ -335,7 +343,11 @@ fn print_table(r: &Report) {
         (None, Some(pref)) => println!("Coordinator: no lease yet (preferred: {pref})"),
         (None, None) => {}
     }
-    println!();
+}
+
+/// One row per PC: heartbeat, credit, state, task, wake signals waiting.
+fn print_pcs(r: &Report) {
+    let dash = "-".to_owned();
     let rows: Vec<[String; 6]> = r
         .pcs
         .iter()
@@ -385,7 +397,10 @@ fn print_table(r: &Report) {
             .collect();
         println!("{}", line.join("  ").trim_end());
     }
-    println!();
+}
+
+/// Handoffs and signals in flight, the queue, escalations, this PC's sync, problems.
+fn print_work(r: &Report) {
     println!("Pending handoffs: {}", r.pending_handoffs.len());
     for h in &r.pending_handoffs {
         println!(
