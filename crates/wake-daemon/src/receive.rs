@@ -325,6 +325,21 @@ impl Receiver {
             return Ok(());
         };
 
+        self.accept_handoff(path, id, &signal, handoff_id, report)
+    }
+
+    /// A signal that brings a handoff: the handoff's acceptance begins or goes on (one record
+    /// per handoff: a second signal for it is a duplicate), and the signal is consumed once
+    /// the handoff is accepted or refused.
+    fn accept_handoff(
+        &self,
+        path: &Path,
+        id: SignalId,
+        signal: &WakeSignal,
+        handoff_id: HandoffId,
+        report: &mut Report,
+    ) -> Result<(), WakeError> {
+        let now = self.now();
         let record = match self.journal.handoff(&handoff_id)? {
             Some(existing) if existing.signal != id => {
                 tracing::info!(signal = %id, handoff = %handoff_id, "a second signal for a handoff already being accepted; removing it");
