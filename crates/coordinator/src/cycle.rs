@@ -25,6 +25,7 @@ use crate::notifications::Notifier;
 use crate::report;
 use crate::verify::{self, Running, Workdir};
 
+mod action;
 mod assign;
 mod liveness;
 mod reports;
@@ -35,6 +36,7 @@ pub(crate) use verdicts::read_verifications;
 
 use crate::view::handoff_files;
 pub use crate::view::{FleetView, read_pending};
+pub use action::{Action, DeadWork, Fix};
 
 /// Why a cycle failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +54,15 @@ pub enum CycleError {
 pub struct CycleReport {
     /// Where this PC stands on the lease.
     pub standing: Standing,
-    /// What the leader did, one line each (empty when following).
-    pub actions: Vec<String>,
+    /// What the leader did (empty when following).
+    pub actions: Vec<Action>,
+}
+
+impl CycleReport {
+    /// What the leader did, in words, one line each.
+    pub fn lines(&self) -> Vec<String> {
+        self.actions.iter().map(ToString::to_string).collect()
+    }
 }
 
 struct Run {
@@ -235,7 +244,7 @@ impl Coordinator {
             tracing::info!(epoch, "{a}");
         }
         if let Some(a) = actions.last() {
-            self.last_action = Some((now, a.clone()));
+            self.last_action = Some((now, a.to_string()));
         }
         self.track(&fleet, &view, now);
         self.write_reports(&fleet, &view, epoch, now);
@@ -272,7 +281,7 @@ impl Coordinator {
         view: &mut FleetView,
         epoch: u64,
         now: DateTime<Utc>,
-        actions: &mut Vec<String>,
+        actions: &mut Vec<Action>,
     ) {
         self.announce_handoffs(view);
         self.watch_liveness(fleet, view, epoch, now, actions);

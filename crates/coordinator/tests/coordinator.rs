@@ -263,7 +263,7 @@ fn work_goes_to_standby_pcs_by_priority_dependencies_and_role_once() {
     f.clock.advance(Duration::from_secs(30));
     let r = c.cycle().expect("cycle");
     assert!(
-        r.actions.iter().all(|a| !a.starts_with("assigned")),
+        r.lines().iter().all(|a| !a.starts_with("assigned")),
         "{:?}",
         r.actions
     );
@@ -428,7 +428,7 @@ fn finished_work_is_approved_denied_or_escalated_by_its_phases() {
                 f.task("next-one", Priority::Normal, 5, None, &[]);
                 let r = c.cycle().expect("cycle");
                 assert!(
-                    r.actions
+                    r.lines()
                         .iter()
                         .any(|a| a.starts_with("assigned next-one") && a.contains("to PC1")),
                     "{:?}",
@@ -488,7 +488,7 @@ fn a_silent_pc_is_suspect_then_refuted_by_a_fresh_heartbeat() {
     keep_alive(&f);
     let r = c.cycle().expect("cycle");
     assert!(
-        r.actions.iter().any(|a| a.contains("PC1 is SUSPECT")),
+        r.lines().iter().any(|a| a.contains("PC1 is SUSPECT")),
         "{:?}",
         r.actions
     );
@@ -567,7 +567,7 @@ fn a_leader_that_cannot_see_the_remote_declares_nobody_dead() {
     synced(&f, f.now());
     let r = c.cycle().expect("cycle");
     assert!(
-        r.actions.iter().any(|a| a.contains("PC1 is DEAD")),
+        r.lines().iter().any(|a| a.contains("PC1 is DEAD")),
         "{:?}",
         r.actions
     );
@@ -598,7 +598,7 @@ fn a_dead_pcs_work_is_reassigned_with_a_higher_epoch_and_a_post_mortem() {
     f.beat("PC2", HeartbeatStatus::Idle, &[]);
     let r = c.cycle().expect("cycle");
     assert!(
-        r.actions
+        r.lines()
             .iter()
             .any(|a| a.contains("PC1 is DEAD") && a.contains("to PC2")),
         "{:?}",
@@ -1026,7 +1026,7 @@ fn the_dashboard_draws_the_day_with_handoffs_resets_and_tokens() {
     let mut c = f.coordinator("PC3");
     let report = c.cycle().expect("cycle");
     assert!(
-        report.actions.iter().any(|a| a.contains("docs")),
+        report.lines().iter().any(|a| a.contains("docs")),
         "{:?}",
         report.actions
     );

@@ -10,7 +10,7 @@ impl Coordinator {
         view: &FleetView,
         epoch: u64,
         now: DateTime<Utc>,
-        actions: &mut Vec<String>,
+        actions: &mut Vec<Action>,
     ) {
         self.assigned.retain(|pc, _| {
             view.instances.get(pc).is_none_or(|i| {
@@ -77,11 +77,12 @@ impl Coordinator {
             ) {
                 Ok(id) => {
                     self.assigned.insert(pc.clone(), now);
-                    actions.push(format!(
-                        "assigned {} ({} priority) to {pc} ({id})",
-                        task.id,
-                        task.priority.as_str()
-                    ));
+                    actions.push(Action::Assigned {
+                        task: task.id.clone(),
+                        priority: task.priority,
+                        to: pc.clone(),
+                        handoff: id,
+                    });
                 }
                 Err(e) => tracing::warn!(pc = %pc, task = %task.id, error = %e, "cannot assign"),
             }

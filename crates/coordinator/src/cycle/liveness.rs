@@ -11,7 +11,7 @@ impl Coordinator {
         view: &FleetView,
         epoch: u64,
         now: DateTime<Utc>,
-        actions: &mut Vec<String>,
+        actions: &mut Vec<Action>,
     ) {
         for pc in &fleet.pcs {
             let Some((live, seen)) = view.liveness.get(pc).cloned() else {
@@ -30,7 +30,7 @@ impl Coordinator {
                     if self.woken.insert(pc.clone()) {
                         let silent = silent_text(seen, now);
                         match self.signal(pc, WakeTask::Reactivation, None, None, epoch, now, &format!("{pc} has been silent for {silent}; the coordinator asks it to report")) {
-                            Ok(()) => actions.push(format!("{pc} is SUSPECT (silent for {silent}): sent a reactivation wake")),
+                            Ok(()) => actions.push(Action::Woke { pc: pc.clone(), silent }),
                             Err(e) => tracing::warn!(pc = %pc, error = %e, "cannot send a reactivation wake"),
                         }
                     }
@@ -108,7 +108,7 @@ impl Coordinator {
         seen: Option<DateTime<Utc>>,
         epoch: u64,
         now: DateTime<Utc>,
-        actions: &mut Vec<String>,
+        actions: &mut Vec<Action>,
     ) {
         let silent = silent_text(seen, now);
         let inst = view.instances.get(dead);
@@ -137,9 +137,11 @@ impl Coordinator {
         let mut outcome = String::new();
         if tasks.is_empty() {
             outcome.push_str("It held no unfinished work: nothing was reassigned.");
-            actions.push(format!(
-                "{dead} is DEAD (silent for {silent}); it held no work"
-            ));
+            actions.push(Action::Dead {
+                pc: dead.clone(),
+                silent: silent.clone(),
+                work: DeadWork::Nothing,
+            });
         } else if let Some(to) = target {
             let current_work = last_work
                 .clone()
@@ -170,10 +172,14 @@ impl Coordinator {
                         "Its work ({}) was reassigned to {to} at work epoch {work_epoch} by {id}.",
                         list.join(", ")
                     );
-                    actions.push(format!(
-                        "{dead} is DEAD (silent for {silent}): reassigned {} to {to}",
-                        list.join(", ")
-                    ));
+                    actions.push(Action::Dead {
+                        pc: dead.clone(),
+                        silent: silent.clone(),
+                        work: DeadWork::Reassigned {
+                            tasks: tasks.iter().map(|t| t.id.clone()).collect(),
+                            to: to.clone(),
+                        },
+                    });
                     self.assigned.insert(to.clone(), now);
                 }
                 Err(e) => {
@@ -195,9 +201,11 @@ impl Coordinator {
                 Some(outcome.clone()),
                 now,
             );
-            actions.push(format!(
-                "{dead} is DEAD: nobody can take its work; escalated"
-            ));
+            actions.push(Action::Dead {
+                pc: dead.clone(),
+                silent: silent.clone(),
+                work: DeadWork::Escalated,
+            });
         }
         let pm = report::postmortem(
             dead,

@@ -10,7 +10,7 @@ impl Coordinator {
         view: &mut FleetView,
         epoch: u64,
         now: DateTime<Utc>,
-        actions: &mut Vec<String>,
+        actions: &mut Vec<Action>,
     ) {
         // Finished runs first.
         let ids: Vec<HandoffId> = self.runs.keys().cloned().collect();
@@ -26,11 +26,11 @@ impl Coordinator {
             }
             let v = self.decide(run.record, results, now);
             if let Some(verdict) = v.verdict {
-                actions.push(format!(
-                    "verified {id}: {} — {}",
-                    verdict.as_str(),
-                    v.reasons.join("; ")
-                ));
+                actions.push(Action::Verified {
+                    handoff: id.clone(),
+                    verdict,
+                    reasons: v.reasons.clone(),
+                });
             }
             view.verifications.insert(id, v);
         }
@@ -54,9 +54,9 @@ impl Coordinator {
                     if !self.delivered.contains(&id) {
                         let v = v.clone();
                         match self.deliver(&id, &h, &v, view, epoch, now) {
-                            Ok(line) => {
+                            Ok(told) => {
                                 self.delivered.insert(id.clone());
-                                actions.push(line);
+                                actions.push(told);
                             }
                             Err(e) => {
                                 tracing::warn!(handoff = %id, error = %e, "cannot deliver the verdict; retrying next cycle")
@@ -67,7 +67,10 @@ impl Coordinator {
                 _ if self.runs.contains_key(&id) => {}
                 _ => {
                     if let Some(record) = self.start_verification(&id, &h, epoch, now) {
-                        actions.push(format!("verifying {id} ({} phase(s))", record.phases.len()));
+                        actions.push(Action::Verifying {
+                            handoff: id.clone(),
+                            phases: record.phases.len(),
+                        });
                         view.verifications.insert(id, record);
                     }
                 }
@@ -267,9 +270,15 @@ impl Coordinator {
         view: &FleetView,
         epoch: u64,
         now: DateTime<Utc>,
-    ) -> Result<String, SaveError> {
+    ) -> Result<Action, SaveError> {
         let verdict = v.verdict.unwrap_or(Verdict::Escalate);
         let to = &h.from_pc;
+        let told = |fix| Action::Told {
+            to: to.clone(),
+            handoff: id.clone(),
+            verdict,
+            fix,
+        };
         self.signal(
             to,
             WakeTask::Verdict,
@@ -280,15 +289,10 @@ impl Coordinator {
             &format!("{}: {}", verdict.as_str(), v.reasons.join("; ")),
         )?;
         if verdict != Verdict::Deny {
-            return Ok(format!(
-                "told {to} the verdict on {id}: {}",
-                verdict.as_str()
-            ));
+            return Ok(told(Fix::None));
         }
         let Some(work) = h.current_work.clone() else {
-            return Ok(format!(
-                "told {to} the verdict on {id}: DENY (no task to fix)"
-            ));
+            return Ok(told(Fix::NoTask));
         };
         let finished = v.finished_at.unwrap_or(v.started_at);
         // The task is not done after all: its result goes (the leader consumes done records).
@@ -300,9 +304,7 @@ impl Coordinator {
             }
         }
         if remediation_exists(&self.tree, view, to, &work.task_id, finished) {
-            return Ok(format!(
-                "told {to} the verdict on {id}: DENY (the fix was already asked for)"
-            ));
+            return Ok(told(Fix::AlreadyAsked));
         }
         let task = view.queue.tasks.get(&work.task_id);
         let fix = CurrentWork {
@@ -340,10 +342,10 @@ impl Coordinator {
             now,
             "verification denied your work: fix it",
         )?;
-        Ok(format!(
-            "told {to} the verdict on {id}: DENY; the fix of {} goes back to it ({rid})",
-            work.task_id
-        ))
+        Ok(told(Fix::SentBack {
+            task: work.task_id,
+            remediation: rid,
+        }))
     }
 }
 
