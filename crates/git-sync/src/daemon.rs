@@ -552,7 +552,11 @@ mod tests {
         );
         // A local failure retries at the next check, with a scan.
         s.after(cycle, ok, at(30_000));
-        let local = SyncError::Maintenance("x".into());
+        let local = SyncError::Maintenance(trinity_core::gitcmd::GitError::TimedOut {
+            args: "repack".into(),
+            after: Duration::ZERO,
+            stderr: String::new(),
+        });
         assert_eq!(s.after(cycle, Err(&local), at(31_000)), Duration::ZERO);
         assert_eq!(s.on(Event::CheckDue, at(32_000), false), c(true, false));
         // Without a watcher every check scans.

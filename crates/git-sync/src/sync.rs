@@ -40,7 +40,7 @@ pub enum SyncError {
     Repo(#[from] RepoError),
     /// Consolidating the repository's pack files failed (the repository is unchanged).
     #[error("repository maintenance failed: {0}")]
-    Maintenance(String),
+    Maintenance(#[source] trinity_core::gitcmd::GitError),
     /// A file could not be read or written.
     #[error(transparent)]
     Io(#[from] IoError),

@@ -182,8 +182,12 @@ impl Syncer {
         let Some(pending) = local::read::<PendingCheckout>(&path)? else {
             return Ok(());
         };
-        let to = ObjectId::from_hex(pending.to.as_bytes())
-            .map_err(|e| SyncError::Push(format!("bad checkout record: {e}")))?;
+        let to = ObjectId::from_hex(pending.to.as_bytes()).map_err(|e| {
+            SyncError::Repo(RepoError {
+                action: "read the pending checkout record",
+                message: format!("{}: bad object id: {e}", path.display()),
+            })
+        })?;
         let from = pending
             .from
             .as_deref()

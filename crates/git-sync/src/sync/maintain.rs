@@ -84,12 +84,7 @@ impl Syncer {
 
     /// Drops everything the branches no longer reach: the history a compaction replaced.
     pub(super) fn prune_history(&self) -> Result<(), SyncError> {
-        let run = |args: &[&str]| {
-            self.git
-                .run(args)
-                .map(drop)
-                .map_err(|e| SyncError::Maintenance(format!("{} {e}", e.stderr())))
-        };
+        let run = |args: &[&str]| self.git.run(args).map(drop).map_err(SyncError::Maintenance);
         run(&["reflog", "expire", "--expire=now", "--all"])?;
         run(&["repack", "-a", "-d", "-l", "-q"])?;
         run(&["prune", "--expire=now"])
@@ -116,7 +111,7 @@ impl Syncer {
         let count: u64 = self
             .git
             .run(["rev-list", "--count", &head.to_string()])
-            .map_err(|e| SyncError::Maintenance(format!("{} {e}", e.stderr())))?
+            .map_err(SyncError::Maintenance)?
             .trim()
             .parse()
             .unwrap_or(0);
@@ -180,8 +175,8 @@ impl Syncer {
                 .git
                 .run(["repack", "-a", "-d", "-l", "-q"])
                 .map(drop)
-                .map_err(|e| SyncError::Maintenance(format!("{} {e}", e.stderr()))),
-            Err(e) => Err(SyncError::Maintenance(format!("{} {e}", e.stderr()))),
+                .map_err(SyncError::Maintenance),
+            Err(e) => Err(SyncError::Maintenance(e)),
         }
     }
 }
