@@ -43,6 +43,23 @@ pub enum Standing {
     },
 }
 
+impl std::fmt::Display for Standing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Standing::Leading { epoch } => write!(f, "leading (epoch {epoch})"),
+            Standing::Claiming { epoch } => write!(
+                f,
+                "claimed the lease (epoch {epoch}); it has not reached the remote yet"
+            ),
+            Standing::Following {
+                holder: Some(h),
+                epoch,
+            } => write!(f, "following {h} (epoch {epoch})"),
+            Standing::Following { holder: None, .. } => f.write_str("no leader yet"),
+        }
+    }
+}
+
 /// Something worth a log line that happened to the lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseEvent {

@@ -152,19 +152,7 @@ fn verification_bound(phases: &[trinity_core::config::PhaseConfig]) -> std::time
 }
 
 fn print_report(report: &CycleReport) {
-    match &report.standing {
-        Standing::Leading { epoch } => println!("leading (epoch {epoch})"),
-        Standing::Claiming { epoch } => {
-            println!("claimed the lease (epoch {epoch}); it has not reached the remote yet")
-        }
-        Standing::Following {
-            holder: Some(h),
-            epoch,
-        } => {
-            println!("following {h} (epoch {epoch})")
-        }
-        Standing::Following { holder: None, .. } => println!("no leader yet"),
-    }
+    println!("{}", report.standing);
     for a in &report.actions {
         println!("{a}");
     }
