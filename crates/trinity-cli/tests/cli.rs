@@ -69,15 +69,9 @@ impl TestEnv {
     }
 }
 
+/// The test kit's hermetic environment, with git's dates fixed.
 fn hermetic(cmd: &mut Command, home: &Path) {
-    for (key, _) in std::env::vars() {
-        if key.starts_with("TRINITY_") || key.starts_with("GIT_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("HOME", home)
-        .env("GIT_CONFIG_GLOBAL", home.join("no-global-gitconfig"))
-        .env("GIT_CONFIG_NOSYSTEM", "1")
+    trinity_testkit::hermetic(cmd, home)
         .env("GIT_AUTHOR_DATE", "2025-11-23T16:30:00Z")
         .env("GIT_COMMITTER_DATE", "2025-11-23T16:30:00Z");
 }
