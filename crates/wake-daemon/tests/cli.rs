@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use trinity_core::fsio;
@@ -92,40 +91,25 @@ impl Env {
     /// it exits, so the launches counted afterwards are all there are (no grace period).
     fn wait_agents_exited(&self) {
         let marker = format!("AGENT_OUT={}", self.root().join("agent-out").display());
-        let start = Instant::now();
-        loop {
-            let running = std::fs::read_dir("/proc")
+        trinity_testkit::wait_for("the agents to exit", || {
+            !std::fs::read_dir("/proc")
                 .into_iter()
                 .flatten()
                 .flatten()
                 .any(|p| {
                     std::fs::read(p.path().join("environ"))
                         .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()))
-                });
-            if !running {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "agents still running"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+                })
+        });
     }
 
     fn wait_launches(&self, n: usize) -> Vec<BTreeMap<String, String>> {
-        let start = Instant::now();
-        loop {
-            let l = self.launches();
-            if l.len() >= n && l.iter().all(|e| e.contains_key("TRINITY_PC")) {
-                return l;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "agent not launched: {l:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut l = Vec::new();
+        trinity_testkit::wait_for(&format!("{n} agent launch(es)"), || {
+            l = self.launches();
+            l.len() >= n && l.iter().all(|e| e.contains_key("TRINITY_PC"))
+        });
+        l
     }
 
     fn write_handoff(
@@ -731,13 +715,11 @@ fn the_daemon_picks_up_a_signal_within_moments_and_stops_cleanly() {
         .spawn()
         .expect("daemon");
     let tree = env.tree();
-    let start = Instant::now();
     // "started" is logged once the watcher is in place.
-    let log = tree.log_file(&trinity_core::DaemonName::new("wake-daemon").expect("valid"));
-    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("wake-daemon started")) {
-        assert!(start.elapsed() < Duration::from_secs(20));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let log = tree.log_file(&trinity_core::DaemonId::WakeDaemon.name());
+    trinity_testkit::wait_for("the wake-daemon started", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("wake-daemon started"))
+    });
     let at = now();
     let id = env.write_handoff("PC1", at, &["task-a"], None);
     env.write_signal("sig-live", "PC1", at, Some(&id));
