@@ -624,16 +624,7 @@ fn the_daemon_holds_back_heartbeat_refreshes_but_commits_a_status_change_at_once
             .parse::<u32>()
             .unwrap_or(0)
     };
-    let wait = |what: &str, ok: &dyn Fn() -> bool| {
-        let start = Instant::now();
-        while !ok() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "timed out: {what}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let wait = |what: &str, ok: &dyn Fn() -> bool| trinity_testkit::wait_for(what, ok);
     let base = commits();
     fleet.write(
         "PC1",
