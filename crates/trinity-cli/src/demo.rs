@@ -829,19 +829,11 @@ pub(crate) fn agent(args: DemoAgentArgs) -> anyhow::Result<ExitCode> {
     // Its API call, as Claude Code's transcript would report it: a success and its tokens
     // (the dashboard counts them per PC and day).
     let tokens = (18_000 + 7_000 * runs).to_string();
-    let _ = Command::new(exe.with_file_name(format!(
-        "credit-monitor{}",
-        std::env::consts::EXE_SUFFIX
-    )))
-    .args([
-        "--record-success",
-        "--duration",
-        "2.5",
-        "--tokens",
-        &tokens,
-    ])
-    .stdout(Stdio::null())
-    .status();
+    let _ =
+        Command::new(exe.with_file_name(format!("credit-monitor{}", std::env::consts::EXE_SUFFIX)))
+            .args(["--record-success", "--duration", "2.5", "--tokens", &tokens])
+            .stdout(Stdio::null())
+            .status();
     let pct = ((runs + 1) * 20).min(90).to_string();
     let note = format!("worked on {pc}");
     let _ = Command::new(&exe)
