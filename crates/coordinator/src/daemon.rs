@@ -25,15 +25,14 @@ pub enum DaemonError {
 /// The directories whose changes start a cycle at once: the work and its handoffs, the
 /// lease, and git-sync's state (a sync that confirms a lease).
 pub fn watched(tree: &Tree) -> Vec<std::path::PathBuf> {
-    let parent = |p: std::path::PathBuf| p.parent().map(ToOwned::to_owned).unwrap_or_default();
     vec![
         tree.handoff_dir(),
         tree.done_dir(),
         tree.claims_dir(),
         tree.instance_dir(),
         tree.spawn_queue_dir(),
-        parent(tree.lease_file()),
-        parent(tree.sync_state_file()),
+        tree.coordinator_dir(),
+        tree.sync_local_dir(),
     ]
 }
 

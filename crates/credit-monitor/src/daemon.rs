@@ -76,10 +76,7 @@ pub async fn run(
     monitor.fleet()?;
 
     let events_file = monitor.tree().credit_events_file();
-    let events_dir = events_file
-        .parent()
-        .map(Path::to_owned)
-        .unwrap_or_else(|| monitor.tree().local_dir());
+    let events_dir = monitor.tree().credit_local_dir();
     let poke_file = monitor.tree().credit_poke_file();
     let mut events = Events::new();
     let watched = events_file.clone();

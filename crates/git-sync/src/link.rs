@@ -167,7 +167,8 @@ pub enum LinkError {
 }
 
 impl LinkError {
-    fn from_text(text: String) -> Self {
+    /// A failure known by git's words: refused credentials, or the network.
+    pub(crate) fn from_text(text: String) -> Self {
         match classify_failure(&text) {
             Failure::Auth => LinkError::Auth(text),
             _ => LinkError::Network(text),

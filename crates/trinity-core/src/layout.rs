@@ -380,7 +380,12 @@ impl Tree {
 
     /// `coordinator/lease.json`.
     pub fn lease_file(&self) -> PathBuf {
-        self.root.join("coordinator").join("lease.json")
+        self.coordinator_dir().join("lease.json")
+    }
+
+    /// `coordinator/`: the lease.
+    pub fn coordinator_dir(&self) -> PathBuf {
+        self.root.join("coordinator")
     }
 
     /// `status/multi-instance-status.json`.
@@ -473,53 +478,63 @@ impl Tree {
 
     /// `local/credit/events.jsonl`: the credit monitor's event log.
     pub fn credit_events_file(&self) -> PathBuf {
-        self.local_dir().join("credit").join("events.jsonl")
+        self.credit_local_dir().join("events.jsonl")
+    }
+
+    /// `local/credit/`: the credit monitor's own files.
+    pub fn credit_local_dir(&self) -> PathBuf {
+        self.local_dir().join("credit")
     }
 
     /// `local/credit/state.json`: the credit monitor's trigger state (armed, pause, a handoff
     /// in progress), persisted so a restart never hands off twice.
     pub fn credit_state_file(&self) -> PathBuf {
-        self.local_dir().join("credit").join("state.json")
+        self.credit_local_dir().join("state.json")
     }
 
     /// `local/credit/credit.lock`: held while an event is appended and the rules are acted on,
     /// so that concurrent recorders and the daemon trigger at most one handoff.
     pub fn credit_lock_file(&self) -> PathBuf {
-        self.local_dir().join("credit").join("credit.lock")
+        self.credit_local_dir().join("credit.lock")
     }
 
     /// `local/credit/transcripts.json`: how far the credit monitor has read each transcript.
     pub fn transcript_state_file(&self) -> PathBuf {
-        self.local_dir().join("credit").join("transcripts.json")
+        self.credit_local_dir().join("transcripts.json")
     }
 
     /// `local/credit/poke.json`: written by Claude Code's `StopFailure` hook (`trinity agent
     /// stop-failure`) when a turn failed, so the credit monitor reads its sources at once.
     pub fn credit_poke_file(&self) -> PathBuf {
-        self.local_dir().join("credit").join("poke.json")
+        self.credit_local_dir().join("poke.json")
     }
 
     /// `local/git-sync/state.json`: what git-sync tells the other daemons.
     pub fn sync_state_file(&self) -> PathBuf {
-        self.local_dir().join("git-sync").join("state.json")
+        self.sync_local_dir().join("state.json")
+    }
+
+    /// `local/git-sync/`: git-sync's own files.
+    pub fn sync_local_dir(&self) -> PathBuf {
+        self.local_dir().join("git-sync")
     }
 
     /// `local/git-sync/checkout.json`: a working-tree update in progress.
     pub fn sync_checkout_file(&self) -> PathBuf {
-        self.local_dir().join("git-sync").join("checkout.json")
+        self.sync_local_dir().join("checkout.json")
     }
 
     /// `local/git-sync/checkout.lock`: held exclusively by git-sync while it updates the working
     /// tree to another commit, shared by readers that decide from several files at once
     /// ([`crate::syncstate::hold_checkouts`]).
     pub fn sync_checkout_lock_file(&self) -> PathBuf {
-        self.local_dir().join("git-sync").join("checkout.lock")
+        self.sync_local_dir().join("checkout.lock")
     }
 
     /// `local/git-sync/ssh/`: the socket of git-sync's shared ssh connection (OpenSSH's
     /// `ControlPath`; never synced).
     pub fn sync_ssh_dir(&self) -> PathBuf {
-        self.local_dir().join("git-sync").join("ssh")
+        self.sync_local_dir().join("ssh")
     }
 
     /// `local/conflicts/`: the losing side of merges no rule could decide.

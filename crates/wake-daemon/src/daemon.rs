@@ -52,13 +52,8 @@ pub async fn run(
     let dir = receiver.tree().wake_dir(receiver.pc());
     // And git-sync's state: a handoff waiting for its claims to reach the remote goes on as
     // soon as git-sync reports them pushed.
-    let sync_dir = receiver
-        .tree()
-        .sync_state_file()
-        .parent()
-        .map(|d| d.to_owned());
-    let mut dirs = vec![(dir.as_path(), false)];
-    dirs.extend(sync_dir.as_deref().map(|d| (d, false)));
+    let sync_dir = receiver.tree().sync_local_dir();
+    let dirs = [(dir.as_path(), false), (sync_dir.as_path(), false)];
     let mut events = Events::new();
     events.watch(&dirs, is_signal_change, Event::SignalFile, "polling only");
     events.every(poll_interval, Event::Poll);

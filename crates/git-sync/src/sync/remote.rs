@@ -51,11 +51,7 @@ impl Syncer {
             self.store.fetch().map_err(|e| match e {
                 FetchError::Local(e) => SyncError::Repo(e),
                 remote @ FetchError::Remote { .. } => {
-                    let text = remote.to_string();
-                    match classify_failure(&text) {
-                        Failure::Auth => SyncError::Auth(text),
-                        _ => SyncError::Network(text),
-                    }
+                    crate::link::LinkError::from_text(remote.to_string()).into()
                 }
             })?;
         } else {
