@@ -143,26 +143,39 @@ fn run_phase(
     cancel: &AtomicBool,
 ) -> PhaseResult {
     let log_path = job.scratch.join(format!("phase-{index}.log"));
-    let log = match File::create(&log_path) {
-        Ok(f) => f,
-        Err(e) => {
-            return blank(
-                phase,
-                PhaseStatus::NotStarted,
-                format!("cannot create {}: {e}", log_path.display()),
-            );
-        }
+    let (mut child, started) = match start_phase(phase, dir, job, &log_path) {
+        Ok(running) => running,
+        Err(not_started) => return *not_started,
     };
-    let err_log = match log.try_clone() {
-        Ok(f) => f,
-        Err(e) => return blank(phase, PhaseStatus::NotStarted, e.to_string()),
-    };
+    let (status, ending) = wait_phase(&mut child, started, phase, cancel);
+    judge_phase(phase, &log_path, started, status, ending)
+}
+
+/// How a phase's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// By itself.
+    Exited,
+    /// Killed past its run deadline.
+    TimedOut,
+    /// Killed because the verification was stopped.
+    Stopped,
+}
+
+/// Starts the phase's command in `dir`, its output into `log_path`; or the result of a phase
+/// that did not start (no log, an empty command, a spawn failure, past its start deadline).
+fn start_phase(
+    phase: &PhaseConfig,
+    dir: &Path,
+    job: &Job,
+    log_path: &Path,
+) -> Result<(std::process::Child, Instant), Box<PhaseResult>> {
+    let not_started = |why: String| Box::new(blank(phase, PhaseStatus::NotStarted, why));
+    let log = File::create(log_path)
+        .map_err(|e| not_started(format!("cannot create {}: {e}", log_path.display())))?;
+    let err_log = log.try_clone().map_err(|e| not_started(e.to_string()))?;
     let Some((program, args)) = phase.command.split_first() else {
-        return blank(
-            phase,
-            PhaseStatus::NotStarted,
-            "its command is empty".to_owned(),
-        );
+        return Err(not_started("its command is empty".to_owned()));
     };
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -174,67 +187,79 @@ fn run_phase(
         cmd.env(k, v);
     }
     let asked = Instant::now();
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            return blank(
-                phase,
-                PhaseStatus::NotStarted,
-                format!("cannot start {program}: {e}"),
-            );
-        }
-    };
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| not_started(format!("cannot start {program}: {e}")))?;
     let started = Instant::now();
     if started - asked > phase.start_deadline {
         let _ = child.kill();
         let _ = child.wait();
-        return blank(
-            phase,
-            PhaseStatus::NotStarted,
-            format!(
-                "took {:.1} s to start, past its start deadline of {}",
-                (started - asked).as_secs_f64(),
-                humantime::format_duration(phase.start_deadline)
-            ),
-        );
+        return Err(not_started(format!(
+            "took {:.1} s to start, past its start deadline of {}",
+            (started - asked).as_secs_f64(),
+            humantime::format_duration(phase.start_deadline)
+        )));
     }
-    let mut timed_out = false;
-    let mut stopped = false;
-    let status = loop {
+    Ok((child, started))
+}
+
+/// Waits for the phase's process, killing it past its run deadline or when the verification
+/// is stopped.
+fn wait_phase(
+    child: &mut std::process::Child,
+    started: Instant,
+    phase: &PhaseConfig,
+    cancel: &AtomicBool,
+) -> (Option<std::process::ExitStatus>, Ending) {
+    loop {
         match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
+            Ok(Some(status)) => return (Some(status), Ending::Exited),
             Ok(None) => {}
-            Err(_) => break None,
+            Err(_) => return (None, Ending::Exited),
         }
-        if started.elapsed() > phase.run_deadline {
-            timed_out = true;
+        let ending = if started.elapsed() > phase.run_deadline {
+            Ending::TimedOut
         } else if cancel.load(Ordering::SeqCst) {
-            stopped = true;
-        }
-        if timed_out || stopped {
-            let _ = child.kill();
-            break child.wait().ok();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+            Ending::Stopped
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let _ = child.kill();
+        return (child.wait().ok(), ending);
+    }
+}
+
+/// The phase's result: how it ended, its exit code, and the report its output's last line
+/// gives.
+fn judge_phase(
+    phase: &PhaseConfig,
+    log_path: &Path,
+    started: Instant,
+    status: Option<std::process::ExitStatus>,
+    ending: Ending,
+) -> PhaseResult {
     let duration = started.elapsed().as_secs_f64();
-    let tail = read_tail(&log_path);
+    let tail = read_tail(log_path);
     let mut result = blank(phase, PhaseStatus::Failed, String::new());
     result.duration_s = Some((duration * 1000.0).round() / 1000.0);
     result.output_tail = tail.clone();
     result.summary = None;
-    if timed_out {
-        result.status = PhaseStatus::TimedOut;
-        result.summary = Some(format!(
-            "stopped after its run deadline of {}",
-            humantime::format_duration(phase.run_deadline)
-        ));
-        return result;
-    }
-    if stopped {
-        result.status = PhaseStatus::NotStarted;
-        result.summary = Some("the verification was stopped".to_owned());
-        return result;
+    match ending {
+        Ending::TimedOut => {
+            result.status = PhaseStatus::TimedOut;
+            result.summary = Some(format!(
+                "stopped after its run deadline of {}",
+                humantime::format_duration(phase.run_deadline)
+            ));
+            return result;
+        }
+        Ending::Stopped => {
+            result.status = PhaseStatus::NotStarted;
+            result.summary = Some("the verification was stopped".to_owned());
+            return result;
+        }
+        Ending::Exited => {}
     }
     result.exit_code = status.and_then(|s| s.code());
     match phase_report(&tail) {
