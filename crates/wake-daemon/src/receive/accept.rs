@@ -25,26 +25,9 @@ impl Receiver {
                 }
                 Step::ClaimsWritten { at } => {
                     let at = *at;
-                    let nothing_claimed = task_ids(&self.handoff(&id)?).is_empty();
-                    if !nothing_claimed && !self.claims_synced(at) {
-                        let waited = (self.now() - at).to_std().unwrap_or_default();
-                        if waited > self.config.wake.claim_timeout && !record.warned_slow_sync {
-                            tracing::warn!(handoff = %id, waited = %humantime::format_duration(std::time::Duration::from_secs(waited.as_secs())), "claims have not reached the remote yet; is git-sync running?");
-                            record.warned_slow_sync = true;
-                            self.journal.save_handoff(&record)?;
-                        }
-                        if !report.waiting.contains(&id) {
-                            report.waiting.push(id.clone());
-                        }
+                    if !self.claims_settled(&mut record, at, report)? {
                         return Ok(Progress::Waiting);
                     }
-                    let h = self.handoff(&id)?;
-                    let (won, lost) = self.check_claims(&h);
-                    for task in &lost {
-                        tracing::warn!(handoff = %id, task = %task, "lost the claim on a task to another PC; dropping it");
-                    }
-                    record.won = won;
-                    record.lost = lost;
                     Step::Claimed
                 }
                 Step::Claimed => {
@@ -75,12 +58,7 @@ impl Receiver {
                 Step::Launching { launch_id } => {
                     let launch_id = launch_id.clone();
                     // Only a launch journaled by an earlier run can have a process already.
-                    let found = if fresh_launch {
-                        None
-                    } else {
-                        agent::find(&launch_id)
-                    };
-                    match found {
+                    match (!fresh_launch).then(|| agent::find(&launch_id)).flatten() {
                         Some(pid) => {
                             tracing::info!(pid, "found the agent started before a restart");
                             Step::Launched {
@@ -88,10 +66,7 @@ impl Receiver {
                                 how: "started before a restart".to_owned(),
                             }
                         }
-                        None => {
-                            let h = self.handoff(&id)?;
-                            self.launch(&h, &record.won, launch_id, report)?
-                        }
+                        None => self.launch(&self.handoff(&id)?, &record.won, launch_id, report)?,
                     }
                 }
                 Step::Launched { .. }
@@ -101,24 +76,7 @@ impl Receiver {
                     Step::Done
                 }
                 Step::Launched { .. } => {
-                    let h = self.handoff(&id)?;
-                    let tasks = record.won.len() as u32;
-                    pcfiles::update_heartbeat(&self.tree, &self.pc, self.now(), |hb| {
-                        // Work from another PC is a handoff accepted; work the leader gave its
-                        // own PC is just work.
-                        hb.status = if h.from_pc == self.pc {
-                            HeartbeatStatus::Active
-                        } else {
-                            HeartbeatStatus::HandoffAccepted
-                        };
-                        hb.from_pc = Some(h.from_pc.clone()).filter(|p| *p != self.pc);
-                        hb.to_pc = None;
-                        hb.tasks_received = Some(tasks);
-                        hb.reason = Some(h.reason);
-                        hb.handoff = Some(id.clone());
-                        hb.paused_until = None;
-                    })?;
-                    tracing::info!(handoff = %id, from = %h.from_pc, tasks_received = tasks, "handoff accepted");
+                    self.announce_accepted(&id, record.won.len())?;
                     Step::Done
                 }
             };
@@ -127,6 +85,60 @@ impl Receiver {
             self.journal.save_handoff(&record)?;
             failpoint::hit(&format!("wake:{name}"));
         }
+    }
+
+    /// Whether the claims written at `at` reached the remote (none to write counts), and then
+    /// which were won and which lost to another PC (in the record). While they wait, the
+    /// handoff is reported waiting, with a warning once past `wake.claim_timeout`.
+    fn claims_settled(
+        &self,
+        record: &mut HandoffRecord,
+        at: DateTime<Utc>,
+        report: &mut Report,
+    ) -> Result<bool, WakeError> {
+        let id = record.id.clone();
+        let h = self.handoff(&id)?;
+        if !task_ids(&h).is_empty() && !self.claims_synced(at) {
+            let waited = (self.now() - at).to_std().unwrap_or_default();
+            if waited > self.config.wake.claim_timeout && !record.warned_slow_sync {
+                tracing::warn!(handoff = %id, waited = %trinity_core::clock::human_duration(waited), "claims have not reached the remote yet; is git-sync running?");
+                record.warned_slow_sync = true;
+                self.journal.save_handoff(record)?;
+            }
+            if !report.waiting.contains(&id) {
+                report.waiting.push(id);
+            }
+            return Ok(false);
+        }
+        let (won, lost) = self.check_claims(&h);
+        for task in &lost {
+            tracing::warn!(handoff = %id, task = %task, "lost the claim on a task to another PC; dropping it");
+        }
+        record.won = won;
+        record.lost = lost;
+        Ok(true)
+    }
+
+    /// The heartbeat says the work was taken: a handoff accepted from another PC, or (work the
+    /// leader gave its own PC) just work.
+    fn announce_accepted(&self, id: &HandoffId, tasks: usize) -> Result<(), WakeError> {
+        let h = self.handoff(id)?;
+        let tasks = tasks as u32;
+        pcfiles::update_heartbeat(&self.tree, &self.pc, self.now(), |hb| {
+            hb.status = if h.from_pc == self.pc {
+                HeartbeatStatus::Active
+            } else {
+                HeartbeatStatus::HandoffAccepted
+            };
+            hb.from_pc = Some(h.from_pc.clone()).filter(|p| *p != self.pc);
+            hb.to_pc = None;
+            hb.tasks_received = Some(tasks);
+            hb.reason = Some(h.reason);
+            hb.handoff = Some(id.clone());
+            hb.paused_until = None;
+        })?;
+        tracing::info!(handoff = %id, from = %h.from_pc, tasks_received = tasks, "handoff accepted");
+        Ok(())
     }
 
     /// The handoff's contents, from `handoff/processed/` once archived.
