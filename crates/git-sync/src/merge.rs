@@ -35,7 +35,7 @@ pub enum Side {
 /// A path no rule could decide.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict<Id> {
-    /// The path.
+    /// The path no rule decides, relative to the tree's root (`/`-separated).
     pub path: String,
     /// Our version (absent when we deleted it), kept aside by the caller.
     pub ours: Option<Id>,

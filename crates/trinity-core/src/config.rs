@@ -93,7 +93,7 @@ pub struct Config {
     pub agent: AgentConfig,
     /// How the agent's work travels with a handoff.
     pub work: WorkConfig,
-    /// coordinator.
+    /// The coordinator: the lease, liveness limits, verification phases, notifications.
     pub coordinator: CoordinatorConfig,
     /// Log files.
     pub logging: LoggingConfig,

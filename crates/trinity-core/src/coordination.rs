@@ -301,7 +301,7 @@ pub fn phase_report(output: &str) -> Result<Option<PhaseReport>, String> {
 /// A PC that could take work now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Idle {
-    /// The PC.
+    /// The PC on standby, with nothing claimed and nothing on its way to it.
     pub pc: PcId,
     /// Its roles (none: any task).
     pub roles: Vec<String>,

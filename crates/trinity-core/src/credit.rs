@@ -310,7 +310,7 @@ impl Rules {
 pub struct RuleResult {
     /// The rule's name (see [`rule`]).
     pub rule: &'static str,
-    /// Its level.
+    /// The level this rule alone would give (WARNING from half its threshold).
     pub level: CreditLevel,
     /// Its fraction of the threshold (1.0 = threshold reached).
     pub fraction: f64,

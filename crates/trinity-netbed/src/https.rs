@@ -447,7 +447,7 @@ pub struct Captured {
     pub target: String,
     /// The headers as sent.
     pub headers: Vec<(String, String)>,
-    /// The body.
+    /// The request's body, as received.
     pub body: Vec<u8>,
 }
 

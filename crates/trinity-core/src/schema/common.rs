@@ -50,7 +50,7 @@ impl Priority {
 pub struct TaskRef {
     /// The task's id (its file is `spawn_queue/{id}.json` when it came from the queue).
     pub id: TaskId,
-    /// Its priority.
+    /// Its priority, which orders the work (default `normal`).
     #[serde(default)]
     pub priority: Priority,
     /// What it is, for the agent and for people.

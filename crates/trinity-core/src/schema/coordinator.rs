@@ -250,7 +250,7 @@ pub enum Liveness {
 /// One PC's line in the fleet status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceSummary {
-    /// Its liveness.
+    /// Alive, suspect or dead by how long the leader saw none of its files change.
     pub liveness: Liveness,
     /// Its state-machine state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -258,7 +258,7 @@ pub struct InstanceSummary {
     /// The task it works on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_task: Option<TaskId>,
-    /// Its credit level.
+    /// The level its `credit/{PC}.json` gives, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credit_level: Option<CreditLevel>,
     /// When the coordinator last saw one of its files change (coordinator's clock).
@@ -331,7 +331,7 @@ pub struct MultiInstanceStatus {
     /// What that action was, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_action: Option<String>,
-    /// The KPIs.
+    /// The seed's indicators from the verification records (cycle time, approval rate, …).
     #[serde(default)]
     pub kpis: Kpis,
 }

@@ -216,7 +216,7 @@ pub struct InstanceStatus {
     pub format_version: u32,
     /// The PC (must match the file name).
     pub pc: PcId,
-    /// The state.
+    /// Where it stands in the handoff state machine (STANDBY, ACTIVE, HANDOFF_READY, …).
     pub state: InstanceState,
     /// When it entered that state.
     pub since: DateTime<Utc>,

@@ -14,7 +14,8 @@ pub struct Task {
     pub format_version: u32,
     /// The task's id (must match the file name).
     pub id: TaskId,
-    /// Its priority.
+    /// Its priority: critical, high, normal (the default; `medium` ranks the same) or low; the
+    /// queue takes higher first, then older.
     #[serde(default)]
     pub priority: Priority,
     /// What to do, for the agent and for people.

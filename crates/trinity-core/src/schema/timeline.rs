@@ -65,7 +65,7 @@ impl std::fmt::Display for Phase {
 /// One stretch of one phase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Span {
-    /// Its phase.
+    /// What the PC was doing over the span.
     pub phase: Phase,
     /// When the leader first saw it.
     pub from: DateTime<Utc>,
@@ -84,7 +84,7 @@ pub struct Span {
 pub struct TimelineEvent {
     /// When: the handoff's creation, or the verdict's.
     pub at: DateTime<Utc>,
-    /// The handoff.
+    /// The handoff (its id names sender, receiver and time of creation).
     pub handoff: HandoffId,
     /// Why it was written (a reassignment, an assignment, a usage limit…).
     pub reason: HandoffReason,
