@@ -1041,19 +1041,12 @@ fn the_dashboard_draws_the_day_with_handoffs_resets_and_tokens() {
     f.beat("PC2", HeartbeatStatus::Active, &[]);
     f.beat("PC3", HeartbeatStatus::Idle, &[]);
     f.instance("PC2", InstanceState::Active, Some("feature"), None);
-    let h = Handoff {
-        format_version: 1,
-        from_pc: pc("PC1"),
-        to_pc: pc("PC2"),
-        timestamp: f.now() - chrono::Duration::minutes(1),
-        reason: HandoffReason::UsageLimit,
-        task_queue: Vec::new(),
-        current_work: None,
-        credit_state: None,
-        epoch: None,
-        authored_by: None,
-        leader_epoch: None,
-    };
+    let h = bare_handoff(
+        "PC1",
+        "PC2",
+        f.now() - chrono::Duration::minutes(1),
+        HandoffReason::UsageLimit,
+    );
     let id = h.id().expect("id");
     fsio::create(&f.tree.processed_handoff_file(&id), &h).expect("archived handoff");
     c.cycle().expect("cycle");
@@ -1130,6 +1123,24 @@ fn the_dashboard_draws_the_day_with_handoffs_resets_and_tokens() {
     }
 }
 
+/// A handoff from `from` to `to` that carries no task or work (what a credit handoff of an
+/// idle PC writes).
+fn bare_handoff(from: &str, to: &str, at: DateTime<Utc>, reason: HandoffReason) -> Handoff {
+    Handoff {
+        format_version: 1,
+        from_pc: pc(from),
+        to_pc: pc(to),
+        timestamp: at,
+        reason,
+        task_queue: Vec::new(),
+        current_work: None,
+        credit_state: None,
+        epoch: None,
+        authored_by: None,
+        leader_epoch: None,
+    }
+}
+
 /// The page's document as headless Chromium parsed it; `None` (said) where there is no Chromium.
 fn rendered(page: &std::path::Path) -> Option<String> {
     let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
@@ -1166,19 +1177,7 @@ fn credit_handoffs_are_verified_after_the_fact_when_configured() {
     let mut f = Fixture::new();
     f.config.coordinator.verify_credit_handoffs = true;
     f.config.coordinator.phases = vec![phase("unit", "exit 1", true, Duration::from_secs(60))];
-    let h = Handoff {
-        format_version: 1,
-        from_pc: pc("PC1"),
-        to_pc: pc("PC2"),
-        timestamp: f.now(),
-        reason: HandoffReason::CreditExhaustion,
-        task_queue: Vec::new(),
-        current_work: None,
-        credit_state: None,
-        epoch: None,
-        authored_by: None,
-        leader_epoch: None,
-    };
+    let h = bare_handoff("PC1", "PC2", f.now(), HandoffReason::CreditExhaustion);
     let id = h.id().expect("id");
     let mut c = f.coordinator("PC3");
     c.cycle().expect("cycle");
