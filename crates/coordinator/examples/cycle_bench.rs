@@ -155,7 +155,10 @@ fn bench(pcs: usize, tasks: usize, rounds: usize) -> (Duration, Duration, Durati
     config.sync.mode = SyncMode::None;
     if std::env::var_os("BENCH_PARTS").is_some() {
         let t = Instant::now();
-        let q = trinity_core::queue::QueueView::read(&tree);
+        let q = trinity_core::queue::QueueView::read(
+            &tree,
+            &trinity_core::trust::Keyring::open_or_closed(&tree, true, chrono::Utc::now()),
+        );
         eprintln!(
             "QueueView::read: {:.1} ms ({} tasks)",
             ms(t.elapsed()),

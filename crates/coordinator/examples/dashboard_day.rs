@@ -182,7 +182,8 @@ fn play(
     }
     // A handoff for it (an assignment, a reassignment, a colleague's usage limit).
     if me.task.is_none() && me.exhausted_until.is_none() && me.submitted.is_none() {
-        for (hid, h) in read_pending(tree) {
+        let keyring = trinity_core::trust::Keyring::open_or_closed(tree, true, Utc::now());
+        for (hid, h) in read_pending(tree, &keyring) {
             if &h.to_pc != id || h.reason == HandoffReason::WorkComplete {
                 continue;
             }

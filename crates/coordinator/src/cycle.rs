@@ -269,7 +269,8 @@ impl Coordinator {
         self.assigned.clear();
         // The handoffs already in the tree were announced by the leader before (at most once
         // rather than twice).
-        self.announced = read_pending(&self.tree)
+        let keyring = self.keyring(self.now());
+        self.announced = read_pending(&self.tree, &keyring)
             .into_iter()
             .map(|(id, _)| id)
             .collect();

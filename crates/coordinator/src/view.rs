@@ -14,6 +14,7 @@ use trinity_core::schema::{
     CreditStatus, Fleet, Handoff, Heartbeat, InstanceStatus, Liveness, Verification,
 };
 use trinity_core::syncstate::SyncState;
+use trinity_core::trust::Keyring;
 use trinity_core::{HandoffId, PcId, Tree};
 
 use crate::cycle::Coordinator;
@@ -43,6 +44,11 @@ pub struct FleetView {
 }
 
 impl Coordinator {
+    /// The keys this PC believes now (fails closed: see [`Keyring::open_or_closed`]).
+    pub fn keyring(&self, now: DateTime<Utc>) -> Keyring {
+        Keyring::open_or_closed(&self.tree, self.config.security.require_signatures, now)
+    }
+
     /// Reads the fleet's files and judges liveness, as of one commit: git-sync's checkouts are
     /// held back while it reads (a PC's finished work is never seen half-arrived — its claim
     /// gone but its done record and submission not there yet — and assigned again).
@@ -98,7 +104,8 @@ impl Coordinator {
                 view.credit.insert(pc.clone(), v);
             }
         }
-        view.pending = read_pending(&self.tree);
+        let keyring = self.keyring(now);
+        view.pending = read_pending(&self.tree, &keyring);
         let archived = handoff_files(&self.tree.processed_handoff_dir());
         view.processed = archived.len() as u64;
         let horizon = now - trinity_core::schema::Timeline::KEEP;
@@ -107,17 +114,26 @@ impl Coordinator {
             .map(|(id, _)| id)
             .filter(|id| id.created_at() >= horizon)
             .collect();
-        view.queue = self.queue.read(&self.tree);
+        view.queue = self.queue.read(&self.tree, &keyring);
         view.verifications = read_verifications(&self.tree);
         view
     }
 }
 
 /// The handoffs in `handoff/` (not archived), oldest first.
-pub fn read_pending(tree: &Tree) -> Vec<(HandoffId, Handoff)> {
+pub fn read_pending(tree: &Tree, keyring: &Keyring) -> Vec<(HandoffId, Handoff)> {
     let mut out: Vec<(HandoffId, Handoff)> = handoff_files(&tree.handoff_dir())
         .into_iter()
-        .filter_map(|(id, path)| Some((id, fsio::load::<Handoff>(&path).ok()?.value)))
+        .filter_map(
+            |(id, path)| match fsio::load_trusted::<Handoff>(&path, keyring) {
+                Ok((doc, _)) => Some((id, doc.value)),
+                Err(e) => {
+                    // Its receiver's wake-daemon refuses it and sets it aside; nobody acts on it.
+                    tracing::debug!(error = %e, "a pending handoff left out");
+                    None
+                }
+            },
+        )
         .collect();
     out.sort_by_key(|(id, _)| (id.created_at(), id.clone()));
     out

@@ -183,10 +183,13 @@ impl Fixture {
     }
 
     fn pending(&self) -> Vec<Handoff> {
-        coordinator::cycle::read_pending(&self.tree)
-            .into_iter()
-            .map(|(_, h)| h)
-            .collect()
+        coordinator::cycle::read_pending(
+            &self.tree,
+            &trinity_core::trust::Keyring::open_or_closed(&self.tree, true, chrono::Utc::now()),
+        )
+        .into_iter()
+        .map(|(_, h)| h)
+        .collect()
     }
 
     fn signals(&self, to: &str) -> Vec<WakeSignal> {

@@ -17,6 +17,7 @@ use trinity_core::schema::{
     CreditSnapshot, Escalation, EscalationKind, Handoff, HandoffReason, HeartbeatStatus,
     InstanceStatus, Schema, Task, TaskRef, WakeSignal, WakeTask,
 };
+use trinity_core::trust::Keyring;
 use trinity_core::{InstanceState, PcId, RecordId, SignalId, TaskId, Tree, pcfiles, state};
 
 use crate::state::{
@@ -67,7 +68,12 @@ pub(crate) fn start(
             conversation = Some(path);
         }
     }
-    let task_queue = task_queue(m.tree, m.pc, current_work.as_ref().map(|w| &w.task_id));
+    let task_queue = task_queue(
+        m.tree,
+        m.pc,
+        m.config,
+        current_work.as_ref().map(|w| &w.task_id),
+    );
     let handoff = Handoff {
         format_version: Handoff::FORMAT_VERSION,
         from_pc: m.pc.clone(),
@@ -361,8 +367,17 @@ fn no_target(
 /// taken (unclaimed, their dependencies done) in the order work is taken. Tasks still blocked
 /// by a dependency are not carried: no PC can work on them yet, and the PC taking over would
 /// otherwise claim them away from everyone else.
-pub fn task_queue(tree: &Tree, pc: &PcId, current: Option<&TaskId>) -> Vec<TaskRef> {
-    let view = QueueView::read(tree);
+pub fn task_queue(
+    tree: &Tree,
+    pc: &PcId,
+    config: &Config,
+    current: Option<&TaskId>,
+) -> Vec<TaskRef> {
+    let keyring = Keyring::open_or_closed(tree, config.security.require_signatures, Utc::now());
+    let view = QueueView::read(tree, &keyring);
+    for problem in &view.refused {
+        tracing::warn!(error = %problem, "leaving out a task file whose signature is not believed");
+    }
     for problem in &view.unreadable {
         tracing::warn!(error = %problem, "skipping an unreadable file");
     }

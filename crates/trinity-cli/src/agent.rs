@@ -166,7 +166,7 @@ fn context(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let instance = fsio::load::<InstanceStatus>(&tree.instance_file(&pc))
         .ok()
         .map(|d| d.value);
-    let view = QueueView::read(&tree);
+    let view = QueueView::read(&tree, &crate::keyring(&config, &tree)?);
     println!("# Trinity\n");
     println!(
         "You are the coding agent of {pc}, one PC of a Trinity fleet: when this PC runs out of API credit, your work goes to the next PC, which continues it."

@@ -576,6 +576,24 @@ impl Demo {
             text.push_str(&extra);
             std::fs::write(&path, text)?;
         }
+        self.approve_keys()
+    }
+
+    /// The first PC founded the fleet's trust at `init`: it approves the others' keys, and
+    /// git-sync brings the approvals to every PC before any daemon starts.
+    fn approve_keys(&self) -> anyhow::Result<()> {
+        let Some((founder, others)) = self.pcs.split_first() else {
+            return Ok(());
+        };
+        for pc in others {
+            let key = trinity_core::trust::SigningKey::load(&self.tree(pc))?
+                .with_context(|| format!("{pc} has no signing key after init"))?;
+            let key = key.public().to_string();
+            self.trinity(founder, &["fleet", "approve", pc, "--key", &key])?;
+        }
+        for pc in &self.pcs {
+            self.program("git-sync", pc, &["--once"])?;
+        }
         Ok(())
     }
 

@@ -42,6 +42,10 @@ pub(crate) struct InitArgs {
     /// Create the remote as a bare repository if it is a local path that does not exist
     #[arg(long)]
     create_remote: bool,
+    /// Trust this member's key (PC=KEY, as `trinity fleet keys` prints it on that member)
+    /// instead of the founding key found in the state repository; repeatable
+    #[arg(long, value_name = "PC=KEY")]
+    trust: Vec<String>,
 }
 
 pub(crate) fn run(args: InitArgs, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -78,6 +82,7 @@ pub(crate) fn run(args: InitArgs, config_path: Option<&Path>) -> anyhow::Result<
         fsio::write_atomic(&config_path, config_text.as_bytes())?;
     }
 
+    let signing = crate::fleet::enrol(&Tree::new(&state_dir), &args.pc, &args.trust)?;
     println!("state tree: {} ({tree_state})", state_dir.display());
     println!(
         "fleet:      {} (coordinator {})",
@@ -93,6 +98,9 @@ pub(crate) fn run(args: InitArgs, config_path: Option<&Path>) -> anyhow::Result<
             "unchanged"
         }
     );
+    for line in signing {
+        println!("{line}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -419,10 +427,14 @@ fn create_branch(state_dir: &Path, branch: &str, fleet: &Fleet, pc: &PcId) -> an
     fleet_text.push_str(std::str::from_utf8(&schema::to_bytes(fleet)?)?);
     fsio::write_new(&tree.fleet_file(), fleet_text.as_bytes())?;
     fsio::write_new(&tree.gitignore_file(), GITIGNORE.as_bytes())?;
+    // The founding key, published with the fleet: the PCs that join pin it.
+    crate::fleet::enrol(&tree, pc, &[])?;
+    let keys = tree.relative(&tree.keys_dir())?;
     git.run([
         "add",
         trinity_core::layout::FLEET_FILE,
         trinity_core::layout::GITIGNORE_FILE,
+        &keys,
     ])?;
     git.run([
         "commit",

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod agent;
 mod demo;
 mod doctor;
+mod fleet;
 mod init;
 mod logs;
 mod status;
@@ -43,6 +44,8 @@ enum Command {
     /// Check this PC and say what to fix: config, state tree, remote, daemons, sync, clock,
     /// waiting signals, agent (exit 1 on any problem).
     Doctor(doctor::DoctorArgs),
+    /// The fleet's signing keys: list, approve a newcomer, revoke a lost PC, rotate this PC's.
+    Fleet(fleet::FleetArgs),
     /// Put work into the fleet's queue and look at it: add, list, show, import.
     Task(task::TaskArgs),
     /// Take the next task, report progress, finish it (for the agent and for people).
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(args, cli.config.as_deref()),
         Command::Logs(args) => logs::run(args, cli.config.as_deref()),
         Command::Doctor(args) => doctor::run(args, cli.config.as_deref()),
+        Command::Fleet(args) => fleet::run(args, cli.config.as_deref()),
         Command::Task(args) => task::run(args, cli.config.as_deref()),
         Command::Work(args) => work::run(args, cli.config.as_deref()),
         Command::Agent(args) => agent::run(args, cli.config.as_deref()),
@@ -84,6 +88,18 @@ fn main() -> ExitCode {
 /// Loads the configuration the way every Trinity program does, printing its warnings.
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<trinity_core::config::Config> {
     Ok(trinity_core::daemon::load_config("trinity", path)?.config)
+}
+
+/// The keys this PC believes (docs/security.md), by `config`'s `security` settings.
+fn keyring(
+    config: &trinity_core::config::Config,
+    tree: &trinity_core::Tree,
+) -> anyhow::Result<trinity_core::trust::Keyring> {
+    Ok(trinity_core::trust::Keyring::open(
+        tree,
+        config.security.require_signatures,
+        chrono::Utc::now(),
+    )?)
 }
 
 /// The configuration and its state tree, which must exist.

@@ -15,6 +15,7 @@ use trinity_core::schema::{
     CreditLevel, CreditStatus, Escalation, Fleet, Handoff, Heartbeat, HeartbeatStatus,
     InstanceStatus, Lease, Schema, WakeSignal,
 };
+use trinity_core::trust::Keyring;
 use trinity_core::{InstanceState, PcId};
 
 #[derive(Debug, Args)]
@@ -42,6 +43,9 @@ struct Report {
     escalations: usize,
     /// This machine's git-sync, from `local/git-sync/state.json`.
     sync: Option<trinity_core::syncstate::SyncState>,
+    /// Files nobody acts on because their signature is not believed: in the queue now, or set
+    /// aside in `local/quarantine/` by this PC's daemons.
+    refused: Vec<String>,
     problems: Vec<String>,
 }
 
@@ -98,11 +102,15 @@ struct Queue {
 }
 
 pub(crate) fn run(args: StatusArgs, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let (state_dir, this_pc) = match args.state_dir {
-        Some(dir) => (dir, None),
+    let (state_dir, this_pc, required) = match args.state_dir {
+        Some(dir) => (dir, None, true),
         None => {
             let config = crate::load_config(config_path)?;
-            (config.state_dir.clone(), config.pc.clone())
+            (
+                config.state_dir.clone(),
+                config.pc.clone(),
+                config.security.require_signatures,
+            )
         }
     };
     if !state_dir.is_dir() {
@@ -111,7 +119,7 @@ pub(crate) fn run(args: StatusArgs, config_path: Option<&Path>) -> anyhow::Resul
             state_dir.display()
         );
     }
-    let report = build(&Tree::new(&state_dir), this_pc, Utc::now());
+    let report = build(&Tree::new(&state_dir), this_pc, required, Utc::now());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -124,9 +132,29 @@ pub(crate) fn run(args: StatusArgs, config_path: Option<&Path>) -> anyhow::Resul
 struct Reader<'a> {
     tree: &'a Tree,
     problems: Vec<String>,
+    /// The keys this PC believes, for the files that start work.
+    keyring: Keyring,
+    /// Files left out for their signature, with why.
+    refused: Vec<String>,
 }
 
 impl Reader<'_> {
+    /// [`Reader::load`] of a signed file: one whose signature is not believed is left out and
+    /// listed as refused.
+    fn load_signed<T: Schema>(&mut self, path: &Path) -> Option<T> {
+        match fsio::load_trusted::<T>(path, &self.keyring) {
+            Err(LoadError::Refused { refusal, .. }) => {
+                let rel = self
+                    .tree
+                    .relative(path)
+                    .unwrap_or_else(|_| path.display().to_string());
+                self.refused.push(format!("{rel}: {refusal}"));
+                None
+            }
+            _ => self.load::<T>(path),
+        }
+    }
+
     fn load<T: Schema>(&mut self, path: &Path) -> Option<T> {
         match fsio::load::<T>(path) {
             Ok(doc) => Some(doc.value),
@@ -172,12 +200,14 @@ impl Reader<'_> {
     }
 }
 
-fn build(tree: &Tree, this_pc: Option<PcId>, now: DateTime<Utc>) -> Report {
+fn build(tree: &Tree, this_pc: Option<PcId>, required: bool, now: DateTime<Utc>) -> Report {
     // One moment of the tree: git-sync does not update it while status reads.
     let _settled = trinity_core::syncstate::hold_checkouts(tree);
     let mut r = Reader {
         tree,
         problems: Vec::new(),
+        keyring: Keyring::open_or_closed(tree, required, now),
+        refused: Vec::new(),
     };
     let age = |t: DateTime<Utc>| (now - t).num_seconds();
     let fleet = r.load::<Fleet>(&tree.fleet_file());
@@ -199,7 +229,7 @@ fn build(tree: &Tree, this_pc: Option<PcId>, now: DateTime<Utc>) -> Report {
         .unwrap_or_default();
     for dir in wake_dirs {
         for (path, _) in r.list(&dir) {
-            if let Some(w) = r.load::<WakeSignal>(&path) {
+            if let Some(w) = r.load_signed::<WakeSignal>(&path) {
                 *wake_by_pc.entry(w.to_pc.clone()).or_default() += 1;
                 wake_signals.push(WakeLine {
                     age_s: age(w.timestamp),
@@ -240,7 +270,9 @@ fn build(tree: &Tree, this_pc: Option<PcId>, now: DateTime<Utc>) -> Report {
 
     let mut pending_handoffs = Vec::new();
     for (path, kind) in r.list(&tree.handoff_dir()) {
-        if let (FileKind::Handoff(id), Some(h)) = (kind, r.load::<Handoff>(&path)) {
+        if let FileKind::Handoff(id) = kind
+            && let Some(h) = r.load_signed::<Handoff>(&path)
+        {
             pending_handoffs.push(HandoffLine {
                 id: id.to_string(),
                 age_s: age(h.timestamp),
@@ -253,8 +285,22 @@ fn build(tree: &Tree, this_pc: Option<PcId>, now: DateTime<Utc>) -> Report {
     }
 
     // The queue as `task list` and `work next` see it.
-    let view = QueueView::read(tree);
+    let view = QueueView::read(tree, &r.keyring);
     r.problems.extend(view.unreadable.iter().cloned());
+    let mut refused = std::mem::take(&mut r.refused);
+    refused.extend(view.refused.iter().map(|e| {
+        e.strip_prefix(&format!("{}/", tree.root().display()))
+            .unwrap_or(e)
+            .replacen(trinity_core::trust::REFUSED, "", 1)
+    }));
+    refused.extend(trinity_core::trust::set_aside(tree).into_iter().map(|s| {
+        format!(
+            "{}: {} (set aside in {})",
+            s.original,
+            s.reason,
+            s.moved_to.display()
+        )
+    }));
     let mut queue = Queue {
         tasks: view.tasks.len(),
         ..Queue::default()
@@ -291,6 +337,7 @@ fn build(tree: &Tree, this_pc: Option<PcId>, now: DateTime<Utc>) -> Report {
         queue,
         escalations,
         sync: trinity_core::syncstate::SyncState::load(tree),
+        refused,
         problems: r.problems,
     }
 }
@@ -449,6 +496,16 @@ fn print_work(r: &Report) {
         }
         None => println!("Sync (this PC): git-sync has not run here"),
     }
+    if !r.refused.is_empty() {
+        println!();
+        println!(
+            "Refused, not signed by a member this PC trusts: {} (nothing was run for them; docs/security.md)",
+            r.refused.len()
+        );
+        for p in &r.refused {
+            println!("  {p}");
+        }
+    }
     if !r.problems.is_empty() {
         println!();
         println!(
@@ -516,7 +573,7 @@ mod tests {
             handoff: None,
         };
         fsio::create(&tree.claim_file(&claim.task_id), &claim).expect("claim");
-        let q = build(&tree, None, now).queue;
+        let q = build(&tree, None, true, now).queue;
         assert_eq!(
             (q.tasks, q.waiting, q.blocked, q.claimed, q.done),
             (3, 1, 1, 1, 0)
@@ -529,7 +586,7 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2025-11-23T16:31:30Z")
             .expect("valid")
             .to_utc();
-        let r = build(&Tree::new(&root), None, now);
+        let r = build(&Tree::new(&root), None, true, now);
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         assert_eq!(r.rotation.len(), 3);
         let pc1 = &r.pcs[0];
@@ -547,7 +604,7 @@ mod tests {
                 r.queue.done,
                 r.queue.waiting
             ),
-            (3, 1, 1, 1)
+            (4, 1, 1, 2)
         );
         assert_eq!(r.escalations, 1);
         let lease = r.lease.expect("lease");
@@ -574,7 +631,7 @@ mod tests {
             ..Default::default()
         };
         state.save(&tree).expect("state");
-        let r = build(&tree, None, Utc::now());
+        let r = build(&tree, None, true, Utc::now());
         let sync = r.sync.expect("sync state");
         assert_eq!(sync.commits_ahead, 2);
         assert_eq!(sync.last_error.as_deref(), Some("cannot reach the remote"));

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde::Deserialize;
 use trinity_core::queue::{self, QueueView};
 use trinity_core::schema::{Priority, Schema, Task};
+use trinity_core::trust::Keyring;
 use trinity_core::{PcId, TaskId, Tree, fsio};
 
 /// Add tasks to the queue, list them, show one.
@@ -116,6 +117,7 @@ struct TomlImport {
 
 pub(crate) fn run(args: TaskArgs, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let (config, tree) = crate::load_tree(config_path)?;
+    let keyring = crate::keyring(&config, &tree)?;
     match args.command {
         TaskCommand::Add(a) => {
             let pc = config.require_pc()?.clone();
@@ -127,15 +129,15 @@ pub(crate) fn run(args: TaskArgs, config_path: Option<&Path>) -> anyhow::Result<
                 &a.depends_on,
                 a.role,
             )?;
-            add(&tree, vec![task])
+            add(&tree, &keyring, vec![task])
         }
         TaskCommand::Import(a) => {
             let pc = config.require_pc()?.clone();
             let tasks = read_import(&a.file, &pc)?;
-            add(&tree, tasks)
+            add(&tree, &keyring, tasks)
         }
-        TaskCommand::List(a) => list(&tree, a.json),
-        TaskCommand::Show(a) => show(&tree, &a.id, a.json),
+        TaskCommand::List(a) => list(&tree, &keyring, a.json),
+        TaskCommand::Show(a) => show(&tree, &keyring, &a.id, a.json),
     }
 }
 
@@ -198,8 +200,8 @@ fn read_import(file: &Path, pc: &PcId) -> anyhow::Result<Vec<Task>> {
 }
 
 /// Checks every task against the queue and each other, then creates them all.
-fn add(tree: &Tree, tasks: Vec<Task>) -> anyhow::Result<ExitCode> {
-    let view = QueueView::read(tree);
+fn add(tree: &Tree, keyring: &Keyring, tasks: Vec<Task>) -> anyhow::Result<ExitCode> {
+    let view = QueueView::read(tree, keyring);
     if let Err(problems) = view.check_new(&tasks) {
         for p in &problems {
             eprintln!("error: {p}");
@@ -215,7 +217,7 @@ fn add(tree: &Tree, tasks: Vec<Task>) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("failed to queue task {}", task.id))?;
     }
     for task in &tasks {
-        let state = QueueView::read(tree).state(task);
+        let state = QueueView::read(tree, keyring).state(task);
         println!(
             "queued {} ({}): {}",
             task.id,
@@ -229,8 +231,8 @@ fn add(tree: &Tree, tasks: Vec<Task>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn list(tree: &Tree, json: bool) -> anyhow::Result<ExitCode> {
-    let view = QueueView::read(tree);
+fn list(tree: &Tree, keyring: &Keyring, json: bool) -> anyhow::Result<ExitCode> {
+    let view = QueueView::read(tree, keyring);
     let now = Utc::now();
     let listing = view.listing();
     if json {
@@ -281,9 +283,9 @@ fn list(tree: &Tree, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn show(tree: &Tree, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+fn show(tree: &Tree, keyring: &Keyring, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     let id = task_id(id)?;
-    let view = QueueView::read(tree);
+    let view = QueueView::read(tree, keyring);
     let Some(task) = view.tasks.get(&id) else {
         if view.done.contains_key(&id) {
             bail!("task {id} is no longer queued; its result is in done/{id}.json");

@@ -89,7 +89,7 @@ pub(crate) fn run(args: WorkArgs, config_path: Option<&Path>) -> anyhow::Result<
     let pc = config.require_pc()?.clone();
     match args.command {
         WorkCommand::Next(a) => next(&config, &tree, &pc, a.json),
-        WorkCommand::Progress(a) => progress(&tree, &pc, a),
+        WorkCommand::Progress(a) => progress(&config, &tree, &pc, a),
         WorkCommand::Done(a) => done(&config, &tree, &pc, a),
     }
 }
@@ -101,7 +101,7 @@ fn instance(tree: &Tree, pc: &PcId) -> Option<InstanceStatus> {
 }
 
 fn next(config: &Config, tree: &Tree, pc: &PcId, json: bool) -> anyhow::Result<ExitCode> {
-    let view = QueueView::read(tree);
+    let view = QueueView::read(tree, &crate::keyring(config, tree)?);
     // Already working on something: say so again (the agent may ask twice).
     if let Some(work) = instance(tree, pc).and_then(|i| i.current_work)
         && let Some(task) = view.tasks.get(&work.task_id)
@@ -134,7 +134,7 @@ fn next(config: &Config, tree: &Tree, pc: &PcId, json: bool) -> anyhow::Result<E
     let deadline = config.wake.claim_timeout;
     let mut tried: Vec<TaskId> = Vec::new();
     loop {
-        let view = QueueView::read(tree);
+        let view = QueueView::read(tree, &crate::keyring(config, tree)?);
         // A claim of ours not yet confirmed (an earlier run stopped waiting) comes first.
         let pending = view
             .claims
@@ -292,7 +292,12 @@ fn print_task(task: &Task, json: bool, what: &str) -> anyhow::Result<()> {
 }
 
 /// The task a progress or done report is about, held by this PC.
-fn held_task(tree: &Tree, pc: &PcId, given: Option<String>) -> anyhow::Result<TaskId> {
+fn held_task(
+    config: &Config,
+    tree: &Tree,
+    pc: &PcId,
+    given: Option<String>,
+) -> anyhow::Result<TaskId> {
     let text = given
         .or_else(|| {
             std::env::var("TRINITY_TASK_ID")
@@ -309,7 +314,7 @@ fn held_task(tree: &Tree, pc: &PcId, given: Option<String>) -> anyhow::Result<Ta
         )?;
     let id =
         TaskId::new(&text).map_err(|e| anyhow::anyhow!("{text:?} is not a valid task id: {e}"))?;
-    let view = QueueView::read(tree);
+    let view = QueueView::read(tree, &crate::keyring(config, tree)?);
     if !view.tasks.contains_key(&id) && !view.done.contains_key(&id) {
         bail!("no task {id} in the queue");
     }
@@ -336,8 +341,8 @@ fn normalize_progress(text: &str) -> anyhow::Result<String> {
     }
 }
 
-fn progress(tree: &Tree, pc: &PcId, a: ProgressArgs) -> anyhow::Result<ExitCode> {
-    let id = held_task(tree, pc, a.task)?;
+fn progress(config: &Config, tree: &Tree, pc: &PcId, a: ProgressArgs) -> anyhow::Result<ExitCode> {
+    let id = held_task(config, tree, pc, a.task)?;
     let pct = a.progress.as_deref().map(normalize_progress).transpose()?;
     if pct.is_none() && a.done.is_empty() && a.next.is_none() && a.note.is_none() {
         bail!("nothing to report: give --progress, --done, --next or --note");
@@ -405,7 +410,7 @@ fn progress(tree: &Tree, pc: &PcId, a: ProgressArgs) -> anyhow::Result<ExitCode>
 }
 
 fn done(config: &Config, tree: &Tree, pc: &PcId, a: DoneArgs) -> anyhow::Result<ExitCode> {
-    let id = held_task(tree, pc, a.task)?;
+    let id = held_task(config, tree, pc, a.task)?;
     let now = Utc::now();
     let verified = tree.lease_file().is_file();
     let finished = instance(tree, pc)

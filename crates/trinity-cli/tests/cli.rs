@@ -398,7 +398,7 @@ fn status_json_reads_the_tree() {
     assert_eq!(v["pcs"][0]["credit"], "EXHAUSTED");
     assert_eq!(v["pcs"][1]["state"], "ACTIVE");
     assert_eq!(v["pending_handoffs"].as_array().map(Vec::len), Some(2));
-    assert_eq!(v["queue"]["tasks"], 3);
+    assert_eq!(v["queue"]["tasks"], 4);
     assert_eq!(v["problems"], serde_json::json!([]));
 
     let table = ok(&env.trinity(&["status", "--state-dir", valid.to_str().expect("utf8")]));

@@ -97,6 +97,8 @@ pub struct Config {
     pub coordinator: CoordinatorConfig,
     /// Log files.
     pub logging: LoggingConfig,
+    /// Signatures (docs/security.md).
+    pub security: SecurityConfig,
 }
 
 impl Default for Config {
@@ -112,6 +114,7 @@ impl Default for Config {
             work: WorkConfig::default(),
             coordinator: CoordinatorConfig::default(),
             logging: LoggingConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -445,6 +448,24 @@ impl Default for LoggingConfig {
             level: "info".to_owned(),
             max_file_bytes: 10 * 1024 * 1024,
             max_files: 5,
+        }
+    }
+}
+
+/// Signatures: who wrote the files that start or steer work (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SecurityConfig {
+    /// Refuse unsigned handoffs, wake signals, tasks, claims and done records. Off only while
+    /// a fleet moves to signing (some PCs not upgraded yet): files signed wrongly are refused
+    /// either way. A PC without a signing key checks nothing (a fleet that does not sign).
+    pub require_signatures: bool,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            require_signatures: true,
         }
     }
 }

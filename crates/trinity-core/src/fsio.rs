@@ -14,8 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 
+use crate::ids::PcId;
 use crate::layout::{TEMP_SUFFIX, Tree};
 use crate::schema::{self, Doc, Schema, SchemaError};
+use crate::trust::{Keyring, Refusal};
 
 /// An I/O failure, with the path and what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -71,12 +73,28 @@ pub enum LoadError {
         #[source]
         source: SchemaError,
     },
+    /// It is valid, but its signature is not believed ([`crate::trust`]).
+    #[error("{}: {}{refusal}", path.display(), crate::trust::REFUSED)]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// Why it is not believed.
+        refusal: Refusal,
+    },
 }
 
 impl LoadError {
     /// True when the file does not exist (often not an error for callers).
     pub fn is_not_found(&self) -> bool {
         matches!(self, LoadError::Io(e) if e.is_not_found())
+    }
+
+    /// The signature refusal, when that is what went wrong.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            LoadError::Refused { refusal, .. } => Some(refusal),
+            _ => None,
+        }
     }
 }
 
@@ -181,6 +199,34 @@ pub fn load<T: Schema>(path: &Path) -> Result<Doc<T>, LoadError> {
     })
 }
 
+/// Reads a file of schema `T` and checks its signature with `keyring` ([`crate::trust`]):
+/// the document and the member that signed it (`None`: unsigned, and accepted as such).
+pub fn load_trusted<T: Schema>(
+    path: &Path,
+    keyring: &Keyring,
+) -> Result<(Doc<T>, Option<PcId>), LoadError> {
+    let doc = load::<T>(path)?;
+    if !T::SIGNED || !keyring.enabled() {
+        return Ok((doc, None));
+    }
+    let bytes = read_bounded(path, T::MAX_BYTES)?;
+    let raw: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| LoadError::Invalid {
+            path: path.to_owned(),
+            source: SchemaError::Syntax {
+                encoding: schema::Encoding::Json,
+                message: e.to_string(),
+            },
+        })?;
+    match keyring.check_doc(path, &raw, &doc.value) {
+        Ok(by) => Ok((doc, by)),
+        Err(refusal) => Err(LoadError::Refused {
+            path: path.to_owned(),
+            refusal,
+        }),
+    }
+}
+
 /// Reads a file of schema `T` if it exists: `Ok(None)` when it does not.
 pub fn load_optional<T: Schema>(path: &Path) -> Result<Option<Doc<T>>, LoadError> {
     match load(path) {
@@ -193,7 +239,7 @@ pub fn load_optional<T: Schema>(path: &Path) -> Result<Option<Doc<T>>, LoadError
 /// Writes a document atomically (replacing the file). An invalid document is refused and
 /// nothing is written.
 pub fn save<T: Schema>(path: &Path, doc: &Doc<T>) -> Result<(), SaveError> {
-    let bytes = doc.to_bytes().map_err(|source| SaveError::Encode {
+    let bytes = doc.to_bytes_for(path).map_err(|source| SaveError::Encode {
         path: path.to_owned(),
         source,
     })?;
@@ -203,7 +249,7 @@ pub fn save<T: Schema>(path: &Path, doc: &Doc<T>) -> Result<(), SaveError> {
 
 /// Creates an immutable file from a value; fails if the file exists.
 pub fn create<T: Schema>(path: &Path, value: &T) -> Result<(), SaveError> {
-    let bytes = schema::to_bytes(value).map_err(|source| SaveError::Encode {
+    let bytes = schema::to_bytes_for(value, path).map_err(|source| SaveError::Encode {
         path: path.to_owned(),
         source,
     })?;

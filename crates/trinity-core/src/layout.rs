@@ -106,6 +106,10 @@ pub enum FileKind {
     Timeline,
     /// `escalations/{id}.json`.
     Escalation(RecordId),
+    /// `keys/{PC}.json`: a PC's public key, signed by the member that approved it.
+    Key(PcId),
+    /// `revoked/{PC}-{fingerprint}-{BY}.json`: a key revoked by PC `BY`.
+    Revocation(RecordId),
     /// `postmortems/{id}.md`.
     Postmortem(RecordId),
     /// `reports/{id}.md`, `reports/{id}.json` or `reports/instance-logs/{PC}-{YYYYMMDD}.md`.
@@ -118,9 +122,11 @@ impl FileKind {
     /// The path class of this kind of file.
     pub fn class(&self) -> PathClass {
         match self {
-            FileKind::Fleet | FileKind::GitIgnore | FileKind::Claim(_) | FileKind::Lease => {
-                PathClass::CompareAndSwap
-            }
+            FileKind::Fleet
+            | FileKind::GitIgnore
+            | FileKind::Claim(_)
+            | FileKind::Lease
+            | FileKind::Key(_) => PathClass::CompareAndSwap,
             FileKind::Heartbeat(pc) | FileKind::Credit(pc) | FileKind::Instance(pc) => {
                 PathClass::Owned(pc.clone())
             }
@@ -138,7 +144,7 @@ impl FileKind {
             FileKind::Task(_) => PathClass::Immutable {
                 consumer: Consumer::Leader,
             },
-            FileKind::Postmortem(_) => PathClass::Immutable {
+            FileKind::Postmortem(_) | FileKind::Revocation(_) => PathClass::Immutable {
                 consumer: Consumer::Nobody,
             },
             FileKind::MultiStatus
@@ -173,6 +179,8 @@ impl FileKind {
             FileKind::DashboardHtml => "dashboard page",
             FileKind::Timeline => "timeline",
             FileKind::Escalation(_) => "escalation",
+            FileKind::Key(_) => "key",
+            FileKind::Revocation(_) => "revocation",
             FileKind::Postmortem(_) => "post-mortem",
             FileKind::Report(_) => "report",
             FileKind::Local => "local file",
@@ -241,6 +249,8 @@ pub const SYNCED_DIRS: &[&str] = &[
     "escalations",
     "postmortems",
     "reports",
+    "keys",
+    "revoked",
 ];
 
 /// The `.gitignore` every tree carries.
@@ -471,6 +481,42 @@ impl Tree {
         self.root.join("local")
     }
 
+    /// `keys/`: the fleet's published public keys.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+
+    /// `keys/{PC}.json`: a PC's public key, signed by the member that approved it.
+    pub fn key_file(&self, pc: &PcId) -> PathBuf {
+        self.keys_dir().join(format!("{pc}.json"))
+    }
+
+    /// `revoked/`: revoked keys.
+    pub fn revoked_dir(&self) -> PathBuf {
+        self.root.join("revoked")
+    }
+
+    /// `revoked/{PC}-{fingerprint}-{BY}.json`: PC `BY`'s revocation of a key of `pc`.
+    pub fn revocation_file(&self, pc: &PcId, fingerprint: &str, by: &PcId) -> PathBuf {
+        self.revoked_dir()
+            .join(format!("{pc}-{fingerprint}-{by}.json"))
+    }
+
+    /// `local/trust/`: this PC's signing key and pinned keys.
+    pub fn trust_local_dir(&self) -> PathBuf {
+        self.local_dir().join("trust")
+    }
+
+    /// `local/trust/signing.key`: this PC's private signing key (readable by its user only).
+    pub fn signing_key_file(&self) -> PathBuf {
+        self.trust_local_dir().join("signing.key")
+    }
+
+    /// `local/trust/pins.json`: the keys this PC believes on its own authority.
+    pub fn pins_file(&self) -> PathBuf {
+        self.trust_local_dir().join("pins.json")
+    }
+
     /// `local/quarantine/`: files that failed validation, moved aside.
     pub fn quarantine_dir(&self) -> PathBuf {
         self.local_dir().join("quarantine")
@@ -686,7 +732,7 @@ impl Tree {
         match parts.as_slice() {
             ["fleet.toml"] => Ok(FileKind::Fleet),
             [".gitignore"] => Ok(FileKind::GitIgnore),
-            ["heartbeat", f] | ["credit", f] | ["instances", f] => {
+            ["heartbeat", f] | ["credit", f] | ["instances", f] | ["keys", f] => {
                 let stem = f
                     .strip_suffix(".json")
                     .ok_or_else(|| unknown("expected {PC}.json"))?;
@@ -694,6 +740,7 @@ impl Tree {
                 Ok(match parts[0] {
                     "heartbeat" => FileKind::Heartbeat(pc),
                     "credit" => FileKind::Credit(pc),
+                    "keys" => FileKind::Key(pc),
                     _ => FileKind::Instance(pc),
                 })
             }
@@ -750,6 +797,12 @@ impl Tree {
             ["dashboards", "credit_status.json"] => Ok(FileKind::CreditDashboard),
             ["dashboards", "CREDIT_DASHBOARD.html"] => Ok(FileKind::DashboardHtml),
             ["dashboards", "timeline.json"] => Ok(FileKind::Timeline),
+            ["revoked", f] => {
+                let stem = f
+                    .strip_suffix(".json")
+                    .ok_or_else(|| unknown("expected {PC}-{fingerprint}-{BY}.json"))?;
+                Ok(FileKind::Revocation(RecordId::new(stem).map_err(id_err)?))
+            }
             ["escalations", f] => {
                 let stem = f
                     .strip_suffix(".json")

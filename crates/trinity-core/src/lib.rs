@@ -28,6 +28,7 @@ pub mod rotation;
 pub mod schema;
 pub mod state;
 pub mod syncstate;
+pub mod trust;
 pub mod validate;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};

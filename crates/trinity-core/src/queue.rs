@@ -13,6 +13,7 @@ use crate::fsio;
 use crate::ids::{PcId, TaskId};
 use crate::layout::Tree;
 use crate::schema::{Claim, Done, Outcome, Task};
+use crate::trust::Keyring;
 
 /// Where a task stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -78,24 +79,50 @@ pub struct QueueView {
     pub done: BTreeMap<TaskId, Done>,
     /// Files that could not be read, with why (they are left out of the view).
     pub unreadable: Vec<String>,
+    /// Files whose signature is not believed, with why (left out of the view: nobody acts on
+    /// them; see [`crate::trust`]).
+    pub refused: Vec<String>,
+}
+
+/// Why a file of the queue is left out of the view.
+#[derive(Debug, Clone)]
+enum Unread {
+    /// It could not be read or is invalid.
+    Unreadable(String),
+    /// Its signature is not believed.
+    Refused(String),
+}
+
+impl QueueView {
+    fn take<T>(&mut self, r: &Result<T, Unread>, put: impl FnOnce(&mut Self, &T)) {
+        match r {
+            Ok(v) => put(self, v),
+            Err(Unread::Unreadable(e)) => self.unreadable.push(e.clone()),
+            Err(Unread::Refused(e)) => self.refused.push(e.clone()),
+        }
+    }
+}
+
+/// Reads a file of the queue and checks its signature.
+fn load_checked<T: crate::schema::Schema>(
+    path: &std::path::Path,
+    keyring: &Keyring,
+) -> Option<Result<T, Unread>> {
+    match fsio::load_trusted::<T>(path, keyring) {
+        Ok((doc, _)) => Some(Ok(doc.value)),
+        Err(e) if e.is_not_found() => None,
+        Err(e @ fsio::LoadError::Refused { .. }) => Some(Err(Unread::Refused(e.to_string()))),
+        Err(e) => Some(Err(Unread::Unreadable(e.to_string()))),
+    }
 }
 
 impl QueueView {
     /// Reads `spawn_queue/`, `claims/` and `done/` of a tree, as of one commit (git-sync's
     /// checkouts are held back meanwhile: a finished task is never seen unclaimed and not done).
-    pub fn read(tree: &Tree) -> Self {
+    /// Files whose signature `keyring` does not believe are left out (in `refused`).
+    pub fn read(tree: &Tree, keyring: &Keyring) -> Self {
         let _settled = crate::syncstate::hold_checkouts(tree);
-        let mut view = QueueView::default();
-        read_dir(&tree.spawn_queue_dir(), &mut view.unreadable, |t: Task| {
-            view.tasks.insert(t.id.clone(), t);
-        });
-        read_dir(&tree.claims_dir(), &mut view.unreadable, |c: Claim| {
-            view.claims.insert(c.task_id.clone(), c);
-        });
-        read_dir(&tree.done_dir(), &mut view.unreadable, |d: Done| {
-            view.done.insert(d.task_id.clone(), d);
-        });
-        view
+        QueueReader::default().read(tree, keyring)
     }
 
     /// Whether a task is done (a done record with any outcome but `failed`).
@@ -225,43 +252,15 @@ pub fn age(task: &Task, now: DateTime<Utc>) -> String {
     crate::clock::human_duration((now - task.created_at).to_std().unwrap_or_default())
 }
 
-fn read_dir<T: crate::schema::Schema>(
-    dir: &std::path::Path,
-    unreadable: &mut Vec<String>,
-    mut take: impl FnMut(T),
-) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut paths: Vec<_> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "json")
-                && !p
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
-    paths.sort();
-    for path in paths {
-        match fsio::load::<T>(&path) {
-            Ok(doc) => take(doc.value),
-            Err(e) if e.is_not_found() => {}
-            Err(e) => unreadable.push(e.to_string()),
-        }
-    }
-}
-
 /// Reads the queue again and again (the coordinator's cycle), parsing only what changed: task
 /// files and done records are immutable, so they are parsed once per name; claims can be
 /// rewritten (a takeover), so they are parsed again when their size or modification time
 /// changes. Files that vanished drop out. The view is the same [`QueueView::read`] gives.
 #[derive(Debug, Default)]
 pub struct QueueReader {
-    tasks: BTreeMap<std::ffi::OsString, Result<Task, String>>,
-    claims: BTreeMap<std::ffi::OsString, (Stamp, Result<Claim, String>)>,
-    done: BTreeMap<std::ffi::OsString, Result<Done, String>>,
+    tasks: BTreeMap<std::ffi::OsString, Result<Task, Unread>>,
+    claims: BTreeMap<std::ffi::OsString, (Stamp, Result<Claim, Unread>)>,
+    done: BTreeMap<std::ffi::OsString, Result<Done, Unread>>,
 }
 
 type Stamp = (Option<std::time::SystemTime>, u64);
@@ -271,34 +270,26 @@ impl QueueReader {
     /// ([`crate::syncstate::hold_checkouts`]) for as long as the view must be one commit's —
     /// the coordinator, for its whole reading of the fleet. (Not taken here: a second hold
     /// inside the caller's could wait behind a checkout that waits for the first.)
-    pub fn read(&mut self, tree: &Tree) -> QueueView {
+    /// Files are checked against `keyring` when first read (immutable ones) or read again.
+    pub fn read(&mut self, tree: &Tree, keyring: &Keyring) -> QueueView {
         let mut view = QueueView::default();
-        refresh_immutable(&tree.spawn_queue_dir(), &mut self.tasks);
-        refresh_immutable(&tree.done_dir(), &mut self.done);
-        refresh_stamped(&tree.claims_dir(), &mut self.claims);
+        refresh_immutable(&tree.spawn_queue_dir(), &mut self.tasks, keyring);
+        refresh_immutable(&tree.done_dir(), &mut self.done, keyring);
+        refresh_stamped(&tree.claims_dir(), &mut self.claims, keyring);
         for r in self.tasks.values() {
-            match r {
-                Ok(t) => {
-                    view.tasks.insert(t.id.clone(), t.clone());
-                }
-                Err(e) => view.unreadable.push(e.clone()),
-            }
+            view.take(r, |v, t| {
+                v.tasks.insert(t.id.clone(), t.clone());
+            });
         }
         for (_, r) in self.claims.values() {
-            match r {
-                Ok(c) => {
-                    view.claims.insert(c.task_id.clone(), c.clone());
-                }
-                Err(e) => view.unreadable.push(e.clone()),
-            }
+            view.take(r, |v, c| {
+                v.claims.insert(c.task_id.clone(), c.clone());
+            });
         }
         for r in self.done.values() {
-            match r {
-                Ok(d) => {
-                    view.done.insert(d.task_id.clone(), d.clone());
-                }
-                Err(e) => view.unreadable.push(e.clone()),
-            }
+            view.take(r, |v, d| {
+                v.done.insert(d.task_id.clone(), d.clone());
+            });
         }
         view
     }
@@ -321,7 +312,8 @@ fn json_names(dir: &std::path::Path) -> Vec<(std::ffi::OsString, std::fs::DirEnt
 
 fn refresh_immutable<T: crate::schema::Schema>(
     dir: &std::path::Path,
-    cache: &mut BTreeMap<std::ffi::OsString, Result<T, String>>,
+    cache: &mut BTreeMap<std::ffi::OsString, Result<T, Unread>>,
+    keyring: &Keyring,
 ) {
     let names = json_names(dir);
     let present: BTreeSet<&std::ffi::OsString> = names.iter().map(|(n, _)| n).collect();
@@ -330,21 +322,16 @@ fn refresh_immutable<T: crate::schema::Schema>(
         if cache.contains_key(name) {
             continue;
         }
-        match fsio::load::<T>(&entry.path()) {
-            Ok(doc) => {
-                cache.insert(name.clone(), Ok(doc.value));
-            }
-            Err(e) if e.is_not_found() => {}
-            Err(e) => {
-                cache.insert(name.clone(), Err(e.to_string()));
-            }
+        if let Some(r) = load_checked(&entry.path(), keyring) {
+            cache.insert(name.clone(), r);
         }
     }
 }
 
 fn refresh_stamped<T: crate::schema::Schema>(
     dir: &std::path::Path,
-    cache: &mut BTreeMap<std::ffi::OsString, (Stamp, Result<T, String>)>,
+    cache: &mut BTreeMap<std::ffi::OsString, (Stamp, Result<T, Unread>)>,
+    keyring: &Keyring,
 ) {
     let names = json_names(dir);
     let present: BTreeSet<&std::ffi::OsString> = names.iter().map(|(n, _)| n).collect();
@@ -358,15 +345,12 @@ fn refresh_stamped<T: crate::schema::Schema>(
         if cache.get(name).is_some_and(|(s, _)| *s == stamp) {
             continue;
         }
-        match fsio::load::<T>(&entry.path()) {
-            Ok(doc) => {
-                cache.insert(name.clone(), (stamp, Ok(doc.value)));
+        match load_checked(&entry.path(), keyring) {
+            Some(r) => {
+                cache.insert(name.clone(), (stamp, r));
             }
-            Err(e) if e.is_not_found() => {
+            None => {
                 cache.remove(name);
-            }
-            Err(e) => {
-                cache.insert(name.clone(), (stamp, Err(e.to_string())));
             }
         }
     }
@@ -452,27 +436,28 @@ mod reader_tests {
             assert_eq!(a.done, b.done);
             assert_eq!(a.unreadable.len(), b.unreadable.len());
         };
+        let ring = Keyring::open_or_closed(&tree, true, now);
         let mut reader = QueueReader::default();
-        same(&reader.read(&tree), &QueueView::read(&tree));
+        same(&reader.read(&tree, &ring), &QueueView::read(&tree, &ring));
         for n in ["a", "b", "c"] {
             fsio::create(&tree.task_file(&id(n)), &task(n)).expect("task");
         }
         fsio::create(&tree.claim_file(&id("a")), &claim("a", "PC1", 0)).expect("claim");
-        same(&reader.read(&tree), &QueueView::read(&tree));
+        same(&reader.read(&tree, &ring), &QueueView::read(&tree, &ring));
         // A takeover rewrites the claim (longer: the epoch has two digits).
         fsio::save(&tree.claim_file(&id("a")), &Doc::new(claim("a", "PC2", 12))).expect("claim");
-        let v = reader.read(&tree);
+        let v = reader.read(&tree, &ring);
         assert_eq!(v.claims[&id("a")].pc, pc("PC2"));
-        same(&v, &QueueView::read(&tree));
+        same(&v, &QueueView::read(&tree, &ring));
         // A claim released, a task gone, a broken file.
         std::fs::remove_file(tree.claim_file(&id("a"))).expect("rm");
         std::fs::remove_file(tree.task_file(&id("c"))).expect("rm");
         std::fs::write(tree.spawn_queue_dir().join("bad.json"), "{").expect("bad");
-        let v = reader.read(&tree);
+        let v = reader.read(&tree, &ring);
         assert!(v.claims.is_empty());
         assert_eq!(v.tasks.len(), 2);
         assert_eq!(v.unreadable.len(), 1);
-        same(&v, &QueueView::read(&tree));
+        same(&v, &QueueView::read(&tree, &ring));
     }
 }
 

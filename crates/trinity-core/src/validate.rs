@@ -9,7 +9,8 @@ use crate::ids::{HandoffId, PcId};
 use crate::layout::{FileKind, SYNCED_DIRS, Tree};
 use crate::schema::{
     Claim, CreditDashboard, CreditStatus, Done, Escalation, Fleet, Handoff, Heartbeat,
-    InstanceStatus, Lease, MultiInstanceStatus, Schema, Task, Timeline, Verification, WakeSignal,
+    InstanceStatus, KeyRecord, Lease, MultiInstanceStatus, Revocation, Schema, Task, Timeline,
+    Verification, WakeSignal,
 };
 
 /// The largest conversation a handoff may carry (`work.conversation_max_bytes` is capped by it).
@@ -147,6 +148,12 @@ pub fn validate_file(tree: &Tree, path: &Path, fleet: Option<&Fleet>) -> Result<
                 load!(Timeline);
             }
             FileKind::Escalation(id) => m("id", id, &load!(Escalation).id),
+            FileKind::Key(pc) => m("PC", pc, &load!(KeyRecord).pc),
+            FileKind::Revocation(id) => {
+                let r = load!(Revocation);
+                let expected = format!("{}-{}-{}", r.pc, r.public_key.fingerprint(), r.revoked_by);
+                m("id", id, &expected);
+            }
         }
     }
     if let Some(fleet) = fleet {
@@ -207,6 +214,7 @@ fn load_message(e: LoadError) -> String {
     match e {
         LoadError::Invalid { source, .. } => source.to_string(),
         LoadError::Io(io) => io.to_string(),
+        LoadError::Refused { refusal, .. } => refusal.to_string(),
     }
 }
 
@@ -352,6 +360,8 @@ pub fn schema_versions() -> Vec<(&'static str, u32)> {
         v::<CreditDashboard>(),
         v::<Timeline>(),
         v::<Escalation>(),
+        v::<KeyRecord>(),
+        v::<Revocation>(),
     ]
 }
 

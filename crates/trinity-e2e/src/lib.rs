@@ -188,7 +188,34 @@ impl World {
             ));
             std::fs::write(&config, text).expect("config");
         }
+        world.approve_keys();
         world
+    }
+
+    /// The first PC founded the fleet's trust at `init`: it approves the others' keys, and
+    /// git-sync brings the approvals to every PC before any daemon starts.
+    pub fn approve_keys(&self) {
+        let Some((founder, others)) = self.pcs.split_first() else {
+            return;
+        };
+        for pc in others {
+            let key = self.public_key(pc);
+            let out = self.output("trinity", founder, &["fleet", "approve", pc, "--key", &key]);
+            assert!(out.status.success(), "approve {pc}: {out:?}");
+        }
+        for pc in &self.pcs {
+            let out = self.output("git-sync", pc, &["--once"]);
+            assert!(out.status.success(), "git-sync --once on {pc}: {out:?}");
+        }
+    }
+
+    /// `pc`'s public signing key.
+    pub fn public_key(&self, pc: &str) -> String {
+        trinity_core::trust::SigningKey::load(&self.tree(pc))
+            .expect("signing key")
+            .expect("a key made by init")
+            .public()
+            .to_string()
     }
 
     /// Sets a variable for every program started from now on (a `TRINITY_*` setting, say).

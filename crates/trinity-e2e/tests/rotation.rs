@@ -3,7 +3,7 @@
 #![cfg(unix)]
 
 use trinity_core::fsio;
-use trinity_core::schema::{CreditStatus, HeartbeatStatus};
+use trinity_core::schema::{CreditStatus, HeartbeatStatus, Task};
 use trinity_core::{PcId, TaskId};
 use trinity_e2e::World;
 
@@ -16,9 +16,9 @@ fn a_whole_rotation_through_git() {
     let pcs = ["PC1", "PC2", "PC3"];
     // One task in the queue, created on PC1.
     let task = r#"{"format_version":1,"id":"task-a","priority":"high","description":"do a","created_at":"2026-11-21T10:00:00Z","created_by":"PC1"}"#;
-    let queue = world.tree("PC1").spawn_queue_dir();
-    std::fs::create_dir_all(&queue).expect("queue");
-    std::fs::write(queue.join("task-a.json"), task).expect("task");
+    // Written through fsio, so PC1 signs it like every task it queues.
+    let task = trinity_core::schema::from_bytes::<Task>(task.as_bytes()).expect("task");
+    fsio::create(&world.tree("PC1").task_file(&task.id), &task).expect("task");
 
     for pc in pcs {
         world.start("git-sync", pc);

@@ -14,6 +14,7 @@ use trinity_core::schema::{
     WakeSignal, WakeTask,
 };
 use trinity_core::syncstate::SyncState;
+use trinity_core::trust::{Keyring, TrustError};
 use trinity_core::{
     HandoffId, InstanceState, PcId, SharedClock, SignalId, TaskId, Tree, failpoint, pcfiles, state,
     validate,
@@ -52,6 +53,9 @@ pub enum WakeError {
     /// The agent could not be started.
     #[error(transparent)]
     Launch(#[from] agent::LaunchError),
+    /// The keys this PC believes could not be worked out.
+    #[error("cannot check signatures: {0}")]
+    Trust(#[from] TrustError),
 }
 
 impl WakeError {
@@ -167,6 +171,15 @@ impl Receiver {
         files
     }
 
+    /// The keys this PC believes now (read afresh: keys and revocations arrive with git-sync).
+    pub fn keyring(&self) -> Result<Keyring, WakeError> {
+        Ok(Keyring::open(
+            &self.tree,
+            self.config.security.require_signatures,
+            self.now(),
+        )?)
+    }
+
     /// Handles every pending signal (oldest first) and resumes every unfinished handoff.
     pub fn process(&self) -> Result<Report, WakeError> {
         let fleet = self.fleet()?;
@@ -265,8 +278,8 @@ impl Receiver {
         if let Err(problem) = validate::validate_file(&self.tree, path, Some(fleet)) {
             return self.refuse_signal(path, Some(&id), problem.message, true, report);
         }
-        let signal = match fsio::load::<WakeSignal>(path) {
-            Ok(doc) => doc.value,
+        let signal = match fsio::load_trusted::<WakeSignal>(path, &self.keyring()?) {
+            Ok((doc, _)) => doc.value,
             Err(e) => return self.refuse_signal(path, Some(&id), e.to_string(), true, report),
         };
         if signal.to_pc != self.pc {

@@ -58,6 +58,11 @@ impl Schema for Handoff {
     const NAME: &'static str = "handoff";
     const FORMAT_VERSION: u32 = 1;
     const MAX_BYTES: usize = 1024 * 1024;
+    const SIGNED: bool = true;
+
+    fn author(&self) -> Option<&PcId> {
+        Some(self.authored_by.as_ref().unwrap_or(&self.from_pc))
+    }
 
     fn check(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -191,6 +196,11 @@ impl Schema for WakeSignal {
     const NAME: &'static str = "wake signal";
     const FORMAT_VERSION: u32 = 1;
     const MAX_BYTES: usize = 16 * 1024;
+    const SIGNED: bool = true;
+
+    fn author(&self) -> Option<&PcId> {
+        Some(&self.from_pc)
+    }
 
     fn check(&self) -> Vec<String> {
         let mut problems = Vec::new();

@@ -25,6 +25,7 @@ mod handoff;
 mod pc;
 mod tasks;
 mod timeline;
+mod trust;
 
 pub use common::{
     CodeSnapshot, CreditLevel, CreditSnapshot, CurrentWork, HandoffReason, Priority, TaskRef,
@@ -38,6 +39,7 @@ pub use handoff::{Handoff, MAX_WAKE_MESSAGE_CHARS, WakeSignal, WakeTask};
 pub use pc::{CreditStatus, DaemonBeat, Heartbeat, HeartbeatStatus, InstanceStatus};
 pub use tasks::{Claim, Done, Outcome, Task};
 pub use timeline::{Phase, Span, Timeline, TimelineEvent};
+pub use trust::{KeyRecord, Revocation};
 
 /// How a schema's files are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,14 @@ pub trait Schema: Serialize + DeserializeOwned {
     const MAX_BYTES: usize;
     /// JSON or TOML.
     const ENCODING: Encoding = Encoding::Json;
+
+    /// Whether files of this schema carry their author's signature (see [`crate::trust`]).
+    const SIGNED: bool = false;
+
+    /// The PC that must have signed a file of this schema, where the file names one.
+    fn author(&self) -> Option<&crate::ids::PcId> {
+        None
+    }
 
     /// Rules the types cannot express. Each string is one problem, worded to follow the file
     /// name ("from_pc and to_pc are both PC1").
@@ -250,6 +260,10 @@ impl<T: Schema> Doc<T> {
     pub fn unknown_fields(&self) -> Vec<String> {
         self.unknown
             .iter()
+            .filter(|(steps, _)| {
+                !(T::SIGNED
+                    && matches!(steps.as_slice(), [Step::Key(k)] if k == crate::trust::SIGNATURE_FIELD))
+            })
             .map(|(steps, _)| {
                 let mut out = String::new();
                 for step in steps {
@@ -288,6 +302,12 @@ impl<T: Schema> Doc<T> {
         let value = self.to_value()?;
         encode(&value, T::ENCODING)
     }
+
+    /// The bytes to write to `path`: [`Doc::to_bytes`], signed by the key of the tree `path`
+    /// is in where the schema is signed and that tree has a key ([`crate::trust`]).
+    pub fn to_bytes_for(&self, path: &std::path::Path) -> Result<Vec<u8>, SchemaError> {
+        sealed::<T>(self.to_value()?, path)
+    }
 }
 
 /// chrono's parse errors do not say what was expected; add it.
@@ -312,6 +332,20 @@ fn explain(message: String) -> String {
 /// that fails [`Schema::check`] is refused.
 pub fn to_bytes<T: Schema>(value: &T) -> Result<Vec<u8>, SchemaError> {
     encode(&checked_value(value)?, T::ENCODING)
+}
+
+/// [`to_bytes`], signed for `path` like [`Doc::to_bytes_for`].
+pub fn to_bytes_for<T: Schema>(value: &T, path: &std::path::Path) -> Result<Vec<u8>, SchemaError> {
+    sealed::<T>(checked_value(value)?, path)
+}
+
+fn sealed<T: Schema>(mut value: Value, path: &std::path::Path) -> Result<Vec<u8>, SchemaError> {
+    if T::SIGNED {
+        crate::trust::seal_for_path::<T>(path, &mut value).map_err(|e| SchemaError::Invalid {
+            problems: vec![format!("cannot sign it: {e}")],
+        })?;
+    }
+    encode(&value, T::ENCODING)
 }
 
 /// The value as JSON, after [`Schema::check`].

@@ -37,6 +37,11 @@ impl Schema for Task {
     const NAME: &'static str = "task";
     const FORMAT_VERSION: u32 = 1;
     const MAX_BYTES: usize = 256 * 1024;
+    const SIGNED: bool = true;
+
+    fn author(&self) -> Option<&PcId> {
+        Some(&self.created_by)
+    }
 
     fn check(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -86,6 +91,11 @@ impl Schema for Claim {
     const NAME: &'static str = "claim";
     const FORMAT_VERSION: u32 = 1;
     const MAX_BYTES: usize = 16 * 1024;
+    const SIGNED: bool = true;
+
+    fn author(&self) -> Option<&PcId> {
+        Some(&self.pc)
+    }
 }
 
 /// How a task ended.
@@ -126,6 +136,11 @@ impl Schema for Done {
     const NAME: &'static str = "done record";
     const FORMAT_VERSION: u32 = 1;
     const MAX_BYTES: usize = 256 * 1024;
+    const SIGNED: bool = true;
+
+    fn author(&self) -> Option<&PcId> {
+        Some(&self.pc)
+    }
 
     fn check(&self) -> Vec<String> {
         match &self.commit {

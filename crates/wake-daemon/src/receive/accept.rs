@@ -167,8 +167,14 @@ impl Receiver {
             }
             return refuse(format!("its handoff file is invalid: {}", problem.message));
         }
-        let h = match fsio::load::<Handoff>(&source) {
-            Ok(d) => d.value,
+        let h = match fsio::load_trusted::<Handoff>(&source, &self.keyring()?) {
+            Ok((d, _)) => d.value,
+            Err(e @ LoadError::Refused { .. }) => {
+                if source == pending {
+                    fsio::quarantine(&self.tree, &pending, &e.to_string(), self.now())?;
+                }
+                return refuse(e.to_string());
+            }
             Err(e) => return refuse(e.to_string()),
         };
         if h.to_pc != self.pc {
