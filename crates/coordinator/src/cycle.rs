@@ -128,7 +128,8 @@ impl Coordinator {
             config.coordinator.lease_ttl,
             config.sync.mode,
             clock.clone(),
-        );
+        )
+        .require_signatures(config.security.require_signatures);
         let ca_file = config.coordinator.notify_ca_file.trim();
         let ca_file = (!ca_file.is_empty()).then(|| {
             let p = PathBuf::from(ca_file);

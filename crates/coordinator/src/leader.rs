@@ -19,6 +19,7 @@ use trinity_core::coordination::{LeaseAction, LeaseSeen, fingerprint, lease_acti
 use trinity_core::fsio::{self, SaveError};
 use trinity_core::schema::{Doc, Lease, Schema};
 use trinity_core::syncstate::SyncState;
+use trinity_core::trust::Keyring;
 use trinity_core::{PcId, SharedClock, Tree};
 
 /// What the lease keeper concluded in one look.
@@ -104,6 +105,8 @@ pub struct LeaseKeeper {
     pending: Option<Pending>,
     /// The epoch held and when its last renewal was confirmed on the remote.
     leading: Option<(u64, DateTime<Utc>)>,
+    /// Refuse an unsigned lease (`security.require_signatures`).
+    require_signatures: bool,
 }
 
 impl LeaseKeeper {
@@ -119,7 +122,29 @@ impl LeaseKeeper {
             seen: None,
             pending: None,
             leading: None,
+            require_signatures: true,
         }
+    }
+
+    /// Whether the lease read from `path` is signed by its holder with a key this PC believes
+    /// (docs/security.md): a forged lease deposes nobody.
+    fn believed(
+        &self,
+        path: &std::path::Path,
+        bytes: &[u8],
+        lease: &Lease,
+        now: DateTime<Utc>,
+    ) -> Result<(), trinity_core::trust::Refusal> {
+        let raw: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+        Keyring::open_or_closed(&self.tree, self.require_signatures, now)
+            .check_doc(path, &raw, lease)
+            .map(|_| ())
+    }
+
+    /// Sets `security.require_signatures` (on unless said otherwise).
+    pub fn require_signatures(mut self, required: bool) -> Self {
+        self.require_signatures = required;
+        self
     }
 
     /// The epoch this PC leads with, if it leads.
@@ -135,7 +160,13 @@ impl LeaseKeeper {
             Ok(bytes) => {
                 let fp = fingerprint(&[&bytes]);
                 match trinity_core::schema::from_bytes::<Lease>(&bytes) {
-                    Ok(l) => (Some(l), Some(fp)),
+                    Ok(l) => match self.believed(&path, &bytes, &l, now) {
+                        Ok(()) => (Some(l), Some(fp)),
+                        Err(refusal) => {
+                            tracing::warn!(%refusal, "the lease is not signed by its holder; treating it as absent");
+                            (None, Some(fp))
+                        }
+                    },
                     Err(e) => {
                         tracing::warn!(error = %e, "the lease file is invalid; treating it as absent");
                         (None, Some(fp))

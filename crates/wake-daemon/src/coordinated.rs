@@ -15,7 +15,12 @@ impl Receiver {
     /// this PC knows has a higher epoch (the writer was deposed). `None`: it counts.
     pub(crate) fn deposed_leader(&self, leader_epoch: Option<u64>) -> Option<String> {
         let epoch = leader_epoch?;
-        let lease = fsio::load::<Lease>(&self.tree.lease_file()).ok()?.value;
+        // A lease not signed by its holder deposes nobody.
+        let keyring = self.keyring().ok()?;
+        let lease = fsio::load_trusted::<Lease>(&self.tree.lease_file(), &keyring)
+            .ok()?
+            .0
+            .value;
         (lease.epoch > epoch).then(|| {
             format!(
                 "written by a deposed coordinator (epoch {epoch}; {} leads at epoch {})",
@@ -33,8 +38,9 @@ impl Receiver {
             return Ok("a verdict signal naming no submission; nothing to do".to_owned());
         };
         let now = self.now();
-        let verification = match fsio::load::<Verification>(&self.tree.verification_file(&id)) {
-            Ok(doc) => doc.value,
+        let path = self.tree.verification_file(&id);
+        let verification = match fsio::load_trusted::<Verification>(&path, &self.keyring()?) {
+            Ok((doc, _)) => doc.value,
             Err(e) => {
                 tracing::warn!(submission = %id, error = %e, "a verdict signal without a readable verification record");
                 return Ok(format!(

@@ -32,6 +32,11 @@ impl Schema for Lease {
     const NAME: &'static str = "coordinator lease";
     const FORMAT_VERSION: u32 = 1;
     const MAX_BYTES: usize = 16 * 1024;
+    const SIGNED: bool = true;
+
+    fn author(&self) -> Option<&PcId> {
+        Some(&self.holder)
+    }
 
     fn check(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -195,6 +200,11 @@ impl Schema for Verification {
     const NAME: &'static str = "verification result";
     const FORMAT_VERSION: u32 = 1;
     const MAX_BYTES: usize = 1024 * 1024;
+    const SIGNED: bool = true;
+
+    fn author(&self) -> Option<&PcId> {
+        Some(&self.coordinator)
+    }
 
     fn check(&self) -> Vec<String> {
         let mut problems = Vec::new();
