@@ -131,6 +131,7 @@ pub(crate) fn run(args: DoctorArgs, config_path: Option<&Path>) -> anyhow::Resul
     agent(&mut r, &config);
     credit(&mut r, &tree, &pc);
     local_state(&mut r, &tree);
+    signatures(&mut r, &config, &tree, &pc);
     print(&r, Some(&pc));
     Ok(if r.findings.iter().any(|f| f.level == Level::Fail) {
         ExitCode::FAILURE
@@ -599,6 +600,115 @@ fn local_state(r: &mut Report, tree: &Tree) {
             "local state",
             format!("set aside as corrupt: {}", set_aside.join(", ")),
             "look at each (the logs say what it held); what it recorded is not done again until you remove it",
+        );
+    }
+}
+
+/// This PC's signing key, whether the fleet believes it, and what was refused for its signature
+/// (docs/security.md).
+fn signatures(r: &mut Report, config: &Config, tree: &Tree, pc: &PcId) {
+    use trinity_core::trust::{KeyStanding, Keyring, SigningKey};
+    let key = match SigningKey::load(tree) {
+        Ok(Some(k)) if k.pc() == pc => k,
+        Ok(Some(k)) => {
+            return r.fail(
+                "signatures",
+                format!("the signing key is {}'s, not {pc}'s", k.pc()),
+                "run `trinity init` again with this PC's id",
+            );
+        }
+        Ok(None) => {
+            return r.warn(
+                "signatures",
+                "this PC has no signing key: it neither signs nor checks what it acts on, so anyone who can push to the state repository can start work here",
+                "run `trinity init` again (docs/security.md: moving a fleet to signing)",
+            );
+        }
+        Err(e) => return r.fail("signatures", e.to_string(), "see docs/security.md"),
+    };
+    let keyring = match Keyring::open(tree, config.security.require_signatures, Utc::now()) {
+        Ok(k) => k,
+        Err(e) => return r.fail("signatures", e.to_string(), "see docs/security.md"),
+    };
+    let own = keyring.keys().iter().find(|v| v.key == key.public());
+    if let Some(KeyStanding::Revoked { by }) = own.map(|v| &v.standing) {
+        return r.fail(
+            "signatures",
+            format!(
+                "this PC's key {} was revoked by {by}: every PC refuses what it writes",
+                key.public().fingerprint()
+            ),
+            "run `trinity init` again for a new key and have a member approve it",
+        );
+    }
+    let published = std::fs::read(tree.key_file(pc))
+        .ok()
+        .and_then(|b| trinity_core::schema::from_bytes::<trinity_core::schema::KeyRecord>(&b).ok())
+        .is_some_and(|k| k.public_key == key.public());
+    if !published {
+        r.warn(
+            "signatures",
+            format!(
+                "this PC's key {} is not approved yet: the other PCs refuse what it writes",
+                key.public().fingerprint()
+            ),
+            format!(
+                "on a member, run `trinity fleet approve {pc} --key {}`",
+                key.public()
+            ),
+        );
+    }
+    let untrusted: Vec<String> = keyring
+        .keys()
+        .iter()
+        .filter(|v| matches!(v.standing, KeyStanding::Untrusted { .. }))
+        .map(|v| format!("{} {}", v.pc, v.key.fingerprint()))
+        .collect();
+    if !untrusted.is_empty() {
+        r.warn(
+            "signatures",
+            format!("keys in the tree that nobody this PC trusts approved: {}", untrusted.join(", ")),
+            "approve them if they are a member's (`trinity fleet approve`); otherwise someone pushed them: see docs/security.md",
+        );
+    }
+    let refused = trinity_core::trust::set_aside(tree);
+    if !refused.is_empty() {
+        let latest: Vec<String> = refused
+            .iter()
+            .take(3)
+            .map(|s| format!("{} ({})", s.original, s.reason))
+            .collect();
+        r.warn(
+            "signatures",
+            format!("{} file(s) refused for their signature and set aside, latest: {}", refused.len(), latest.join("; ")),
+            "they started nothing; if a member wrote them, approve its key and move them back from local/quarantine/",
+        );
+    }
+    if !config.security.require_signatures {
+        r.warn(
+            "signatures",
+            "unsigned files are accepted (security.require_signatures = false)",
+            "set it back to true once every PC has a key and is approved",
+        );
+    }
+    if published && untrusted.is_empty() && refused.is_empty() && config.security.require_signatures
+    {
+        let trusted = keyring
+            .keys()
+            .iter()
+            .filter(|v| {
+                matches!(
+                    v.standing,
+                    KeyStanding::Pinned | KeyStanding::Approved { .. }
+                )
+            })
+            .count();
+        r.ok(
+            "signatures",
+            format!(
+                "signing with key {}; {trusted} key(s) trusted",
+                key.public().fingerprint()
+            ),
         );
     }
 }

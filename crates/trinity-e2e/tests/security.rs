@@ -206,5 +206,16 @@ fn files_pushed_by_someone_without_a_members_key_start_nothing_and_are_reported(
     ] {
         assert!(text.contains(name), "status does not name {name}:\n{text}");
     }
+    // And `trinity doctor`.
+    let out = world.output("trinity", "PC2", &["doctor", "--offline"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("refused for their signature and set aside"),
+        "{text}"
+    );
+    assert!(
+        text.contains("keys in the tree that nobody this PC trusts approved: PC1"),
+        "{text}"
+    );
     world.stop_all();
 }
