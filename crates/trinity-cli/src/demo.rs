@@ -180,6 +180,15 @@ impl Demo {
         let pcs = self.pcs.clone();
         self.begin("", &format!("setting up {} (trinity init)", pcs.join(", ")));
         self.set_up()?;
+        if let Some((first, others)) = pcs.split_first() {
+            self.say(
+                first,
+                &format!(
+                    "founded the fleet's trust and approved the keys of {}: every handoff, signal and task is signed",
+                    others.join(", ")
+                ),
+            );
+        }
         for pc in &pcs {
             for d in DaemonId::ALL {
                 self.start_daemon(d.as_str(), pc)?;
