@@ -139,6 +139,7 @@ fn bench(pcs: usize, tasks: usize, rounds: usize) -> (Duration, Duration, Durati
                 next_subtask: None,
                 code: None,
                 session: None,
+                conversation_sha256: None,
             }),
             claimed_tasks: vec![task],
             handoff: None,

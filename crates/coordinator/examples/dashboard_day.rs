@@ -327,6 +327,7 @@ fn work(task: &TaskId) -> CurrentWork {
         next_subtask: None,
         code: None,
         session: None,
+        conversation_sha256: None,
     }
 }
 

@@ -60,13 +60,11 @@ pub(crate) fn start(
         .ok()
         .map(|d| d.value);
     let mut current_work = instance.as_ref().and_then(|i| i.current_work.clone());
-    let mut conversation = None;
+    let mut carry = None;
     if let Some(work) = current_work.as_mut() {
         work.code = snapshot_code(m, &work.task_id);
-        if let Some((session, path)) = conversation_to_carry(m, work.session.as_deref()) {
-            work.session = Some(session);
-            conversation = Some(path);
-        }
+        work.conversation_sha256 = None;
+        carry = conversation_to_carry(m, work.session.as_deref());
     }
     let task_queue = task_queue(
         m.tree,
@@ -74,7 +72,7 @@ pub(crate) fn start(
         m.config,
         current_work.as_ref().map(|w| &w.task_id),
     );
-    let handoff = Handoff {
+    let mut handoff = Handoff {
         format_version: Handoff::FORMAT_VERSION,
         from_pc: m.pc.clone(),
         to_pc: to.clone(),
@@ -94,6 +92,19 @@ pub(crate) fn start(
         leader_epoch: None,
     };
     let id = handoff.id().ok_or(MonitorError::PendingWithoutId)?;
+    let mut conversation = None;
+    if let (Some((session, source)), Some(work)) = (carry, handoff.current_work.as_mut()) {
+        match seal_conversation(m, &to, &source, &id, now) {
+            Ok(sha256) => {
+                work.session = Some(session);
+                work.conversation_sha256 = Some(sha256);
+                conversation = Some(m.tree.outbox_file(&id));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the conversation stays on this PC; the next PC starts a new one from the handoff")
+            }
+        }
+    }
     let signal = WakeSignal {
         format_version: WakeSignal::FORMAT_VERSION,
         id: SignalId::generate(m.pc, now, WakeTask::CreditHandoff.as_str()),
@@ -197,19 +208,41 @@ fn conversation_to_carry(
     Some((session, path))
 }
 
-/// Copies the transcript into the tree before the handoff file, so the next PC finds both.
-fn carry_conversation(m: &Station<'_>, source: &std::path::Path, id: &trinity_core::HandoffId) {
-    let target = m.tree.conversation_file(id);
-    match std::fs::read(source) {
+/// Encrypts the transcript to `to` (its recipient, signed with a key this PC trusts) into
+/// `local/credit/outbox/{id}.age`; returns the ciphertext's SHA-256 for the signed handoff.
+/// Nothing is carried in the clear: a receiver without a believed recipient gets none.
+fn seal_conversation(
+    m: &Station<'_>,
+    to: &PcId,
+    source: &std::path::Path,
+    id: &trinity_core::HandoffId,
+    now: DateTime<Utc>,
+) -> Result<String, trinity_core::seal::SealError> {
+    let keyring = Keyring::open_or_closed(m.tree, m.config.security.require_signatures, now);
+    let recipient = trinity_core::seal::recipient_of(m.tree, &keyring, to)?;
+    let limit = usize::try_from(m.config.work.conversation_max_bytes).unwrap_or(usize::MAX);
+    let plaintext = fsio::read_bounded(source, limit)?;
+    let sealed = trinity_core::seal::encrypt(&recipient, &plaintext)?;
+    fsio::write_atomic(&m.tree.outbox_file(id), &sealed)?;
+    Ok(trinity_core::seal::sha256_hex(&sealed))
+}
+
+/// Copies the encrypted transcript into the tree before the handoff file, so the next PC
+/// finds both.
+fn carry_conversation(m: &Station<'_>, sealed: &std::path::Path, id: &trinity_core::HandoffId) {
+    let target = m.tree.sealed_conversation_file(id);
+    match std::fs::read(sealed) {
         Ok(bytes) => match fsio::write_new(&target, &bytes) {
             Ok(()) => {
-                tracing::info!(bytes = bytes.len(), file = %target.display(), "the conversation goes with the handoff")
+                tracing::info!(bytes = bytes.len(), file = %target.display(), "the conversation goes with the handoff, encrypted to its receiver");
+                let _ = std::fs::remove_file(sealed);
             }
             Err(e) if e.is_already_exists() => {}
             Err(e) => tracing::warn!(error = %e, "cannot carry the conversation"),
         },
+        Err(_) if target.is_file() => {}
         Err(e) => {
-            tracing::warn!(error = %e, source = %source.display(), "cannot read the conversation")
+            tracing::warn!(error = %e, source = %sealed.display(), "cannot read the conversation")
         }
     }
 }

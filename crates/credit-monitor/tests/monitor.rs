@@ -168,6 +168,7 @@ fn seed_work(env: &Env) {
             next_subtask: Some("lesson 3".to_owned()),
             code: None,
             session: None,
+            conversation_sha256: None,
         }),
         claimed_tasks: vec![TaskId::new("chunk2-courses").expect("valid")],
         handoff: None,

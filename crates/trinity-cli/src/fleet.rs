@@ -269,6 +269,11 @@ fn rotate(config: &Config, tree: &Tree, pc: &PcId) -> anyhow::Result<ExitCode> {
     pin(tree, &new, PinSource::Own)?;
     new.save(tree)?;
     write_revocation(tree, pc, old.public(), pc, "rotated")?;
+    // Signed again, with the new key: the old one's signatures are refused from now on.
+    let recipient = tree.recipient_file(pc);
+    if let Ok(doc) = fsio::load::<trinity_core::schema::RecipientRecord>(&recipient) {
+        fsio::save(&recipient, &doc)?;
+    }
     println!(
         "{pc}'s new key: {} (was {}); the old key is retired",
         new.public(),
@@ -310,6 +315,8 @@ pub(crate) fn enrol(tree: &Tree, pc: &PcId, given: &[String]) -> anyhow::Result<
         }
     };
     pin(tree, &key, PinSource::Own)?;
+    // The key conversations carried to this PC are encrypted to, signed with this PC's key.
+    trinity_core::seal::publish(tree, pc, Utc::now())?;
     out.push(format!(
         "signing:    this PC's key {} ({})",
         key.public(),

@@ -430,11 +430,13 @@ fn create_branch(state_dir: &Path, branch: &str, fleet: &Fleet, pc: &PcId) -> an
     // The founding key, published with the fleet: the PCs that join pin it.
     crate::fleet::enrol(&tree, pc, &[])?;
     let keys = tree.relative(&tree.keys_dir())?;
+    let recipients = tree.relative(&tree.recipients_dir())?;
     git.run([
         "add",
         trinity_core::layout::FLEET_FILE,
         trinity_core::layout::GITIGNORE_FILE,
         &keys,
+        &recipients,
     ])?;
     git.run([
         "commit",

@@ -307,8 +307,8 @@ pub struct WorkConfig {
     /// remote name or URL; empty for the checked-out branch's upstream remote, else `origin`.
     pub remote: String,
     /// Whether a handoff carries the agent's Claude Code conversation (its session transcript)
-    /// through the state repository, so the next PC resumes it. Off by default: a transcript
-    /// holds whatever the agent read, secrets included.
+    /// through the state repository, so the next PC resumes it. Encrypted to the receiving PC
+    /// (the repository holds ciphertext only); never carried in the clear.
     pub carry_conversation: bool,
     /// The largest conversation carried (a bigger one stays behind), in bytes.
     pub conversation_max_bytes: u64,
@@ -318,7 +318,7 @@ impl Default for WorkConfig {
     fn default() -> Self {
         Self {
             remote: String::new(),
-            carry_conversation: false,
+            carry_conversation: true,
             conversation_max_bytes: 8 * 1024 * 1024,
         }
     }

@@ -82,8 +82,13 @@ pub enum FileKind {
     Handoff(HandoffId),
     /// `handoff/processed/{id}.json`, archived by its receiver.
     ProcessedHandoff(HandoffId),
-    /// `conversations/{handoff-id}.jsonl`: the agent's conversation carried with a handoff.
+    /// `conversations/{handoff-id}.jsonl`: the agent's conversation carried with a handoff, in
+    /// the clear (a fleet that does not sign).
     Conversation(HandoffId),
+    /// `conversations/{handoff-id}.age`: the same, encrypted to the receiver.
+    SealedConversation(HandoffId),
+    /// `recipients/{PC}.json`: the key a PC's carried conversations are encrypted to.
+    Recipient(PcId),
     /// `wake/{TO}/{id}.json`.
     Wake(PcId, SignalId),
     /// `spawn_queue/{id}.json`.
@@ -127,10 +132,13 @@ impl FileKind {
             | FileKind::Claim(_)
             | FileKind::Lease
             | FileKind::Key(_) => PathClass::CompareAndSwap,
-            FileKind::Heartbeat(pc) | FileKind::Credit(pc) | FileKind::Instance(pc) => {
-                PathClass::Owned(pc.clone())
-            }
-            FileKind::Handoff(id) | FileKind::Conversation(id) => PathClass::Immutable {
+            FileKind::Heartbeat(pc)
+            | FileKind::Credit(pc)
+            | FileKind::Instance(pc)
+            | FileKind::Recipient(pc) => PathClass::Owned(pc.clone()),
+            FileKind::Handoff(id)
+            | FileKind::Conversation(id)
+            | FileKind::SealedConversation(id) => PathClass::Immutable {
                 consumer: Consumer::Pc(id.to_pc().clone()),
             },
             FileKind::Wake(to, _) => PathClass::Immutable {
@@ -167,6 +175,8 @@ impl FileKind {
             FileKind::Instance(_) => "instance status",
             FileKind::Handoff(_) => "handoff",
             FileKind::Conversation(_) => "conversation",
+            FileKind::SealedConversation(_) => "encrypted conversation",
+            FileKind::Recipient(_) => "recipient",
             FileKind::ProcessedHandoff(_) => "processed handoff",
             FileKind::Wake(..) => "wake signal",
             FileKind::Task(_) => "task",
@@ -251,6 +261,7 @@ pub const SYNCED_DIRS: &[&str] = &[
     "reports",
     "keys",
     "revoked",
+    "recipients",
 ];
 
 /// The `.gitignore` every tree carries.
@@ -341,6 +352,35 @@ impl Tree {
     /// `conversations/{handoff-id}.jsonl`: the agent's conversation carried with a handoff.
     pub fn conversation_file(&self, id: &HandoffId) -> PathBuf {
         self.conversations_dir().join(format!("{id}.jsonl"))
+    }
+
+    /// `conversations/{handoff-id}.age`: the conversation encrypted to the receiver.
+    pub fn sealed_conversation_file(&self, id: &HandoffId) -> PathBuf {
+        self.conversations_dir().join(format!("{id}.age"))
+    }
+
+    /// `recipients/`: the keys conversations are encrypted to.
+    pub fn recipients_dir(&self) -> PathBuf {
+        self.root.join("recipients")
+    }
+
+    /// `recipients/{PC}.json`: the key `pc`'s carried conversations are encrypted to, signed
+    /// by `pc`.
+    pub fn recipient_file(&self, pc: &PcId) -> PathBuf {
+        self.recipients_dir().join(format!("{pc}.json"))
+    }
+
+    /// `local/trust/age.key`: this PC's private key for the conversations carried to it.
+    pub fn age_identity_file(&self) -> PathBuf {
+        self.trust_local_dir().join("age.key")
+    }
+
+    /// `local/credit/outbox/{handoff-id}.age`: a conversation encrypted for a handoff being
+    /// written (copied into the tree with it).
+    pub fn outbox_file(&self, id: &HandoffId) -> PathBuf {
+        self.credit_local_dir()
+            .join("outbox")
+            .join(format!("{id}.age"))
     }
 
     /// `wake/`.
@@ -732,7 +772,11 @@ impl Tree {
         match parts.as_slice() {
             ["fleet.toml"] => Ok(FileKind::Fleet),
             [".gitignore"] => Ok(FileKind::GitIgnore),
-            ["heartbeat", f] | ["credit", f] | ["instances", f] | ["keys", f] => {
+            ["heartbeat", f]
+            | ["credit", f]
+            | ["instances", f]
+            | ["keys", f]
+            | ["recipients", f] => {
                 let stem = f
                     .strip_suffix(".json")
                     .ok_or_else(|| unknown("expected {PC}.json"))?;
@@ -741,6 +785,7 @@ impl Tree {
                     "heartbeat" => FileKind::Heartbeat(pc),
                     "credit" => FileKind::Credit(pc),
                     "keys" => FileKind::Key(pc),
+                    "recipients" => FileKind::Recipient(pc),
                     _ => FileKind::Instance(pc),
                 })
             }
@@ -759,9 +804,14 @@ impl Tree {
                 ))
             }
             ["conversations", f] => {
+                if let Some(stem) = f.strip_suffix(".age") {
+                    return Ok(FileKind::SealedConversation(
+                        HandoffId::new(stem).map_err(id_err)?,
+                    ));
+                }
                 let stem = f
                     .strip_suffix(".jsonl")
-                    .ok_or_else(|| unknown("expected {handoff-id}.jsonl"))?;
+                    .ok_or_else(|| unknown("expected {handoff-id}.age or {handoff-id}.jsonl"))?;
                 Ok(FileKind::Conversation(
                     HandoffId::new(stem).map_err(id_err)?,
                 ))

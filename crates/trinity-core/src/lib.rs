@@ -26,6 +26,7 @@ pub mod program;
 pub mod queue;
 pub mod rotation;
 pub mod schema;
+pub mod seal;
 pub mod state;
 pub mod syncstate;
 pub mod trust;

@@ -219,7 +219,7 @@ impl SigningKey {
 }
 
 /// Creates `path` with `bytes`, readable by this user only, through a temporary file.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     use std::io::Write as _;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(IoError::at("create directory", dir))?;

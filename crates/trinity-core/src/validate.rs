@@ -9,8 +9,8 @@ use crate::ids::{HandoffId, PcId};
 use crate::layout::{FileKind, SYNCED_DIRS, Tree};
 use crate::schema::{
     Claim, CreditDashboard, CreditStatus, Done, Escalation, Fleet, Handoff, Heartbeat,
-    InstanceStatus, KeyRecord, Lease, MultiInstanceStatus, Revocation, Schema, Task, Timeline,
-    Verification, WakeSignal,
+    InstanceStatus, KeyRecord, Lease, MultiInstanceStatus, RecipientRecord, Revocation, Schema,
+    Task, Timeline, Verification, WakeSignal,
 };
 
 /// The largest conversation a handoff may carry (`work.conversation_max_bytes` is capped by it).
@@ -99,6 +99,22 @@ pub fn validate_file(tree: &Tree, path: &Path, fleet: Option<&Fleet>) -> Result<
                     }
                 }
             }
+            FileKind::SealedConversation(_) => {
+                let bytes = fsio::read_bounded(path, MAX_CONVERSATION_BYTES + 64 * 1024)
+                    .map_err(|e| problem(e.to_string()))?;
+                if bytes.len() > MAX_CONVERSATION_BYTES + 32 * 1024 {
+                    return Err(problem(format!(
+                        "is larger than {} MiB",
+                        MAX_CONVERSATION_BYTES / (1024 * 1024)
+                    )));
+                }
+                if !crate::seal::looks_sealed(&bytes) {
+                    return Err(problem(
+                        "is not an age file (it must start with age-encryption.org/v1)".to_owned(),
+                    ));
+                }
+            }
+            FileKind::Recipient(pc) => m("PC", pc, &load!(RecipientRecord).pc),
             FileKind::Report(_) => {
                 if path.extension().is_some_and(|e| e == "json") {
                     let bytes = fsio::read_bounded(path, MAX_TEXT_BYTES)
@@ -362,6 +378,7 @@ pub fn schema_versions() -> Vec<(&'static str, u32)> {
         v::<Escalation>(),
         v::<KeyRecord>(),
         v::<Revocation>(),
+        v::<RecipientRecord>(),
     ]
 }
 

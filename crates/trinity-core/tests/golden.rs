@@ -12,8 +12,8 @@ use trinity_core::fsio;
 use trinity_core::layout::{FileKind, Tree};
 use trinity_core::schema::{
     Claim, CreditDashboard, CreditStatus, Doc, Done, Escalation, Fleet, Handoff, Heartbeat,
-    InstanceStatus, KeyRecord, Lease, MultiInstanceStatus, Revocation, Schema, Task, Timeline,
-    Verification, WakeSignal,
+    InstanceStatus, KeyRecord, Lease, MultiInstanceStatus, RecipientRecord, Revocation, Schema,
+    Task, Timeline, Verification, WakeSignal,
 };
 use trinity_core::trust::{self, KeyStanding, Keyring, Pin, PinSource, Pins, Refusal, SigningKey};
 use trinity_core::validate::{self, validate_file};
@@ -96,8 +96,10 @@ fn valid_fixtures_round_trip_and_validate() {
             FileKind::Escalation(_) => round_trip::<Escalation>(path),
             FileKind::Key(_) => round_trip::<KeyRecord>(path),
             FileKind::Revocation(_) => round_trip::<Revocation>(path),
+            FileKind::Recipient(_) => round_trip::<RecipientRecord>(path),
             FileKind::Postmortem(_)
             | FileKind::Conversation(_)
+            | FileKind::SealedConversation(_)
             | FileKind::Report(_)
             | FileKind::DashboardHtml
             | FileKind::GitIgnore => 0,
@@ -347,4 +349,30 @@ fn the_signed_fixtures_are_believed_from_the_founding_key_and_edits_are_not() {
             "an edited {field} was believed"
         );
     }
+}
+
+/// The encrypted conversation fixture opens with PC2's fixture identity (the one
+/// `recipients/PC2.json` publishes), and with no other.
+#[test]
+fn the_encrypted_conversation_fixture_opens_only_with_its_receivers_key() {
+    let root = fixtures().join("valid");
+    let sealed = fs::read(root.join("conversations/handoff_PC1_to_PC2_20251123T163000Z.age"))
+        .expect("fixture");
+    let dir = tempfile::tempdir().expect("dir");
+    let tree = Tree::new(dir.path());
+    fs::create_dir_all(tree.trust_local_dir()).expect("dir");
+    fs::write(
+        tree.age_identity_file(),
+        "AGE-SECRET-KEY-1GQ9778VQXMMJVE8SK7J6VT8UJ4HDQAJUVSFCWCM02D8GEWQ72PVQ2Y5J33\n",
+    )
+    .expect("identity");
+    let plain = trinity_core::seal::decrypt(&tree, &sealed).expect("decrypts");
+    let line: Value = serde_json::from_slice(&plain).expect("a JSON line");
+    assert_eq!(line["message"]["content"], "say hi");
+    let published = fsio::load::<RecipientRecord>(&root.join("recipients/PC2.json")).expect("rec");
+    let id = trinity_core::seal::identity(&tree).expect("identity");
+    assert_eq!(published.value.recipient, id.to_public().to_string());
+    // Another PC's key opens nothing.
+    let other = tempfile::tempdir().expect("dir");
+    assert!(trinity_core::seal::decrypt(&Tree::new(other.path()), &sealed).is_err());
 }

@@ -90,6 +90,10 @@ fn the_conversation_is_resumed_on_the_next_pc_and_its_old_rate_limits_do_not_cou
     let h: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&handoff).expect("handoff")).expect("json");
     assert_eq!(h["current_work"]["session"], SESSION, "{h}");
+    let sha = h["current_work"]["conversation_sha256"]
+        .as_str()
+        .expect("the signed handoff names the encrypted conversation");
+    assert_eq!(sha.len(), 64, "{h}");
     world.wait("PC2's agent", || {
         world
             .launches()
@@ -119,12 +123,29 @@ fn the_conversation_is_resumed_on_the_next_pc_and_its_old_rate_limits_do_not_cou
         world
             .tree(pc)
             .conversations_dir()
-            .join(format!("{id}.jsonl"))
+            .join(format!("{id}.age"))
             .exists()
     };
     world.wait("the conversation consumed everywhere", || {
         ["PC1", "PC2", "PC3"].iter().all(|pc| !carried(pc))
     });
+    // It went through the shared repository encrypted: the remote's whole history has the
+    // file, and not one line of the conversation in the clear.
+    let history = world.git(&world.remote(), &["log", "-p", "--all", "--text"]);
+    assert!(
+        history.contains(&format!("conversations/{id}.age")),
+        "the conversation went through the repository"
+    );
+    for line in transcript.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        if let Some(uuid) = v.get("uuid").and_then(|u| u.as_str()) {
+            assert!(
+                !history.contains(uuid),
+                "the remote holds {uuid} in the clear"
+            );
+        }
+    }
+    assert!(!history.contains(&transcript.lines().next().expect("a line")[..60]));
     // PC2's credit monitor has read the placed transcript, and its rate limits (before PC2's
     // reset) did not count: PC2 stays healthy and hands nothing off.
     world.wait("PC2's credit monitor to read the session", || {

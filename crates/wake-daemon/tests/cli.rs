@@ -144,6 +144,7 @@ impl Env {
                 next_subtask: None,
                 code: None,
                 session: None,
+                conversation_sha256: None,
             }),
             credit_state: None,
             epoch,

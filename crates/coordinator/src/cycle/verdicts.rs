@@ -317,6 +317,7 @@ impl Coordinator {
             )),
             code: None,
             session: None,
+            conversation_sha256: None,
         };
         let remediation = Handoff {
             format_version: Handoff::FORMAT_VERSION,

@@ -77,9 +77,13 @@ pub struct CurrentWork {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<CodeSnapshot>,
     /// The agent's conversation (a Claude Code session id), when the handoff carries it in
-    /// `conversations/{handoff-id}.jsonl`: the next PC resumes it.
+    /// `conversations/{handoff-id}.age` (encrypted to the receiver): the next PC resumes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// The SHA-256 (hex) of `conversations/{handoff-id}.age`, so that the signed handoff vouches
+    /// for the carried conversation: a file that does not match is not placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_sha256: Option<String>,
 }
 
 impl CurrentWork {
@@ -92,6 +96,7 @@ impl CurrentWork {
             next_subtask: None,
             code: None,
             session: None,
+            conversation_sha256: None,
         }
     }
 }

@@ -39,7 +39,7 @@ pub use handoff::{Handoff, MAX_WAKE_MESSAGE_CHARS, WakeSignal, WakeTask};
 pub use pc::{CreditStatus, DaemonBeat, Heartbeat, HeartbeatStatus, InstanceStatus};
 pub use tasks::{Claim, Done, Outcome, Task};
 pub use timeline::{Phase, Span, Timeline, TimelineEvent};
-pub use trust::{KeyRecord, Revocation};
+pub use trust::{KeyRecord, RecipientRecord, Revocation};
 
 /// How a schema's files are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

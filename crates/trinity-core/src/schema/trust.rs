@@ -73,3 +73,39 @@ impl Schema for Revocation {
         }
     }
 }
+
+/// `recipients/{PC}.json`: the key the conversations carried to a PC are encrypted to (an age
+/// X25519 recipient), signed by that PC. Owned by the PC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecipientRecord {
+    /// Format version (missing means 1).
+    #[serde(default = "v1")]
+    pub format_version: u32,
+    /// Whose key (must match the file name).
+    pub pc: PcId,
+    /// The age recipient: `age1…`.
+    pub recipient: String,
+    /// When it was published.
+    pub published_at: DateTime<Utc>,
+}
+
+impl Schema for RecipientRecord {
+    const NAME: &'static str = "recipient";
+    const FORMAT_VERSION: u32 = 1;
+    const MAX_BYTES: usize = 4 * 1024;
+    const SIGNED: bool = true;
+
+    fn author(&self) -> Option<&PcId> {
+        Some(&self.pc)
+    }
+
+    fn check(&self) -> Vec<String> {
+        match self.recipient.parse::<age::x25519::Recipient>() {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![format!(
+                "recipient {:?} is not an age X25519 recipient: {e}",
+                self.recipient
+            )],
+        }
+    }
+}

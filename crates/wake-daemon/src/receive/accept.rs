@@ -322,28 +322,48 @@ impl Receiver {
         )
     }
 
-    /// Puts the conversation the handoff carries where Claude Code finds it for the agent's
-    /// workdir (never over a session file already there), then removes it from the tree: this
-    /// PC is its consumer.
+    /// Puts the conversation carried with the handoff where Claude Code looks for the session
+    /// (never over a file already there) and removes it from the tree. An encrypted one
+    /// (`conversations/{id}.age`) is placed only when it is the file the signed handoff names
+    /// and decrypts with this PC's key; one in the clear only where this PC does not check
+    /// signatures (nothing vouches for it otherwise).
     pub(super) fn place_conversation(&self, h: &Handoff, id: &HandoffId) {
-        let carried = self.tree.conversation_file(id);
-        if !carried.is_file() {
+        let sealed = self.tree.sealed_conversation_file(id);
+        let clear = self.tree.conversation_file(id);
+        let limit = trinity_core::validate::MAX_CONVERSATION_BYTES + 64 * 1024;
+        let work = h.current_work.as_ref();
+        let bytes: Option<Result<Vec<u8>, String>> = if sealed.is_file() {
+            Some(match work.and_then(|w| w.conversation_sha256.as_deref()) {
+                Some(sha) => trinity_core::seal::open_file(&self.tree, &sealed, sha, limit)
+                    .map_err(|e| e.to_string()),
+                None => Err("the handoff names no conversation".to_owned()),
+            })
+        } else if clear.is_file() {
+            Some(match self.keyring() {
+                Ok(k) if !k.enabled() => {
+                    fsio::read_bounded(&clear, limit).map_err(|e| e.to_string())
+                }
+                _ => Err(
+                    "a conversation in the clear is not placed where files are signed".to_owned(),
+                ),
+            })
+        } else {
+            None
+        };
+        let Some(bytes) = bytes else {
             return;
-        }
-        let session = h.current_work.as_ref().and_then(|w| w.session.as_deref());
+        };
+        let session = work.and_then(|w| w.session.as_deref());
         if let Some(dest) = session.and_then(|s| self.session_file(s)) {
             if dest.exists() {
                 tracing::info!(file = %dest.display(), "the conversation is already here");
             } else {
-                let placed =
-                    fsio::read_bounded(&carried, trinity_core::validate::MAX_CONVERSATION_BYTES)
-                        .map_err(|e| e.to_string())
-                        .and_then(|bytes| {
-                            if let Some(dir) = dest.parent() {
-                                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-                            }
-                            fsio::write_atomic(&dest, &bytes).map_err(|e| e.to_string())
-                        });
+                let placed = bytes.and_then(|bytes| {
+                    if let Some(dir) = dest.parent() {
+                        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+                    }
+                    fsio::write_atomic(&dest, &bytes).map_err(|e| e.to_string())
+                });
                 match placed {
                     Ok(()) => {
                         tracing::info!(file = %dest.display(), "placed the conversation handed over")
@@ -354,10 +374,12 @@ impl Receiver {
                 }
             }
         }
-        if let Err(e) = std::fs::remove_file(&carried)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(error = %e, file = %carried.display(), "cannot remove the carried conversation");
+        for carried in [sealed, clear] {
+            if let Err(e) = std::fs::remove_file(&carried)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(error = %e, file = %carried.display(), "cannot remove the carried conversation");
+            }
         }
     }
 
