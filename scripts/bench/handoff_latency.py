@@ -19,6 +19,7 @@ last). Then each daemon's memory and CPU over the second.
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from netbed import NetBed
+import fleetkeys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ap = argparse.ArgumentParser()
@@ -71,6 +72,9 @@ for i, pc in enumerate(PCS):
     with open(os.path.join(d, pc, "trinity.toml"), "a") as f:
         f.write(f'[credit]\nclaude_projects_dir = ""\npause = "1s"\n'
                 f'[agent]\ncommand = ["/bin/sh", "{agent}"]\nnew_console = false\n')
+fleetkeys.approve(PCS, lambda pc, argv: subprocess.run(
+    [os.path.join(REL, argv[0]), *argv[1:]], cwd=os.path.join(d, pc), env=env_for(pc),
+    check=True, capture_output=True, text=True).stdout)
 
 procs = []
 for pc in PCS:

@@ -13,6 +13,7 @@ link returns; the time until all ten are in PC2's tree is taken.
 import argparse, os, shutil, subprocess, sys, tempfile, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from netbed import NetBed
+import fleetkeys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ap = argparse.ArgumentParser()
@@ -49,6 +50,7 @@ for i, pc in enumerate(PCS):
     if i == 0:
         args += ["--create-remote", "--fleet", ",".join(PCS), "--coordinator", PCS[-1]]
     run(pc, *args)
+fleetkeys.approve(PCS, lambda pc, argv: run(pc, *argv).stdout)
 
 procs = [subprocess.Popen([os.path.join(BIN, "git-sync")], cwd=os.path.join(d, pc), env=env_for(pc),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pc in PCS]

@@ -27,6 +27,8 @@ within 50 % or 0.2 s (the last sample of each idle phase compared).
 """
 import argparse, json, os, random, signal, statistics, subprocess, sys, tempfile, time
 from datetime import datetime, timezone
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fleetkeys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REL = os.path.join(ROOT, "target", "release")
@@ -103,6 +105,7 @@ for pc in PCS:
     with open(os.path.join(d, pc, "trinity.toml"), "a") as f:
         f.write(f'[agent]\ncommand = ["/bin/sh", "{agent}"]\nnew_console = false\n'
                 f'[credit]\nclaude_projects_dir = ""\npause = "1m"\nrate_limit_window = "2m"\n')
+fleetkeys.approve(PCS, lambda pc, argv: run([os.path.join(REL, argv[0]), *argv[1:]], pc).stdout)
 
 procs = {}
 
