@@ -219,3 +219,109 @@ fn files_pushed_by_someone_without_a_members_key_start_nothing_and_are_reported(
     );
     world.stop_all();
 }
+
+/// A fleet made before signing moves to it the documented way (docs/security.md): the mixed
+/// period first (`require_signatures = false`: a PC with keys takes unsigned files from one
+/// without), `trinity init` again on the first PC (it founds the trust) and on the others (they
+/// pin it; the first approves them), then signatures required — and from then on an unsigned
+/// signal is refused while signed handoffs go round.
+#[test]
+fn a_fleet_made_before_signing_moves_to_it_with_init_again_and_a_mixed_period() {
+    let mut world = World::new(
+        &["PC1", "PC2", "PC3"],
+        "[credit]\nclaude_projects_dir = \"\"\npause = \"1s\"\n",
+    );
+    let pcs = ["PC1", "PC2", "PC3"];
+    // Back to a fleet without keys: no PC has one, the tree publishes none.
+    for pc in pcs {
+        std::fs::remove_dir_all(world.tree(pc).trust_local_dir()).expect("local keys");
+    }
+    let pc1_tree = world.tree("PC1").root().to_owned();
+    world.git(&pc1_tree, &["rm", "-rq", "keys", "recipients"]);
+    world.git(&pc1_tree, &["commit", "-qm", "a fleet from before signing"]);
+    let sync_all = |world: &World| {
+        for pc in pcs {
+            let o = world.output("git-sync", pc, &["--once"]);
+            assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
+        }
+    };
+    sync_all(&world);
+    assert!(
+        trust::published::<KeyRecord>(&world.tree("PC3").keys_dir()).is_empty(),
+        "no keys anywhere"
+    );
+    let mixed = "[security]\nrequire_signatures = false\n";
+    for pc in pcs {
+        world.append_config(pc, mixed);
+    }
+    let init = |world: &World, pc: &str| {
+        let remote = world.remote().display().to_string();
+        let o = world.output("trinity", pc, &["init", "--pc", pc, "--remote", &remote]);
+        assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+
+    // The mixed period: PC1 has its keys (and founds the trust), PC2 and PC3 none yet.
+    let out = init(&world, "PC1");
+    assert!(out.contains("this PC founds the fleet's trust"), "{out}");
+    sync_all(&world);
+    world.start_all();
+    // PC3 (no key: writes unsigned) hands off to PC1 (a key, unsigned accepted for now).
+    world.force_handoff("PC3");
+    world.wait("PC1's agent, from PC3's unsigned handoff", || {
+        world.launches_on("PC1") == 1
+    });
+
+    // The others move: init again pins PC1's founding key; PC1 approves them.
+    for pc in ["PC2", "PC3"] {
+        let out = init(&world, pc);
+        assert!(
+            out.contains("trusting the fleet's founding key, PC1's"),
+            "{pc}: {out}"
+        );
+        let key = world.public_key(pc);
+        let o = world.output("trinity", "PC1", &["fleet", "approve", pc, "--key", &key]);
+        assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
+    }
+    world.wait("every PC to trust every PC", || {
+        pcs.iter().all(|seer| {
+            let ring = trust::Keyring::open(&world.tree(seer), true, chrono::Utc::now());
+            ring.is_ok_and(|r| {
+                pcs.iter()
+                    .all(|of| r.trusted_key_of(&PcId::new(*of).expect("pc")).is_some())
+            })
+        })
+    });
+
+    // Signatures required from now on (the daemons restarted with the setting gone).
+    world.stop_all();
+    for pc in pcs {
+        let path = world.root().join(pc).join("trinity.toml");
+        let text = std::fs::read_to_string(&path).expect("config");
+        std::fs::write(&path, text.replace(mixed, "")).expect("config");
+    }
+    world.start_all();
+    // A signed handoff goes through: PC1 hands the work to PC2.
+    world.force_handoff("PC1");
+    world.wait("PC2's agent, from PC1's signed handoff", || {
+        world.launches_on("PC2") == 1
+    });
+    // An unsigned signal is refused now.
+    let tree = world.tree("PC3");
+    let stamp = chrono::Utc::now();
+    let id = format!("{}-PC2-reactivation", stamp.format("%Y%m%dT%H%M%SZ"));
+    write_json(
+        &tree.root().join(format!("wake/PC3/{id}.json")),
+        &json!({
+            "format_version": 1, "id": id, "from_pc": "PC2", "to_pc": "PC3",
+            "timestamp": stamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "task": "reactivation", "message": "unsigned",
+        }),
+    );
+    world.wait("PC3 to refuse the unsigned signal", || {
+        trust::set_aside(&world.tree("PC3")).iter().any(|s| {
+            s.original == format!("wake/PC3/{id}.json") && s.reason.contains("is not signed")
+        })
+    });
+    world.stop_all();
+}
