@@ -2,7 +2,7 @@
 """A loopback stand-in for the Anthropic Messages API, to see what the real Claude Code CLI
 writes when the provider refuses it.
 
-Usage: stub_api.py PORT MODE LOGFILE
+Usage: stub_api.py PORT MODE LOGFILE [BODYLOG]
 
 Every POST /v1/messages is answered as MODE says, and logged (one line a request) to LOGFILE:
   429          rate_limit_error, with retry-after
@@ -12,12 +12,15 @@ Every POST /v1/messages is answered as MODE says, and logged (one line a request
   500          api_error
   success      a streamed answer "hi" with usage (12 input, 5 output tokens)
   hang         no answer at all (the CLI is then killed mid-request, to record a resumed session)
+With BODYLOG, each request's body is appended to it too (one JSON a line), to see what the CLI
+sent (scripts/claude/encrypted-resume-check.sh reads the resumed conversation there).
 Used by scripts/record-claude-fixtures.sh.
 """
 import json, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PORT, MODE, LOG = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+BODYLOG = sys.argv[4] if len(sys.argv) > 4 else None
 RESET = int(time.time()) + 3600
 
 def log(line):
@@ -39,6 +42,9 @@ class H(BaseHTTPRequestHandler):
         n = int(self.headers.get("content-length", 0))
         body = self.rfile.read(n)
         log(f"{self.path} {MODE}")
+        if BODYLOG:
+            with open(BODYLOG, "ab") as f:
+                f.write(body.replace(b"\n", b" ") + b"\n")
         if not self.path.startswith("/v1/messages") or self.path.startswith("/v1/messages/count_tokens"):
             self.send_response(200); self.send_header("content-type", "application/json"); self.end_headers()
             self.wfile.write(json.dumps({"input_tokens": 10}).encode())
