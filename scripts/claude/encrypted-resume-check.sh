@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 REL=$PWD/target/release
 W=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W" 2>/dev/null || { sleep 2; rm -rf "$W"; }' EXIT
 CLI=${CLAUDE_BIN:-$(ls -d /tmp/cc/*/node_modules/@anthropic-ai/claude-code-linux-x64/claude 2>/dev/null | sort -V | tail -1)}
 if [ -z "$CLI" ]; then
   npm install --prefix "$W/npm" --no-audit --no-fund --ignore-scripts --silent \
