@@ -126,7 +126,21 @@ fn files_pushed_by_someone_without_a_members_key_start_nothing_and_are_reported(
     write_json(&tree.root().join("spawn_queue/forged-2.json"), &signed);
     world.git(&attacker, &["add", "-A"]);
     world.git(&attacker, &["commit", "-q", "-m", "work"]);
-    world.git(&attacker, &["push", "-q", "origin", "trinity"]);
+    // The fleet pushes all the while: rebase onto what it pushed and try again, as anyone would.
+    let pushed = (0..20).any(|_| {
+        let mut c = std::process::Command::new("git");
+        trinity_testkit::hermetic(&mut c, &world.root().join("home"));
+        let ok = c
+            .current_dir(&attacker)
+            .args(["push", "-q", "origin", "trinity"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            world.git(&attacker, &["pull", "-q", "--rebase", "origin", "trinity"]);
+        }
+        ok
+    });
+    assert!(pushed, "the attacker's push");
 
     // PC2's wake-daemon refuses the signal and the handoff and sets them aside, naming why.
     world.wait("PC2 to set the forged signal and handoff aside", || {
@@ -324,4 +338,85 @@ fn a_fleet_made_before_signing_moves_to_it_with_init_again_and_a_mixed_period() 
         })
     });
     world.stop_all();
+}
+
+/// `trinity fleet rotate` and `revoke` as the operator runs them: PC2 rotates its key (every PC
+/// follows: the old key vouched for the new one and retired); PC1 revokes PC2 (a lost laptop:
+/// every key PC2 had is refused everywhere, and `trinity fleet keys` says so); PC2's files are
+/// refused from then on.
+#[test]
+fn a_rotated_key_is_followed_and_a_revoked_pc_is_shut_out_everywhere() {
+    let world = World::new(&["PC1", "PC2", "PC3"], "");
+    let pcs = ["PC1", "PC2", "PC3"];
+    let sync_all = |world: &World| {
+        for pc in pcs.iter().chain(pcs.iter()) {
+            let o = world.output("git-sync", pc, &["--once"]);
+            assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
+        }
+    };
+    let believed = |seer: &str, of: &str| {
+        trust::Keyring::open(&world.tree(seer), true, chrono::Utc::now())
+            .expect("keyring")
+            .trusted_key_of(&PcId::new(of).expect("pc"))
+    };
+    let old = SigningKey::load(&world.tree("PC2"))
+        .expect("load")
+        .expect("key")
+        .public();
+    assert_eq!(believed("PC3", "PC2"), Some(old));
+
+    let o = world.output("trinity", "PC2", &["fleet", "rotate"]);
+    assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
+    let new = SigningKey::load(&world.tree("PC2"))
+        .expect("load")
+        .expect("key")
+        .public();
+    assert_ne!(new, old);
+    sync_all(&world);
+    for seer in ["PC1", "PC3"] {
+        assert_eq!(
+            believed(seer, "PC2"),
+            Some(new),
+            "{seer} follows the rotation"
+        );
+        let ring = trust::Keyring::open(&world.tree(seer), true, chrono::Utc::now()).expect("k");
+        let mut v = json!({"any": "thing"});
+        // The old key is retired: what it signs now is refused.
+        SigningKey::from_seed(PcId::new("PC2").expect("pc"), [0; 32]).sign("task", "x", &mut v);
+        assert!(ring.check("task", "x", &v, None).is_err());
+    }
+    // The encryption key was signed again with the new key: still believed.
+    let ring = trust::Keyring::open(&world.tree("PC1"), true, chrono::Utc::now()).expect("k");
+    assert!(
+        trinity_core::seal::recipient_of(&world.tree("PC1"), &ring, &PcId::new("PC2").expect("pc"))
+            .is_ok()
+    );
+
+    // PC2's laptop is lost.
+    let o = world.output(
+        "trinity",
+        "PC1",
+        &["fleet", "revoke", "PC2", "--reason", "lost"],
+    );
+    assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
+    sync_all(&world);
+    for seer in ["PC1", "PC3"] {
+        assert_eq!(believed(seer, "PC2"), None, "{seer} still believes PC2");
+    }
+    let out = world.output("trinity", "PC3", &["fleet", "keys"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("REVOKED by PC1").count(), 2, "{text}");
+    // A task PC2 signs now is left out of PC3's queue.
+    let o = world.output(
+        "trinity",
+        "PC2",
+        &["task", "add", "from-pc2", "-d", "anything"],
+    );
+    assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
+    sync_all(&world);
+    let out = world.output("trinity", "PC3", &["task", "list"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("from-pc2"),
+        "a revoked PC's task is listed"
+    );
 }
