@@ -379,3 +379,59 @@ fn a_lease_deposes_a_leader_only_when_its_holder_signed_it() {
     assert_eq!(accepted, 0);
     assert!(refused.iter().any(|r| r.contains("deposed")), "{refused:?}");
 }
+
+#[test]
+fn a_verdict_is_taken_only_from_a_verification_its_coordinator_signed() {
+    let f = fleet();
+    let pc3 = key("PC3", 3);
+    let (id, h) = handoff("PC1", t0());
+    let verdict = |by: Option<&SigningKey>, signal_id: &str| {
+        let v = trinity_core::schema::Verification {
+            format_version: 1,
+            handoff_id: id.clone(),
+            pc: pc("PC2"),
+            task: None,
+            coordinator: pc("PC3"),
+            epoch: 1,
+            started_at: t0(),
+            finished_at: Some(t0()),
+            phases: Vec::new(),
+            verdict: Some(trinity_core::schema::Verdict::Deny),
+            reasons: vec!["forged".into()],
+        };
+        put::<trinity_core::schema::Verification>(
+            &f.tree.verification_file(&id),
+            serde_json::to_value(v).expect("json"),
+            by,
+        );
+        let mut s = signal(signal_id, "PC3", &id);
+        s["task"] = Value::from(WakeTask::Verdict.as_str());
+        pc3.sign(WakeSignal::NAME, signal_id, &mut s);
+        f.put_signal(signal_id, s, None);
+    };
+    f.put_handoff(&id, h, Some(&f.pc1));
+    let journal = wake_daemon::journal::Journal::new(f.tree.clone());
+    let reason = |sid: &str| {
+        journal
+            .signal(&SignalId::new(sid).expect("id"))
+            .expect("journal")
+            .expect("a record")
+            .reason
+    };
+    // Unsigned: the verdict is not taken.
+    verdict(None, "v1");
+    f.pass();
+    assert!(reason("v1").contains("is not signed"), "{}", reason("v1"));
+    assert!(
+        f.tree.handoff_file(&id).is_file(),
+        "the submission is not consumed"
+    );
+    // Signed by its coordinator: taken.
+    verdict(Some(&pc3), "v2");
+    f.pass();
+    assert!(!reason("v2").contains("not trusted"), "{}", reason("v2"));
+    assert!(
+        !f.tree.handoff_file(&id).exists(),
+        "the submission is consumed"
+    );
+}
