@@ -235,6 +235,17 @@ pub fn is_synced(rel: &str) -> bool {
     !(rel.is_empty() || UNSYNCED_DIRS.contains(&first) || temp)
 }
 
+/// A daemon's log file in the directory of logs `dir`: `{daemon}.log` (`n` = 0, the current
+/// one) or `{daemon}.{n}.log` (the `n`-th older one). The one naming rule for logs, used by
+/// [`Tree::log_file`] and the rolling writer.
+pub fn log_file_in(dir: &Path, daemon: &DaemonName, n: u32) -> PathBuf {
+    if n == 0 {
+        dir.join(format!("{daemon}.log"))
+    } else {
+        dir.join(format!("{daemon}.{n}.log"))
+    }
+}
+
 /// The fleet's file at the tree's root: `fleet.toml`.
 pub const FLEET_FILE: &str = "fleet.toml";
 
@@ -723,7 +734,7 @@ impl Tree {
 
     /// `logs/{daemon}.log`: the daemon's current log file.
     pub fn log_file(&self, daemon: &DaemonName) -> PathBuf {
-        self.logs_dir().join(format!("{daemon}.log"))
+        log_file_in(&self.logs_dir(), daemon, 0)
     }
 
     /// The path relative to the root with `/` separators, for messages, commits and

@@ -25,7 +25,7 @@ pub const LOG_ENV: &str = "TRINITY_LOG";
 #[derive(Debug)]
 pub struct RollingFile {
     dir: PathBuf,
-    name: String,
+    name: DaemonName,
     max_bytes: u64,
     max_files: u32,
     file: Option<File>,
@@ -37,7 +37,7 @@ impl RollingFile {
     pub fn new(dir: impl Into<PathBuf>, name: &DaemonName, max_bytes: u64, max_files: u32) -> Self {
         Self {
             dir: dir.into(),
-            name: name.to_string(),
+            name: name.clone(),
             max_bytes: max_bytes.max(1),
             max_files: max_files.max(1),
             file: None,
@@ -47,12 +47,12 @@ impl RollingFile {
 
     /// The current file: `<dir>/<name>.log`.
     pub fn current_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.log", self.name))
+        crate::layout::log_file_in(&self.dir, &self.name, 0)
     }
 
     /// The `n`-th older file: `<dir>/<name>.<n>.log`.
     pub fn archive_path(&self, n: u32) -> PathBuf {
-        self.dir.join(format!("{}.{n}.log", self.name))
+        crate::layout::log_file_in(&self.dir, &self.name, n.max(1))
     }
 
     fn open(&mut self) -> io::Result<&mut File> {
