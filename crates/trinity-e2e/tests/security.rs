@@ -23,6 +23,15 @@ fn write_json(path: &Path, value: &Value) {
     std::fs::write(path, text).expect("write");
 }
 
+/// `git-sync --once` on every PC, twice round: what any PC wrote is then in every tree.
+fn sync_all(world: &World) {
+    let pcs = world.pcs();
+    for pc in pcs.iter().chain(pcs.iter()) {
+        let o = world.output("git-sync", pc, &["--once"]);
+        assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
+    }
+}
+
 #[test]
 fn files_pushed_by_someone_without_a_members_key_start_nothing_and_are_reported() {
     let mut world = World::new(
@@ -253,12 +262,6 @@ fn a_fleet_made_before_signing_moves_to_it_with_init_again_and_a_mixed_period() 
     let pc1_tree = world.tree("PC1").root().to_owned();
     world.git(&pc1_tree, &["rm", "-rq", "keys", "recipients"]);
     world.git(&pc1_tree, &["commit", "-qm", "a fleet from before signing"]);
-    let sync_all = |world: &World| {
-        for pc in pcs {
-            let o = world.output("git-sync", pc, &["--once"]);
-            assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
-        }
-    };
     sync_all(&world);
     assert!(
         trust::published::<KeyRecord>(&world.tree("PC3").keys_dir()).is_empty(),
@@ -347,13 +350,6 @@ fn a_fleet_made_before_signing_moves_to_it_with_init_again_and_a_mixed_period() 
 #[test]
 fn a_rotated_key_is_followed_and_a_revoked_pc_is_shut_out_everywhere() {
     let world = World::new(&["PC1", "PC2", "PC3"], "");
-    let pcs = ["PC1", "PC2", "PC3"];
-    let sync_all = |world: &World| {
-        for pc in pcs.iter().chain(pcs.iter()) {
-            let o = world.output("git-sync", pc, &["--once"]);
-            assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
-        }
-    };
     let believed = |seer: &str, of: &str| {
         trust::Keyring::open(&world.tree(seer), true, chrono::Utc::now())
             .expect("keyring")
