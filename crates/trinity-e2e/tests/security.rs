@@ -16,11 +16,16 @@ use trinity_core::trust::{self, SigningKey};
 use trinity_core::{PcId, TaskId};
 use trinity_e2e::World;
 
+/// Writes a JSON file in one step (a temporary file renamed into place), so that a daemon
+/// watching the directory never reads half of it.
 fn write_json(path: &Path, value: &Value) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
     let mut text = serde_json::to_string_pretty(value).expect("json");
     text.push('\n');
-    std::fs::write(path, text).expect("write");
+    let name = path.file_name().expect("name").to_string_lossy();
+    let temp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&temp, text).expect("write");
+    std::fs::rename(&temp, path).expect("rename");
 }
 
 /// `git-sync --once` on every PC, twice round: what any PC wrote is then in every tree.
