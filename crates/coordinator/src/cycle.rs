@@ -95,6 +95,8 @@ pub struct Coordinator {
     reports_at: Option<DateTime<Utc>>,
     timeline: Option<trinity_core::schema::Timeline>,
     unreadable: BTreeSet<HandoffId>,
+    /// Queue files left out for their signature, each said once in the log.
+    pub(crate) refused: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -166,6 +168,7 @@ impl Coordinator {
             reports_at: None,
             timeline: None,
             unreadable: BTreeSet::new(),
+            refused: BTreeSet::new(),
         }
     }
 

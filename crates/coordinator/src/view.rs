@@ -115,6 +115,11 @@ impl Coordinator {
             .filter(|id| id.created_at() >= horizon)
             .collect();
         view.queue = self.queue.read(&self.tree, &keyring);
+        for r in &view.queue.refused {
+            if self.refused.insert(r.clone()) {
+                tracing::warn!(file = %r, "left out of the queue: not signed by a member this PC trusts; nothing is done with it");
+            }
+        }
         view.verifications = read_verifications(&self.tree);
         view
     }

@@ -102,6 +102,9 @@ fn instance(tree: &Tree, pc: &PcId) -> Option<InstanceStatus> {
 
 fn next(config: &Config, tree: &Tree, pc: &PcId, json: bool) -> anyhow::Result<ExitCode> {
     let view = QueueView::read(tree, &crate::keyring(config, tree)?);
+    for r in &view.refused {
+        eprintln!("left out (not signed by a member this PC trusts; docs/security.md): {r}");
+    }
     // Already working on something: say so again (the agent may ask twice).
     if let Some(work) = instance(tree, pc).and_then(|i| i.current_work)
         && let Some(task) = view.tasks.get(&work.task_id)
