@@ -184,7 +184,8 @@ impl SigningKey {
     }
 
     /// Writes the key to `local/trust/signing.key`, readable and writable by this user only
-    /// (created so, never widened afterwards); replaces an older key atomically.
+    /// (created 0600 on Unix; on Windows its access list made the user's alone); replaces an
+    /// older key atomically.
     pub fn save(&self, tree: &Tree) -> Result<(), TrustError> {
         let path = tree.signing_key_file();
         let file = serde_json::json!({
@@ -236,7 +237,33 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
         let _ = std::fs::remove_file(&temp);
         return Err(IoError::new("write", &temp, e));
     }
-    std::fs::rename(&temp, path).map_err(IoError::at("rename into place", path))
+    std::fs::rename(&temp, path).map_err(IoError::at("rename into place", path))?;
+    #[cfg(windows)]
+    restrict_to_user(path);
+    Ok(())
+}
+
+/// Windows: the file's access list becomes its user's alone (`icacls /inheritance:r
+/// /grant:r USER:F`), instead of the state directory's inherited one. Where that fails (no
+/// `icacls`, as under wine), the inherited list stays and the log says so.
+#[cfg(windows)]
+fn restrict_to_user(path: &Path) {
+    let Some(user) = std::env::var_os("USERNAME") else {
+        tracing::warn!(file = %path.display(), "USERNAME is not set: the key file keeps its directory's access list");
+        return;
+    };
+    let mut grant = user;
+    grant.push(":F");
+    let done = std::process::Command::new("icacls")
+        .arg(path)
+        .args(["/inheritance:r", "/grant:r"])
+        .arg(&grant)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !done.is_ok_and(|s| s.success()) {
+        tracing::warn!(file = %path.display(), "icacls could not make the key file its user's alone: it keeps its directory's access list");
+    }
 }
 
 /// The `signature` field of a signed document.
