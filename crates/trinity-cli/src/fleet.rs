@@ -347,6 +347,21 @@ pub(crate) fn enrol(tree: &Tree, pc: &PcId, given: &[String]) -> anyhow::Result<
     let own_published = records
         .iter()
         .any(|(_, _, r)| r.pc == *pc && r.public_key == key.public());
+    // A founding key vouches for itself (a rotated one is vouched for by its predecessor).
+    let self_signed = |raw: &serde_json::Value, r: &KeyRecord| {
+        raw.get(trust::SIGNATURE_FIELD)
+            .and_then(|s| s.get("key"))
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|k| k == r.public_key.to_string())
+    };
+    if records
+        .iter()
+        .any(|(_, raw, r)| r.pc == *pc && r.public_key == key.public() && self_signed(raw, r))
+    {
+        out.push(format!(
+            "            this PC's key founded the fleet's trust (keys/{pc}.json): approve the other PCs from here"
+        ));
+    }
     if given.is_empty() && !pins.keys.iter().any(|p| p.source == PinSource::Given) {
         // Founding keys: published keys that vouch for themselves, believed only when checked
         // against themselves.
