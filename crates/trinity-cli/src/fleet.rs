@@ -295,6 +295,23 @@ fn pin(tree: &Tree, key: &SigningKey, source: PinSource) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a published key is a founding key: one that vouches for itself, its record signed
+/// by the very key it publishes (a rotated key is signed by its predecessor instead).
+fn founding(id: &str, raw: &serde_json::Value, r: &KeyRecord) -> bool {
+    let alone = Pins {
+        keys: vec![Pin {
+            pc: r.pc.clone(),
+            key: r.public_key,
+            source: PinSource::Given,
+            pinned_at: Utc::now(),
+        }],
+    };
+    r.approved_by == r.pc
+        && Keyring::decide(&alone, &[], &[], true, true)
+            .check(KeyRecord::NAME, id, raw, Some(&r.pc))
+            .is_ok()
+}
+
 /// `trinity init`'s part: makes this PC's signing key if it has none, and decides whom it
 /// trusts — the keys given with `--trust`, or else the fleet's founding key found in the tree
 /// (said aloud, to be compared). On a fleet with no keys at all, this PC founds its trust.
@@ -347,41 +364,18 @@ pub(crate) fn enrol(tree: &Tree, pc: &PcId, given: &[String]) -> anyhow::Result<
     let own_published = records
         .iter()
         .any(|(_, _, r)| r.pc == *pc && r.public_key == key.public());
-    // A founding key vouches for itself (a rotated one is vouched for by its predecessor).
-    let self_signed = |raw: &serde_json::Value, r: &KeyRecord| {
-        raw.get(trust::SIGNATURE_FIELD)
-            .and_then(|s| s.get("key"))
-            .and_then(serde_json::Value::as_str)
-            .is_some_and(|k| k == r.public_key.to_string())
-    };
     if records
         .iter()
-        .any(|(_, raw, r)| r.pc == *pc && r.public_key == key.public() && self_signed(raw, r))
+        .any(|(id, raw, r)| r.public_key == key.public() && founding(id, raw, r))
     {
         out.push(format!(
             "            this PC's key founded the fleet's trust (keys/{pc}.json): approve the other PCs from here"
         ));
     }
     if given.is_empty() && !pins.keys.iter().any(|p| p.source == PinSource::Given) {
-        // Founding keys: published keys that vouch for themselves, believed only when checked
-        // against themselves.
         let founders: Vec<&KeyRecord> = records
             .iter()
-            .filter(|(id, raw, r)| {
-                r.approved_by == r.pc && r.pc != *pc && {
-                    let alone = Pins {
-                        keys: vec![Pin {
-                            pc: r.pc.clone(),
-                            key: r.public_key,
-                            source: PinSource::Given,
-                            pinned_at: Utc::now(),
-                        }],
-                    };
-                    Keyring::decide(&alone, &[], &[], true, true)
-                        .check(KeyRecord::NAME, id, raw, Some(&r.pc))
-                        .is_ok()
-                }
-            })
+            .filter(|(id, raw, r)| r.pc != *pc && founding(id, raw, r))
             .map(|(_, _, r)| r)
             .collect();
         match founders.as_slice() {

@@ -142,7 +142,25 @@ impl Reader<'_> {
     /// [`Reader::load`] of a signed file: one whose signature is not believed is left out and
     /// listed as refused.
     fn load_signed<T: Schema>(&mut self, path: &Path) -> Option<T> {
-        match fsio::load_trusted::<T>(path, &self.keyring) {
+        let loaded = fsio::load_trusted::<T>(path, &self.keyring).map(|(doc, _)| doc);
+        self.take(path, loaded)
+    }
+
+    fn load<T: Schema>(&mut self, path: &Path) -> Option<T> {
+        let loaded = fsio::load::<T>(path);
+        self.take(path, loaded)
+    }
+
+    /// The value of a file read, or `None` with what went wrong noted: a refused signature
+    /// under `refused`, anything else but absence under `problems`.
+    fn take<T: Schema>(
+        &mut self,
+        path: &Path,
+        loaded: Result<trinity_core::schema::Doc<T>, LoadError>,
+    ) -> Option<T> {
+        match loaded {
+            Ok(doc) => Some(doc.value),
+            Err(e) if e.is_not_found() => None,
             Err(LoadError::Refused { refusal, .. }) => {
                 let rel = self
                     .tree
@@ -151,14 +169,6 @@ impl Reader<'_> {
                 self.refused.push(format!("{rel}: {refusal}"));
                 None
             }
-            _ => self.load::<T>(path),
-        }
-    }
-
-    fn load<T: Schema>(&mut self, path: &Path) -> Option<T> {
-        match fsio::load::<T>(path) {
-            Ok(doc) => Some(doc.value),
-            Err(e) if e.is_not_found() => None,
             Err(LoadError::Invalid { source, .. }) => {
                 let rel = self
                     .tree

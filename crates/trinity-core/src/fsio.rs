@@ -179,6 +179,11 @@ pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, IoError> {
 
 /// Reads and validates a file of schema `T`, keeping unknown fields for a later rewrite.
 pub fn load<T: Schema>(path: &Path) -> Result<Doc<T>, LoadError> {
+    load_with_bytes(path).map(|(_, doc)| doc)
+}
+
+/// [`load`], with the bytes the document was parsed from.
+fn load_with_bytes<T: Schema>(path: &Path) -> Result<(Vec<u8>, Doc<T>), LoadError> {
     let bytes = read_bounded(path, T::MAX_BYTES)?;
     if bytes.len() > T::MAX_BYTES {
         let size = fs::metadata(path)
@@ -193,10 +198,11 @@ pub fn load<T: Schema>(path: &Path) -> Result<Doc<T>, LoadError> {
             },
         });
     }
-    Doc::parse(&bytes).map_err(|source| LoadError::Invalid {
+    let doc = Doc::parse(&bytes).map_err(|source| LoadError::Invalid {
         path: path.to_owned(),
         source,
-    })
+    })?;
+    Ok((bytes, doc))
 }
 
 /// Reads a file of schema `T` and checks its signature with `keyring` ([`crate::trust`]):
@@ -205,11 +211,11 @@ pub fn load_trusted<T: Schema>(
     path: &Path,
     keyring: &Keyring,
 ) -> Result<(Doc<T>, Option<PcId>), LoadError> {
-    let doc = load::<T>(path)?;
+    // One read: the bytes checked are the bytes parsed.
+    let (bytes, doc) = load_with_bytes::<T>(path)?;
     if !T::SIGNED || !keyring.enabled() {
         return Ok((doc, None));
     }
-    let bytes = read_bounded(path, T::MAX_BYTES)?;
     let raw: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| LoadError::Invalid {
             path: path.to_owned(),
