@@ -4,23 +4,11 @@
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use trinity_core::daemon::{InstanceError, InstanceLock};
-use trinity_core::{DaemonId, Tree, pcfiles};
+use trinity_core::Tree;
 use trinity_runtime::Events;
 
 use crate::cycle::{Coordinator, CycleError};
 use crate::leader::Standing;
-
-/// Why the daemon stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    /// Another coordinator runs on this tree.
-    #[error(transparent)]
-    Instance(#[from] InstanceError),
-    /// The fleet is unreadable, or this PC is not in it.
-    #[error(transparent)]
-    Cycle(#[from] CycleError),
-}
 
 /// The directories whose changes start a cycle at once: the work and its handoffs, the
 /// lease, and git-sync's state (a sync that confirms a lease).
@@ -52,17 +40,13 @@ fn is_interesting(event: &notify::Event) -> bool {
 /// What wakes the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wake {
-    Beat,
     Tick,
     Changed,
 }
 
 /// Runs until `shutdown` is cancelled.
-pub async fn run(mut coord: Coordinator, shutdown: CancellationToken) -> Result<(), DaemonError> {
-    let name = DaemonId::Coordinator.name();
-    let _instance = InstanceLock::acquire(coord.tree(), &name)?;
+pub async fn run(mut coord: Coordinator, shutdown: CancellationToken) -> Result<(), CycleError> {
     coord.fleet()?;
-    let started_at = coord.now();
     let interval = coord.config_interval();
     let dirs = watched(coord.tree());
     let dirs: Vec<_> = dirs.iter().map(|d| (d.as_path(), false)).collect();
@@ -76,7 +60,6 @@ pub async fn run(mut coord: Coordinator, shutdown: CancellationToken) -> Result<
     events.every(interval, Wake::Tick);
     // Every second while a verification runs or a lease waits for the remote.
     let busy = events.every(Duration::from_secs(1), Wake::Tick);
-    events.every(pcfiles::BEAT_INTERVAL, Wake::Beat);
     tracing::info!(pc = %coord.pc(), interval = %humantime::format_duration(interval), "coordinator started");
     let mut standing: Option<Standing> = None;
     loop {
@@ -84,14 +67,6 @@ pub async fn run(mut coord: Coordinator, shutdown: CancellationToken) -> Result<
         events.enable(busy, hurry);
         match events.next(&shutdown).await {
             None => break,
-            Some(Wake::Beat) => {
-                if let Err(e) =
-                    pcfiles::beat(coord.tree(), coord.pc(), &name, started_at, coord.now())
-                {
-                    tracing::warn!(error = %e, "cannot update the heartbeat");
-                }
-                continue;
-            }
             Some(Wake::Tick) => {}
             // Let a burst of changes settle into one cycle.
             Some(Wake::Changed) => events.settle(Duration::from_millis(100)).await,

@@ -1,15 +1,13 @@
 //! The long-running credit monitor: re-evaluates on every new event and every interval, tails
-//! Claude Code's transcripts, keeps the heartbeat's daemon entry fresh and ends the pause.
+//! Claude Code's transcripts, and ends the pause in the heartbeat when it is over.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
-use trinity_core::daemon::{InstanceError, InstanceLock, OperatorAlerts};
+use trinity_core::pcfiles;
 use trinity_core::schema::{CreditLevel, HeartbeatStatus};
-use trinity_core::{DaemonId, DaemonName, pcfiles};
-use trinity_runtime::Events;
+use trinity_runtime::{Events, OperatorAlerts};
 
 use crate::monitor::{Monitor, StepReport};
 use crate::state::{Action, MonitorError};
@@ -26,17 +24,6 @@ pub struct Options {
     pub transcripts: Option<PathBuf>,
     /// The agents' output (`logs/agent.log`), read with the transcripts.
     pub agent_log: Option<PathBuf>,
-}
-
-/// Why the daemon stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    /// Another credit monitor holds the tree.
-    #[error(transparent)]
-    Instance(#[from] InstanceError),
-    /// The monitor failed in a way that retrying cannot fix.
-    #[error(transparent)]
-    Monitor(#[from] MonitorError),
 }
 
 /// What woke the loop.
@@ -68,10 +55,7 @@ pub async fn run(
     monitor: Monitor,
     options: Options,
     shutdown: CancellationToken,
-) -> Result<(), DaemonError> {
-    let name = DaemonId::CreditMonitor.name();
-    let _instance = InstanceLock::acquire(monitor.tree(), &name)?;
-    let started_at = monitor.now();
+) -> Result<(), MonitorError> {
     // Fail early on a tree without a usable fleet.
     monitor.fleet()?;
 
@@ -115,7 +99,7 @@ pub async fn run(
             Wake::Tick => {
                 let r = monitor.step();
                 if let Ok(outcome) = &r {
-                    refresh_heartbeat(&monitor, &name, started_at, outcome);
+                    end_pause(&monitor, outcome);
                 }
                 if let Err(e) = monitor.settle_outgoing() {
                     tracing::warn!(error = %e, "cannot record that the handoff is complete");
@@ -196,17 +180,12 @@ fn report(outcome: &StepReport, last_level: &mut Option<CreditLevel>) {
     }
 }
 
-/// Keeps this daemon's entry in the heartbeat fresh and ends the pause when it is over.
-fn refresh_heartbeat(
-    monitor: &Monitor,
-    name: &DaemonName,
-    started_at: DateTime<Utc>,
-    outcome: &StepReport,
-) {
+/// Ends the pause in the heartbeat when it is over, and the exhaustion when credit is back.
+fn end_pause(monitor: &Monitor, outcome: &StepReport) {
     let now = monitor.now();
     let pause_over = outcome.state.paused_until.is_none_or(|u| u <= now);
     let exhausted = outcome.evaluation.level == CreditLevel::Exhausted;
-    let result = pcfiles::beat_with(monitor.tree(), monitor.pc(), name, started_at, now, |hb| {
+    let result = pcfiles::update_heartbeat(monitor.tree(), monitor.pc(), now, |hb| {
         if hb.status == HeartbeatStatus::HandoffInitiated && pause_over {
             hb.status = HeartbeatStatus::Idle;
             hb.paused_until = None;

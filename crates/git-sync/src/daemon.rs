@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
-use trinity_core::DaemonId;
-use trinity_core::daemon::{InstanceError, InstanceLock};
 use trinity_runtime::{Events, Next};
 
 use crate::sync::{SyncError, Syncer};
@@ -32,17 +30,6 @@ pub const ACTIVE_WINDOW: Duration = Duration::from_secs(60);
 /// cannot share one), the quick rate is never quicker than this: a third of the connections,
 /// for about a second more per handoff.
 pub const UNSHARED_MIN_INTERVAL: Duration = Duration::from_secs(3);
-
-/// Why the daemon stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    /// Another git-sync holds the tree.
-    #[error(transparent)]
-    Instance(#[from] InstanceError),
-    /// The repository cannot be opened.
-    #[error(transparent)]
-    Sync(#[from] SyncError),
-}
 
 /// True when a file-system event is about a synced file: not under `.git/`, `local/` or
 /// `logs/`, and not a temporary file of an atomic write.
@@ -128,10 +115,6 @@ pub struct Outcome {
     /// The remote brought work: check it quickly for a while.
     pub work_arrived: bool,
 }
-
-/// The longest a cycle's freed memory stays with the allocator before it is handed back
-/// ([`trinity_core::daemon::release_free_memory`]; right away after maintenance).
-const RELEASE_MEMORY_EVERY: Duration = Duration::from_secs(60);
 
 /// The daemon's timing — debounce, scan cadence, the rate of remote checks, backoff and the
 /// probe during it — with no I/O: the loop feeds it events and the time, tests feed it
@@ -304,10 +287,7 @@ pub async fn run(
     root: PathBuf,
     config: trinity_core::config::SyncConfig,
     shutdown: CancellationToken,
-) -> Result<(), DaemonError> {
-    let name = DaemonId::GitSync.name();
-    let tree = trinity_core::Tree::new(&root);
-    let _instance = InstanceLock::acquire(&tree, &name)?;
+) -> Result<(), SyncError> {
     let mut events = Events::new();
     let watch_root = root.clone();
     let watching = events.watch(
@@ -336,7 +316,6 @@ pub async fn run(
         config.pull_interval
     };
     let mut schedule = Schedule::new(&config, quick, watching, Instant::now());
-    let mut released: Option<Instant> = None;
     tracing::info!(
         tree = %root.display(),
         branch = %config.branch,
@@ -386,8 +365,8 @@ pub async fn run(
             Ok(report) if report.touched_objects() => {
                 match syncer.maintain_if_due() {
                     // The old repository handle's caches and maps are gone: give their
-                    // memory back rather than keep it resident until the next burst.
-                    Ok(Some(_)) => released = None,
+                    // memory back now rather than at the shell's next release.
+                    Ok(Some(_)) => trinity_runtime::release_free_memory(),
                     Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "repository maintenance failed; trying again after the next change")
@@ -401,12 +380,6 @@ pub async fn run(
             Err(e) => {
                 tracing::error!(error = %e, retry_in = %humantime::format_duration(wait), "sync cycle failed; local commits wait")
             }
-        }
-        // What a cycle freed goes back to the system within a minute, so an idle daemon holds
-        // what it uses, not what its busiest minute left behind.
-        if released.is_none_or(|at| at.elapsed() >= RELEASE_MEMORY_EVERY) {
-            trinity_core::daemon::release_free_memory();
-            released = Some(Instant::now());
         }
     }
     drop(events);
@@ -471,7 +444,14 @@ mod tests {
         b.succeed();
         assert_eq!(b.fail(&SyncError::Auth("no".into())), max);
         b.succeed();
-        assert_eq!(b.fail(&SyncError::Push("hook".into())), Duration::ZERO);
+        assert_eq!(
+            b.fail(&SyncError::Push(trinity_core::gitcmd::GitError::Failed {
+                args: "push".into(),
+                status: "exit status: 1".into(),
+                stderr: "hook".into(),
+            })),
+            Duration::ZERO
+        );
     }
 
     #[test]

@@ -51,6 +51,7 @@ impl Program for GitSync {
     const ID: DaemonId = DaemonId::GitSync;
     type Cli = Cli;
     type Status = SyncState;
+    const BEATS: bool = false;
 
     fn flags(cli: &Cli) -> &Flags {
         &cli.flags

@@ -57,9 +57,9 @@ pub enum SyncError {
     /// The remote refused our credentials (reported, retried only slowly).
     #[error("the remote refused authentication: {0}")]
     Auth(String),
-    /// The push was refused for a reason other than a lost race.
+    /// The push was refused for a reason other than a lost race (git's error as it ran).
     #[error("push refused: {0}")]
-    Push(String),
+    Push(#[source] trinity_core::gitcmd::GitError),
 }
 
 /// What one cycle did.
@@ -100,18 +100,20 @@ pub struct Maintenance {
 }
 
 impl SyncError {
-    /// What a failed push means: `None` for a lost race (fetch, merge and try again), else the
-    /// error — the network, credentials, or a refusal.
-    pub(crate) fn from_push(e: &trinity_core::gitcmd::GitError) -> Option<Self> {
+    /// What a failed push means: git's error back for a lost race (fetch, merge and try
+    /// again), else the failure — the network, credentials, or a refusal.
+    pub(crate) fn lost_race(
+        e: trinity_core::gitcmd::GitError,
+    ) -> Result<trinity_core::gitcmd::GitError, Self> {
         if e.timed_out() {
-            return Some(SyncError::Network(e.to_string()));
+            return Err(SyncError::Network(e.to_string()));
         }
         let stderr = e.stderr().to_owned();
         match classify_failure(&format!("{stderr} {e}")) {
-            Failure::Race => None,
-            Failure::Auth => Some(SyncError::Auth(stderr)),
-            Failure::Network => Some(SyncError::Network(stderr)),
-            Failure::Other => Some(SyncError::Push(stderr)),
+            Failure::Race => Ok(e),
+            Failure::Auth => Err(SyncError::Auth(stderr)),
+            Failure::Network => Err(SyncError::Network(stderr)),
+            Failure::Other => Err(SyncError::Push(e)),
         }
     }
 }

@@ -19,7 +19,6 @@ use std::task::{Context, Poll};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
-use trinity_core::daemon::{ticker, watch};
 
 /// A timer of an [`Events`], to switch on and off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +177,52 @@ fn describe(dirs: &[(&Path, bool)]) -> String {
     }
 }
 
+/// Watches each of `dirs` (recursively where its flag says so) and sends `()` for every event
+/// that `wanted` accepts. The watcher stops when dropped. Where watching cannot be set up (no
+/// inotify watches left, a directory missing, …) the error comes back and the channel stays
+/// silent: the daemon's timers carry on alone (so it does, with an error, when `dirs` is empty).
+pub fn watch(
+    dirs: &[(&Path, bool)],
+    wanted: impl Fn(&notify::Event) -> bool + Send + 'static,
+) -> (
+    notify::Result<notify::RecommendedWatcher>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    use notify::Watcher;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    if dirs.is_empty() {
+        // No watcher (and no thread of its own) for nothing.
+        return (Err(notify::Error::generic("nothing to watch")), rx);
+    }
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res
+            && wanted(&event)
+        {
+            let _ = tx.send(());
+        }
+    })
+    .and_then(|mut w| {
+        for (dir, recursive) in dirs {
+            let mode = if *recursive {
+                notify::RecursiveMode::Recursive
+            } else {
+                notify::RecursiveMode::NonRecursive
+            };
+            w.watch(dir, mode)?;
+        }
+        Ok(w)
+    });
+    (watcher, rx)
+}
+
+/// A timer that ticks every `period`, at once first, and skips the ticks it missed while the
+/// daemon was busy.
+pub fn ticker(period: std::time::Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(period);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +334,42 @@ mod tests {
             events.every(Duration::from_secs(5), Wake::Tick);
             assert_eq!(events.next(&shutdown).await, Some(Wake::Tick));
             assert_eq!(events.next(&shutdown).await, Some(Wake::Tick));
+        });
+    }
+
+    #[test]
+    fn a_watch_reports_the_changes_its_filter_wants_and_nothing_without_directories() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (watcher, mut rx) = watch(&[(dir.path(), false)], |e| {
+                e.paths
+                    .iter()
+                    .any(|p| p.extension().is_some_and(|x| x == "json"))
+            });
+            let _watcher = watcher.expect("watching a directory");
+            std::fs::write(dir.path().join("ignored.txt"), "x").expect("write");
+            std::fs::write(dir.path().join("wanted.json"), "{}").expect("write");
+            // The filter sees every event; the .json file's reaches the channel.
+            let got = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await;
+            assert_eq!(got.expect("an event within 10 s"), Some(()));
+
+            let (none, mut closed) = watch(&[], |_| true);
+            assert!(none.is_err(), "nothing to watch is an error");
+            assert_eq!(closed.recv().await, None, "its channel is closed at once");
+
+            // A ticker ticks at once, then every period, skipping what it missed.
+            let mut t = ticker(std::time::Duration::from_secs(3600));
+            tokio::time::timeout(std::time::Duration::from_secs(10), t.tick())
+                .await
+                .expect("the first tick is immediate");
+            assert_eq!(
+                t.missed_tick_behavior(),
+                tokio::time::MissedTickBehavior::Skip
+            );
         });
     }
 }

@@ -17,14 +17,19 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
+use trinity_core::clock::{SharedClock, SystemClock};
 use trinity_core::daemon::{InstanceLock, Start};
-use trinity_core::{DaemonId, logging};
+use trinity_core::pcfiles::{self, BEAT_INTERVAL};
+use trinity_core::{DaemonId, DaemonName, PcId, Tree, logging};
 
 pub mod events;
+pub mod process;
 pub mod service;
 
 pub use events::{Events, Next, Timer};
+pub use process::{OperatorAlerts, release_free_memory};
 pub use service::DaemonArgs;
 
 /// The flags every daemon takes (flattened into its command line).
@@ -66,6 +71,10 @@ pub trait Program: Sized {
     type Cli: clap::Parser + Send + 'static;
     /// What `--status` shows (`--json` prints it as JSON).
     type Status: serde::Serialize;
+    /// Whether the shell keeps the daemon's entry in this PC's heartbeat ([`Chores`]). git-sync
+    /// carries the heartbeat to the fleet but writes none of it: a PC whose other daemons have
+    /// stopped must fall silent to the coordinator even while its git-sync runs.
+    const BEATS: bool = true;
 
     /// The shared flags inside the command line.
     fn flags(cli: &Self::Cli) -> &Flags;
@@ -123,18 +132,84 @@ fn run<P: Program>(
     }
     let name = P::ID.name();
     let _log = logging::init(&name, &start.config.logging, &start.tree.logs_dir())?;
-    let tree = start.tree.clone();
+    let mut chores = Chores::new(
+        start.tree.clone(),
+        start.pc.clone(),
+        name,
+        SystemClock::shared(),
+    );
+    chores.beats = P::BEATS;
     let daemon = match P::open(cli, start)? {
         Opened::Daemon(d) => d,
         Opened::Done(code) => return Ok(code),
     };
+    let _instance = InstanceLock::acquire(&chores.tree, &chores.name)?;
     if once {
-        let _instance = InstanceLock::acquire(&tree, &name)?;
         return daemon.once();
     }
-    trinity_core::daemon::run_with(service_token, |shutdown| daemon.run(shutdown))
-        .context("failed to start the async runtime")??;
+    process::run_with(service_token, |shutdown| async move {
+        tokio::select! {
+            result = daemon.run(shutdown) => result,
+            never = chores.run() => match never {},
+        }
+    })
+    .context("failed to start the async runtime")??;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often the shell hands the memory a daemon freed back to the system
+/// ([`release_free_memory`]): what a burst of work left behind is gone within this.
+pub const RELEASE_MEMORY_EVERY: Duration = Duration::from_secs(60);
+
+/// What the shell does for every daemon while its loop runs, beside it on the same thread:
+/// its entry in this PC's heartbeat (`heartbeat/{PC}.json`'s `daemons`) refreshed every
+/// [`BEAT_INTERVAL`] (where [`Program::BEATS`]) — a loop stuck in one step stops beating, which
+/// `trinity doctor` reports — and freed memory given back every [`RELEASE_MEMORY_EVERY`].
+#[derive(Debug)]
+pub struct Chores {
+    tree: Tree,
+    pc: PcId,
+    name: DaemonName,
+    clock: SharedClock,
+    started_at: DateTime<Utc>,
+    beats: bool,
+}
+
+impl Chores {
+    /// The chores of daemon `name` of `pc`, started now by `clock`.
+    pub fn new(tree: Tree, pc: PcId, name: DaemonName, clock: SharedClock) -> Self {
+        let started_at = clock.now();
+        Self {
+            tree,
+            pc,
+            name,
+            clock,
+            started_at,
+            beats: true,
+        }
+    }
+
+    /// Refreshes the daemon's entry in the heartbeat (a failure is logged: the next beat
+    /// tries again).
+    pub fn beat(&self) {
+        let now = self.clock.now();
+        if let Err(e) = pcfiles::beat(&self.tree, &self.pc, &self.name, self.started_at, now) {
+            tracing::warn!(error = %e, "cannot update the heartbeat");
+        }
+    }
+
+    /// Beats at once and then every [`BEAT_INTERVAL`], and releases memory every
+    /// [`RELEASE_MEMORY_EVERY`], for as long as it is polled.
+    async fn run(self) -> std::convert::Infallible {
+        let mut beat = events::ticker(BEAT_INTERVAL);
+        let mut release = events::ticker(RELEASE_MEMORY_EVERY);
+        loop {
+            tokio::select! {
+                _ = beat.tick(), if self.beats => self.beat(),
+                _ = release.tick() => release_free_memory(),
+            }
+        }
+    }
 }
 
 /// What a `--once` step still waits for.
@@ -206,6 +281,7 @@ pub fn settle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn settle_ends_when_nothing_is_awaited_and_gives_up_after_the_bound() {
@@ -250,5 +326,66 @@ mod tests {
         })
         .expect_err("fails");
         assert_eq!(err.to_string(), "the tree is gone");
+    }
+
+    /// A clock one second later at every look, so the looks can be counted.
+    #[derive(Debug)]
+    struct Ticking(std::sync::Mutex<DateTime<Utc>>);
+
+    impl trinity_core::Clock for Ticking {
+        fn now(&self) -> DateTime<Utc> {
+            let mut t = self.0.lock().expect("clock");
+            *t += chrono::Duration::seconds(1);
+            *t
+        }
+    }
+
+    fn chores(dir: &std::path::Path, clock: SharedClock) -> Chores {
+        let pc = PcId::new("PC1").expect("pc");
+        Chores::new(Tree::new(dir), pc, DaemonId::WakeDaemon.name(), clock)
+    }
+
+    fn beat_of(dir: &std::path::Path) -> (DateTime<Utc>, DateTime<Utc>) {
+        let tree = Tree::new(dir);
+        let hb = trinity_core::fsio::load::<trinity_core::schema::Heartbeat>(
+            &tree.heartbeat_file(&PcId::new("PC1").expect("pc")),
+        )
+        .expect("heartbeat")
+        .value;
+        let beat = &hb.daemons[&DaemonId::WakeDaemon.name()];
+        (beat.started_at, beat.updated_at)
+    }
+
+    #[test]
+    fn a_beat_records_the_daemon_by_the_injected_clock() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let t0 = "2026-12-05T10:00:00Z".parse().expect("time");
+        let clock = trinity_core::ManualClock::new(t0);
+        let chores = chores(dir.path(), Arc::new(clock.clone()));
+        clock.advance(Duration::from_secs(30));
+        chores.beat();
+        assert_eq!(
+            beat_of(dir.path()),
+            (t0, t0 + chrono::Duration::seconds(30))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_chores_beat_at_once_then_every_beat_interval() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let t0: DateTime<Utc> = "2026-12-05T10:00:00Z".parse().expect("time");
+        let clock = Arc::new(Ticking(std::sync::Mutex::new(t0)));
+        let chores = chores(dir.path(), clock);
+        // Ten beat intervals and a bit, in paused time: a beat at once and one per interval.
+        let ran = tokio::time::timeout(BEAT_INTERVAL * 10 + Duration::from_secs(1), chores.run());
+        assert!(ran.await.is_err(), "the chores run until they are dropped");
+        // The clock was read at the start and once per beat.
+        assert_eq!(
+            beat_of(dir.path()),
+            (
+                t0 + chrono::Duration::seconds(1),
+                t0 + chrono::Duration::seconds(12)
+            )
+        );
     }
 }

@@ -4,22 +4,10 @@
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use trinity_core::daemon::{InstanceError, InstanceLock, OperatorAlerts};
-use trinity_core::{DaemonId, DaemonName, pcfiles};
-use trinity_runtime::Events;
+use trinity_core::pcfiles;
+use trinity_runtime::{Events, OperatorAlerts};
 
 use crate::receive::{Receiver, WakeError};
-
-/// Why the daemon stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    /// Another wake-daemon holds the tree.
-    #[error(transparent)]
-    Instance(#[from] InstanceError),
-    /// Something retrying cannot fix (no fleet, …).
-    #[error(transparent)]
-    Wake(#[from] WakeError),
-}
 
 /// True when a file-system event may mean a new signal (anything but a temporary file of an
 /// atomic write being created).
@@ -37,16 +25,15 @@ pub async fn run(
     receiver: Receiver,
     poll_interval: Duration,
     shutdown: CancellationToken,
-) -> Result<(), DaemonError> {
-    let name = DaemonId::WakeDaemon.name();
-    let _instance = InstanceLock::acquire(receiver.tree(), &name)?;
+) -> Result<(), WakeError> {
     receiver.fleet()?;
-    let started_at = receiver.now();
     // The coordinator gives work by role: say which this PC takes.
     let roles = receiver.config.roles.clone();
-    if let Err(e) = pcfiles::update_heartbeat(receiver.tree(), receiver.pc(), started_at, |hb| {
-        hb.roles = roles;
-    }) {
+    if let Err(e) =
+        pcfiles::update_heartbeat(receiver.tree(), receiver.pc(), receiver.now(), |hb| {
+            hb.roles = roles;
+        })
+    {
         tracing::warn!(error = %e, "cannot write this PC's roles into its heartbeat");
     }
     let dir = receiver.tree().wake_dir(receiver.pc());
@@ -55,49 +42,21 @@ pub async fn run(
     let sync_dir = receiver.tree().sync_local_dir();
     let dirs = [(dir.as_path(), false), (sync_dir.as_path(), false)];
     let mut events = Events::new();
-    events.watch(&dirs, is_signal_change, Event::SignalFile, "polling only");
-    events.every(poll_interval, Event::Poll);
-    events.every(pcfiles::BEAT_INTERVAL, Event::Beat);
+    // A poll (the fallback when the watcher misses a file) and a signal file both mean a pass.
+    events.watch(&dirs, is_signal_change, (), "polling only");
+    events.every(poll_interval, ());
     tracing::info!(pc = %receiver.pc(), dir = %dir.display(), "wake-daemon started");
     let mut alerts = OperatorAlerts::default();
-    while let Some(event) = events.next(&shutdown).await {
-        handle(&receiver, event, &name, started_at, &mut alerts);
+    while events.next(&shutdown).await.is_some() {
+        pass(&receiver, &mut alerts);
     }
     tracing::info!("wake-daemon stopped");
     Ok(())
 }
 
-/// What wakes the loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// Time to refresh this daemon's entry in the heartbeat.
-    Beat,
-    /// `wake.poll_interval` passed (the fallback when the watcher misses a file).
-    Poll,
-    /// Something changed in `wake/{PC}/`.
-    SignalFile,
-}
-
-/// One event: a heartbeat refresh, or a pass over the signals and unfinished handoffs.
-pub fn handle(
-    receiver: &Receiver,
-    event: Event,
-    name: &DaemonName,
-    started_at: chrono::DateTime<chrono::Utc>,
-    alerts: &mut OperatorAlerts,
-) {
-    match event {
-        Event::Beat => {
-            let now = receiver.now();
-            if let Err(e) = pcfiles::beat(receiver.tree(), receiver.pc(), name, started_at, now) {
-                tracing::warn!(error = %e, "cannot update the heartbeat");
-            }
-        }
-        Event::Poll | Event::SignalFile => pass(receiver, alerts),
-    }
-}
-
-fn pass(receiver: &Receiver, alerts: &mut OperatorAlerts) {
+/// One pass over the signals and unfinished handoffs (on a poll or a signal file): refusals
+/// go to the debug log, problems only an operator can fix are said once.
+pub fn pass(receiver: &Receiver, alerts: &mut OperatorAlerts) {
     match receiver.process() {
         Ok(report) => {
             for (signal, reason) in &report.refused {

@@ -209,24 +209,14 @@ fn the_claims_are_written_before_the_handoff_is_archived() {
 }
 
 #[test]
-fn the_loop_handles_its_events_by_the_injected_clock() {
-    use wake_daemon::daemon::{Event, handle};
+fn a_pass_acts_by_the_injected_clock() {
+    use wake_daemon::daemon::pass;
     let s = setup();
-    let name = trinity_core::DaemonName::new("wake-daemon").expect("valid");
-    let mut alerts = trinity_core::daemon::OperatorAlerts::default();
+    let mut alerts = trinity_runtime::OperatorAlerts::default();
     s.clock.advance(Duration::from_secs(30));
-    handle(&s.receiver, Event::Beat, &name, t0(), &mut alerts);
-    let hb = fsio::load::<Heartbeat>(&s.tree.heartbeat_file(&pc("PC2")))
-        .expect("heartbeat")
-        .value;
-    let beat = &hb.daemons[&name];
-    assert_eq!(
-        (beat.started_at, beat.updated_at),
-        (t0(), t0() + chrono::Duration::seconds(30))
-    );
     // A signal file: a pass over the signals (here a handoff whose claims wait for the remote).
     let id = handoff_to_pc2(&s.tree, t0());
-    handle(&s.receiver, Event::SignalFile, &name, t0(), &mut alerts);
+    pass(&s.receiver, &mut alerts);
     let journal = Journal::new(s.tree.clone());
     let record = journal.handoff(&id).expect("read").expect("record");
     assert_eq!(

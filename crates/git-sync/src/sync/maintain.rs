@@ -140,15 +140,11 @@ impl Syncer {
                 .git()
                 .run(["push", "--porcelain", "--quiet", &lease, "origin", &spec])
         {
-            return match SyncError::from_push(&e) {
-                Some(e) => Err(e),
-                None => {
-                    tracing::info!(
-                        "the remote moved while compacting; the compaction waits for a later check"
-                    );
-                    Ok(None)
-                }
-            };
+            SyncError::lost_race(e)?;
+            tracing::info!(
+                "the remote moved while compacting; the compaction waits for a later check"
+            );
+            return Ok(None);
         }
         failpoint::hit("compact:pushed");
         self.store.set_tracking(root)?;

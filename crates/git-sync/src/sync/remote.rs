@@ -110,31 +110,29 @@ impl Syncer {
                     tracing::debug!(head = %short(head), "pushed");
                     return Ok(());
                 }
-                Err(e) => match SyncError::from_push(&e) {
-                    Some(failure) => return Err(failure),
-                    None => {
-                        report.races += 1;
-                        self.state.push_races += 1;
-                        let before = self.store.tracking()?;
-                        std::thread::sleep(jitter(report.races));
-                        self.remote_head()?;
-                        self.fetch_noting(report)?;
-                        let after = self.store.tracking()?;
-                        if after == before {
-                            stuck += 1;
-                            if stuck >= 3 {
-                                return Err(SyncError::Push(e.stderr().to_owned()));
-                            }
-                        } else {
-                            stuck = 0;
+                Err(e) => {
+                    let lost = SyncError::lost_race(e)?;
+                    report.races += 1;
+                    self.state.push_races += 1;
+                    let before = self.store.tracking()?;
+                    std::thread::sleep(jitter(report.races));
+                    self.remote_head()?;
+                    self.fetch_noting(report)?;
+                    let after = self.store.tracking()?;
+                    if after == before {
+                        stuck += 1;
+                        if stuck >= 3 {
+                            return Err(SyncError::Push(lost));
                         }
-                        tracing::info!(
-                            attempt = report.races,
-                            "lost a push race; merging and retrying"
-                        );
-                        self.merge_remote(index_free, report)?;
+                    } else {
+                        stuck = 0;
                     }
-                },
+                    tracing::info!(
+                        attempt = report.races,
+                        "lost a push race; merging and retrying"
+                    );
+                    self.merge_remote(index_free, report)?;
+                }
             }
         }
     }
