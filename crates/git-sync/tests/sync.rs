@@ -331,19 +331,16 @@ fn lcg(seed: &mut u64) -> u64 {
 
 fn recover(fleet: &Fleet, pc: &str) {
     // A lock left by the kill is stale after `stale_index_lock` (2 s here).
-    let start = Instant::now();
-    loop {
-        let o = fleet.once(pc);
-        if o.status.success() {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{pc} did not recover: {}",
-            text(&o)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let step = || match fleet.once(pc) {
+        o if o.status.success() => Ok(()),
+        o => Err(text(&o)),
+    };
+    trinity_testkit::poll(
+        &format!("{pc} to recover"),
+        Duration::from_millis(200),
+        step,
+        |t| t,
+    );
 }
 
 #[test]
@@ -570,18 +567,14 @@ fn a_reader_holding_checkouts_back_never_sees_half_a_commit() {
         .spawn()
         .expect("git-sync");
     // The branch has moved (the checkout record is written first) …
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !pc2.sync_checkout_file().exists() {
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "git-sync ended before its checkout"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "git-sync never reached the checkout"
-        );
-        std::thread::yield_now();
-    }
+    let step = || {
+        let running = child.try_wait().expect("wait").is_none();
+        assert!(running, "git-sync ended before its checkout");
+        pc2.sync_checkout_file().exists().then_some(()).ok_or(())
+    };
+    trinity_testkit::poll("git-sync's checkout", Duration::ZERO, step, |()| {
+        String::new()
+    });
     // … but while the reader holds on, the files stay as the old commit has them (without
     // the lock the claim is gone within a millisecond, the process done soon after).
     let watch_until = Instant::now() + Duration::from_millis(500);
@@ -761,17 +754,15 @@ fn one_daemon_takes_hundreds_of_fetches_without_a_failed_cycle_and_packs_stay_bo
             // PC2 changes something of its own: committed and pushed by the same daemon.
             let claim_rel = format!("claims/{id}.json");
             fleet.write("PC2", &claim_rel, &claim(&id, "PC2"));
-            fleet.git(&writer, &["pull", "-q", "--rebase"]);
-            let start = Instant::now();
-            while !writer.join(&claim_rel).exists() {
-                assert!(
-                    start.elapsed() < trinity_testkit::DEADLINE,
-                    "round {round}: PC2's claim never reached the remote\n{}",
-                    fleet.log("PC2")
-                );
-                std::thread::sleep(Duration::from_millis(10));
-                fleet.git(&writer, &["pull", "-q", "--rebase"]);
-            }
+            trinity_testkit::poll(
+                &format!("round {round}: PC2's claim on the remote"),
+                Duration::from_millis(10),
+                || {
+                    fleet.git(&writer, &["pull", "-q", "--rebase"]);
+                    writer.join(&claim_rel).exists().then_some(()).ok_or(())
+                },
+                |()| fleet.log("PC2"),
+            );
         }
         if round % 150 == 75 {
             // Another process consolidates the packs the daemon's handle knows, and the
@@ -785,16 +776,12 @@ fn one_daemon_takes_hundreds_of_fetches_without_a_failed_cycle_and_packs_stay_bo
         fleet.git(&writer, &["add", "-A"]);
         fleet.git(&writer, &["commit", "-q", "-m", &format!("task {id}")]);
         fleet.git(&writer, &["push", "-q", "origin", "trinity"]);
-        let start = Instant::now();
-        while !pc2.join(&rel).exists() {
-            assert!(
-                start.elapsed() < trinity_testkit::DEADLINE,
-                "round {round}: {rel} never arrived on PC2 ({} packs)\n{}",
-                pack_count(&pc2),
-                fleet.log("PC2")
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        trinity_testkit::poll(
+            &format!("round {round}: {rel} on PC2"),
+            Duration::from_millis(2),
+            || pc2.join(&rel).exists().then_some(()).ok_or(()),
+            |()| format!("({} packs)\n{}", pack_count(&pc2), fleet.log("PC2")),
+        );
         max_packs = max_packs.max(pack_count(&pc2));
     }
     let took = started.elapsed();

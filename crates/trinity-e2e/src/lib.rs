@@ -389,13 +389,9 @@ impl World {
     /// Polls `ok` until it holds; after the testkit's deadline, panics naming `what`, with
     /// the end of every daemon's log.
     pub fn wait(&self, what: &str, mut ok: impl FnMut() -> bool) {
-        let start = std::time::Instant::now();
-        while !ok() {
-            if start.elapsed() > trinity_testkit::DEADLINE {
-                panic!("timed out waiting for {what}\n{}", self.log_tails(40));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let every = std::time::Duration::from_millis(20);
+        let step = || ok().then_some(()).ok_or(());
+        trinity_testkit::poll(what, every, step, |()| self.log_tails(40));
     }
 
     /// The last `lines` lines of every daemon's log of every PC.

@@ -223,19 +223,15 @@ fn chaos(mut world: World, handoffs: usize, max_cut: Option<Duration>) {
         }
         out
     };
-    let settle = Instant::now();
-    loop {
-        let diff = differences();
-        if diff.is_empty() {
-            break;
-        }
-        assert!(
-            settle.elapsed() < trinity_testkit::DEADLINE,
-            "seed {seed}: the trees never converged: {diff:#?}\n{}",
-            world.log_tails(30)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    trinity_testkit::poll(
+        &format!("the trees to converge (seed {seed})"),
+        Duration::from_millis(50),
+        || match differences() {
+            diff if diff.is_empty() => Ok(()),
+            diff => Err(diff),
+        },
+        |diff| format!("{diff:#?}\n{}", world.log_tails(30)),
+    );
     world.stop_all();
 
     // Every handoff archived on the remote, none left pending.
@@ -297,8 +293,7 @@ fn chaos(mut world: World, handoffs: usize, max_cut: Option<Duration>) {
 /// `credit-monitor --force-handoff` on `pc`, retried while it cannot hand off yet (paused, or
 /// no PC free to take over); returns the handoff id and the PC it went to.
 fn force_handoff(world: &World, pc: &str, ctx: &str) -> (String, String) {
-    let start = Instant::now();
-    loop {
+    let step = || {
         let out = world
             .cmd("credit-monitor", pc)
             .arg("--force-handoff")
@@ -315,12 +310,10 @@ fn force_handoff(world: &World, pc: &str, ctx: &str) -> (String, String) {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .expect("handoff file name");
-            return (id, to.to_owned());
+            return Ok((id, to.to_owned()));
         }
-        assert!(
-            start.elapsed() < trinity_testkit::DEADLINE,
-            "{ctx}: {pc} could not hand off: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        Err(text)
+    };
+    let what = format!("{ctx}: a handoff from {pc}");
+    trinity_testkit::poll(&what, Duration::from_millis(50), step, |text| text)
 }

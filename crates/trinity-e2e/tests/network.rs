@@ -205,7 +205,8 @@ fn partitions_lose_nothing_and_the_link_s_return_is_noticed() {
                     .is_some_and(|s| s.last_error.is_some())
             })
         });
-        // The outage lasts a while longer: the backoff grows past the probe's period.
+        // The outage itself goes on for 6 s after it was noticed (a length of the scenario,
+        // not a wait for a result): nothing may cross it, and its end must be noticed.
         std::thread::sleep(Duration::from_secs(6));
         let task_file = |pc: &str, t: &str| {
             world

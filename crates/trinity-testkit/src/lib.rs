@@ -2,7 +2,8 @@
 //!
 //! * [`hermetic`] strips `TRINITY_*` and `GIT_*` from a command's environment and points git at
 //!   no global or system configuration, with a home directory of the test's own.
-//! * [`wait_for`] polls a condition until a deadline — never a blind sleep.
+//! * [`wait_for`] polls a condition until a deadline — never a blind sleep; [`poll`] is the
+//!   same loop for a step that gives a value, with its own pace and a failure's context.
 //! * [`stop`] asks a daemon to stop (SIGTERM) and waits for it with a deadline.
 //! * [`describe`] formats a finished command's status and output for assertion messages.
 //! * [`TestTree`] is a temporary directory with a state tree and one PC's `trinity.toml`:
@@ -40,10 +41,32 @@ pub fn hermetic<'c>(cmd: &'c mut Command, home: &Path) -> &'c mut Command {
 
 /// Polls `ok` every 20 ms until it holds; panics naming `what` after [`DEADLINE`].
 pub fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    poll(
+        what,
+        Duration::from_millis(20),
+        || ok().then_some(()).ok_or(()),
+        |()| String::new(),
+    );
+}
+
+/// Runs `step` every `every` until it gives a value, and returns it: the tests' one poll loop.
+/// After [`DEADLINE`] it panics with "timed out waiting for {what}" and what `why` makes of the
+/// last failed step (its output, the logs…), built only then.
+pub fn poll<T, E>(
+    what: &str,
+    every: Duration,
+    mut step: impl FnMut() -> Result<T, E>,
+    why: impl FnOnce(E) -> String,
+) -> T {
     let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+    loop {
+        match step() {
+            Ok(value) => return value,
+            Err(e) if start.elapsed() >= DEADLINE => {
+                panic!("timed out waiting for {what}\n{}", why(e))
+            }
+            Err(_) => std::thread::sleep(every),
+        }
     }
 }
 
