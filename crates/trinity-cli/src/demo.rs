@@ -214,42 +214,21 @@ impl Demo {
             "",
             "queueing work: intro (high), chapter (after intro), appendix (low)",
         );
-        self.trinity(
-            first,
-            &[
-                "task",
-                "add",
-                "intro",
-                "-d",
-                "Write the introduction",
-                "-p",
-                "high",
-            ],
-        )?;
-        self.trinity(
-            first,
-            &[
-                "task",
-                "add",
+        for [task, description, option, value] in [
+            ["intro", "Write the introduction", "-p", "high"],
+            [
                 "chapter",
-                "-d",
                 "Write the first chapter",
                 "--depends-on",
                 "intro",
             ],
-        )?;
-        self.trinity(
-            first,
-            &[
-                "task",
-                "add",
-                "appendix",
-                "-d",
-                "Write the appendix",
-                "-p",
-                "low",
-            ],
-        )?;
+            ["appendix", "Write the appendix", "-p", "low"],
+        ] {
+            self.trinity(
+                first,
+                &["task", "add", task, "-d", description, option, value],
+            )?;
+        }
         self.wait("intro and appendix assigned and started", || {
             Ok(self.agent_pc("intro").is_some() && self.agent_pc("appendix").is_some())
         })?;
@@ -635,10 +614,7 @@ impl Demo {
     }
 
     fn instance(&self, pc: &str) -> Option<InstanceStatus> {
-        let id = PcId::new(pc).ok()?;
-        fsio::load::<InstanceStatus>(&self.tree(pc).instance_file(&id))
-            .ok()
-            .map(|d| d.value)
+        self.instance_seen_by(pc, pc)
     }
 
     /// `pc`'s instance as `seen_by`'s tree has it.
