@@ -359,13 +359,12 @@ fn the_daemon_reads_transcripts_hands_off_and_stops_cleanly() {
         ),
     );
     std::fs::write(&config, text_cfg).expect("config");
-    let mut child = env
-        .cmd()
-        .args(["--interval", "200ms"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn daemon");
+    let mut child = trinity_testkit::spawn(
+        env.cmd()
+            .args(["--interval", "200ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let pc1 = PcId::new("PC1").expect("valid");
     let tree = env.tree();
     // The daemon announces itself in the heartbeat.
@@ -458,13 +457,12 @@ fn the_daemon_counts_an_older_claude_s_refusals_from_its_output_when_poked() {
     std::fs::write(&config, text_cfg).expect("config");
     let tree = env.tree();
     std::fs::create_dir_all(tree.logs_dir()).expect("logs");
-    let mut child = env
-        .cmd()
-        .args(["--interval", "1h"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn daemon");
+    let mut child = trinity_testkit::spawn(
+        env.cmd()
+            .args(["--interval", "1h"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let pc1 = PcId::new("PC1").expect("valid");
     // Started: its first (and, with an hour's interval, only) pass has read both sources'
     // ends, so what is written from now on is news.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
-use trinity_runtime::{Events, Next};
+use trinity_runtime::{Events, Next, OperatorAlerts};
 
 use crate::sync::{SyncError, Syncer};
 
@@ -316,6 +316,8 @@ pub async fn run(
         config.pull_interval
     };
     let mut schedule = Schedule::new(&config, quick, watching, Instant::now());
+    // A failure that lasts (a repository broken or removed under the daemon) is said once.
+    let mut alerts = OperatorAlerts::default();
     tracing::info!(
         tree = %root.display(),
         branch = %config.branch,
@@ -375,12 +377,15 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) if wait.is_zero() => {
-                tracing::error!(error = %e, "sync cycle failed; retrying on the next tick")
+                if alerts.note(e.to_string()) {
+                    tracing::error!(error = %e, "sync cycle failed; retrying on the next tick (said again only once it has stopped failing)")
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, retry_in = %humantime::format_duration(wait), "sync cycle failed; local commits wait")
             }
         }
+        alerts.end_pass();
     }
     drop(events);
     syncer.close_link();

@@ -157,6 +157,8 @@ pub struct Syncer {
     remote_seen: Option<ObjectId>,
     /// The branch left an old history behind (a compaction was followed): prune it.
     prune_pending: bool,
+    /// The last cycle's local repository failed even when opened afresh (said once).
+    repo_failing: bool,
     /// Calls of [`Syncer::maintain_if_due`] since the history's length was last checked.
     since_compaction_check: u32,
     /// No cycle has run yet in this process.
@@ -214,6 +216,7 @@ impl Syncer {
             link,
             remote_seen: None,
             prune_pending: false,
+            repo_failing: false,
             since_compaction_check: 0,
             fresh_start: true,
         })
@@ -258,7 +261,11 @@ impl Syncer {
         let mut report = Report::default();
         let mut result = self.attempt(scan, &mut report);
         if let Err(SyncError::Repo(e)) = &result {
-            tracing::warn!(error = %e, "the local repository failed; opening it afresh and trying again");
+            if self.repo_failing {
+                tracing::debug!(error = %e, "the local repository still fails; opening it afresh");
+            } else {
+                tracing::warn!(error = %e, "the local repository failed; opening it afresh and trying again");
+            }
             report = Report::default();
             result = match self.store.reopen() {
                 Ok(()) => {
@@ -268,6 +275,7 @@ impl Syncer {
                 Err(e) => Err(e.into()),
             };
         }
+        self.repo_failing = matches!(result, Err(SyncError::Repo(_)));
         self.link.end_cycle();
         self.state.cycles += 1;
         self.state.local_head = self.store.head()?.map(|h| h.to_string());

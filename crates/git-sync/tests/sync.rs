@@ -604,12 +604,12 @@ fn the_daemon_holds_back_heartbeat_refreshes_but_commits_a_status_change_at_once
         &["PC1"],
         "heartbeat_commit_interval = \"1h\"\npull_interval = \"100ms\"\ndebounce = \"50ms\"\n",
     );
-    let mut child = fleet
-        .sync_cmd("PC1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("daemon");
+    let mut child = trinity_testkit::spawn(
+        fleet
+            .sync_cmd("PC1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let commits = || {
         fleet
             .git(&fleet.tree("PC1"), &["rev-list", "--count", "HEAD"])
@@ -738,12 +738,12 @@ fn one_daemon_takes_hundreds_of_fetches_without_a_failed_cycle_and_packs_stay_bo
         fleet.root(),
         &["clone", "-q", "--branch", "trinity", "remote.git", "writer"],
     );
-    let mut daemon = fleet
-        .sync_cmd("PC2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("daemon");
+    let mut daemon = trinity_testkit::spawn(
+        fleet
+            .sync_cmd("PC2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let pc2 = fleet.tree("PC2");
     let mut max_packs = 0;
     let started = Instant::now();
@@ -1005,4 +1005,33 @@ fn a_compaction_killed_at_any_step_loses_nothing() {
         assert_eq!(fleet.head("PC1"), fleet.head("PC2"), "{point}");
         fleet.fsck(&remote);
     }
+}
+
+#[test]
+fn a_repository_removed_under_the_daemon_is_reported_once_not_every_tick() {
+    let fleet = Fleet::new(&["PC1"], "pull_interval = \"50ms\"\n");
+    let mut daemon = trinity_testkit::spawn(
+        fleet
+            .sync_cmd("PC1")
+            .env("TRINITY_LOG", "git_sync=debug,info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    trinity_testkit::wait_for("git-sync started", || {
+        fleet.log("PC1").contains("git-sync started")
+    });
+    std::fs::remove_dir_all(fleet.tree("PC1").join(".git")).expect("remove .git");
+    // Every tick fails (in the debug log); the error and the warning are said once.
+    let count = |what: &str| fleet.log("PC1").matches(what).count();
+    trinity_testkit::wait_for("ten failed ticks", || {
+        count("the local repository still fails") >= 10
+    });
+    assert_eq!(count("sync cycle failed"), 1, "{}", fleet.log("PC1"));
+    assert_eq!(
+        count("the local repository failed; opening it afresh"),
+        1,
+        "{}",
+        fleet.log("PC1")
+    );
+    trinity_testkit::stop(&mut daemon);
 }

@@ -447,12 +447,11 @@ fn logs_prints_the_last_lines_and_follows() {
     let msg = fails(&env.trinity(&["logs", "coordinator", "--state-dir", "tree"]));
     assert!(msg.contains("logs present: git-sync"), "{msg}");
 
-    let mut child = env
-        .cmd()
-        .args(["logs", "sync", "-f", "-n", "1", "--state-dir", "tree"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = trinity_testkit::spawn(
+        env.cmd()
+            .args(["logs", "sync", "-f", "-n", "1", "--state-dir", "tree"])
+            .stdout(Stdio::piped()),
+    );
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -110,11 +110,11 @@ fn the_linux_orchestrator_starts_restarts_one_follows_a_log_and_stops() {
     });
 
     // Follow a log: the lines are there, and it keeps running until stopped.
-    let mut follow = orchestrator(&world, &["logs", "git-sync"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("logs");
+    let mut follow = trinity_testkit::spawn(
+        orchestrator(&world, &["logs", "git-sync"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
     let mut stdout = follow.stdout.take().expect("stdout");
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];

@@ -4,7 +4,9 @@
 //!   no global or system configuration, with a home directory of the test's own.
 //! * [`wait_for`] polls a condition until a deadline — never a blind sleep; [`poll`] is the
 //!   same loop for a step that gives a value, with its own pace and a failure's context.
-//! * [`stop`] asks a daemon to stop (SIGTERM) and waits for it with a deadline.
+//! * [`stop`] asks a daemon to stop (SIGTERM) and waits for it with a deadline; [`spawn`]
+//!   starts one that is killed when its handle is dropped, so a test that fails midway leaves
+//!   no daemon running on a deleted directory.
 //! * [`describe`] formats a finished command's status and output for assertion messages.
 //! * [`TestTree`] is a temporary directory with a state tree and one PC's `trinity.toml`:
 //!   what a daemon's tests start from.
@@ -90,6 +92,38 @@ pub fn stop(child: &mut Child) -> ExitStatus {
         }
         assert!(start.elapsed() < DEADLINE, "the process did not stop");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process killed, and waited for, when dropped (a test that panics drops it too).
+/// It derefs to the [`Child`].
+#[derive(Debug)]
+pub struct Running(Child);
+
+/// Starts `cmd` as a [`Running`] child; panics when it cannot be started.
+pub fn spawn(cmd: &mut Command) -> Running {
+    Running(cmd.spawn().expect("cannot start the program"))
+}
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 

@@ -709,12 +709,7 @@ fn status_lists_pending_signals_and_handoffs() {
 #[test]
 fn the_daemon_picks_up_a_signal_within_moments_and_stops_cleanly() {
     let env = Env::new("[wake]\npoll_interval = \"1h\"\n");
-    let mut child = env
-        .cmd()
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("daemon");
+    let mut child = trinity_testkit::spawn(env.cmd().stdout(Stdio::null()).stderr(Stdio::null()));
     let tree = env.tree();
     // "started" is logged once the watcher is in place.
     let log = tree.log_file(&trinity_core::DaemonId::WakeDaemon.name());
