@@ -57,8 +57,12 @@ fn instance(world: &World, pc: &str) -> Option<InstanceStatus> {
         .map(|d| d.value)
 }
 
+/// The verdicts in `seen_by`'s tree, read as one moment of it: git-sync's checkouts, which
+/// replace files, are held back meanwhile.
 fn verdicts(world: &World, seen_by: &str) -> Vec<Verification> {
-    std::fs::read_dir(world.tree(seen_by).verification_dir())
+    let tree = world.tree(seen_by);
+    let _settled = trinity_core::syncstate::hold_checkouts(&tree);
+    std::fs::read_dir(tree.verification_dir())
         .into_iter()
         .flatten()
         .flatten()
@@ -107,11 +111,14 @@ fn the_coordinator_assigns_verifies_reassigns_and_survives_its_leaders_death() {
         let o = world.output("trinity", "PC1", args);
         assert!(o.status.success(), "{}", trinity_testkit::describe(&o));
     }
+    // The verdicts that satisfied the wait are the ones checked (a second read could meet a
+    // file that git-sync is replacing).
+    let mut approved = Vec::new();
     world.wait("three approved verdicts", || {
-        let v = verdicts(&world, "PC1");
-        v.len() == 3 && v.iter().all(|v| v.verdict == Some(Verdict::Approve))
+        approved = verdicts(&world, "PC1");
+        approved.len() == 3 && approved.iter().all(|v| v.verdict == Some(Verdict::Approve))
     });
-    let done: Vec<_> = verdicts(&world, "PC1")
+    let done: Vec<_> = approved
         .into_iter()
         .filter_map(|v| v.task.map(|t| t.to_string()))
         .collect();
