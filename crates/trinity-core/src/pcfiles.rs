@@ -61,6 +61,9 @@ pub fn update_heartbeat(
     Ok(doc.value)
 }
 
+/// How often each daemon refreshes its entry in the heartbeat.
+pub const BEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Records that `daemon` (started at `started_at`) is alive, in the heartbeat's `daemons` map.
 pub fn beat(
     tree: &Tree,
@@ -69,23 +72,7 @@ pub fn beat(
     started_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<Heartbeat, UpdateError> {
-    beat_with(tree, pc, daemon, started_at, now, |_| {})
-}
-
-/// How often each daemon refreshes its entry in the heartbeat.
-pub const BEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// [`beat`], with `also` changing the heartbeat in the same update.
-pub fn beat_with(
-    tree: &Tree,
-    pc: &PcId,
-    daemon: &DaemonName,
-    started_at: DateTime<Utc>,
-    now: DateTime<Utc>,
-    also: impl FnOnce(&mut Heartbeat),
-) -> Result<Heartbeat, UpdateError> {
     update_heartbeat(tree, pc, now, |hb| {
-        also(hb);
         hb.daemons.insert(
             daemon.clone(),
             DaemonBeat {
