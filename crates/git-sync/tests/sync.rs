@@ -1021,17 +1021,21 @@ fn a_repository_removed_under_the_daemon_is_reported_once_not_every_tick() {
         fleet.log("PC1").contains("git-sync started")
     });
     std::fs::remove_dir_all(fleet.tree("PC1").join(".git")).expect("remove .git");
-    // Every tick fails (in the debug log); the error and the warning are said once.
-    let count = |what: &str| fleet.log("PC1").matches(what).count();
+    // Every tick fails (in the debug log); the lasting error is said once. (The removal can
+    // land mid-cycle and fail that one cycle another way first: a second warning, at most.)
+    let log = || fleet.log("PC1");
+    let lines = |what: &[&str]| {
+        log()
+            .lines()
+            .filter(|l| what.iter().all(|w| l.contains(w)))
+            .count()
+    };
     trinity_testkit::wait_for("ten failed ticks", || {
-        count("the local repository still fails") >= 10
+        lines(&["the local repository still fails"]) >= 10
     });
-    assert_eq!(count("sync cycle failed"), 1, "{}", fleet.log("PC1"));
-    assert_eq!(
-        count("the local repository failed; opening it afresh"),
-        1,
-        "{}",
-        fleet.log("PC1")
-    );
+    let lasting = ["sync cycle failed", "it is closed for maintenance"];
+    assert_eq!(lines(&lasting), 1, "{}", log());
+    let warned = lines(&["the local repository failed; opening it afresh"]);
+    assert!((1..=2).contains(&warned), "{}", log());
     trinity_testkit::stop(&mut daemon);
 }
